@@ -1,0 +1,29 @@
+"""greenserve: a strict, fast HTTP/1.1 WSGI server on gevent.
+
+Importing this package patches nothing and starts nothing. Use ``greenserve.patch()`` first in
+a program that wants ordinary blocking code to cooperate, then ``serve()`` or ``Server``.
+"""
+
+__version__ = "0.1.0"
+__all__ = ["Config", "Server", "serve", "patch", "__version__"]
+
+
+def patch():
+    """Monkey-patch the standard library for gevent.
+
+    Call it first, before importing anything else (``ssl``, ``threading``, database drivers):
+    modules imported earlier keep references to the blocking originals.
+    """
+    from gevent import monkey
+    monkey.patch_all()
+
+
+def __getattr__(name):
+    # Lazy, so that `import greenserve` (e.g. by the CLI before patching) imports no gevent.
+    if name == "Config":
+        from .config import Config
+        return Config
+    if name in ("Server", "serve"):
+        from . import server
+        return getattr(server, name)
+    raise AttributeError(f"module 'greenserve' has no attribute {name!r}")

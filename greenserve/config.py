@@ -1,0 +1,281 @@
+"""Every setting, declared once: CLI flag, env var, config-file key, default, help, validation.
+
+Precedence: command line > ``GREENSERVE_<NAME>`` environment > TOML config file > default.
+Nothing here reads the environment or the disk on import; callers pass them in.
+"""
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+ENV_PREFIX = "GREENSERVE_"
+
+
+# -- value parsers: str -> value, raising ValueError with a short reason --------------------
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be a whole number of at least 1")
+    return value
+
+
+def _non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be a whole number of at least 0")
+    return value
+
+
+def _seconds(text):
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be a number of seconds, 0 or more")
+    return value
+
+
+def _bool(text):
+    if isinstance(text, bool):
+        return text
+    lowered = str(text).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _log_level(text):
+    lowered = str(text).strip().lower()
+    if lowered not in ("debug", "info", "warning", "error", "critical"):
+        raise ValueError("must be one of debug, info, warning, error, critical")
+    return lowered
+
+
+def _root_path(text):
+    text = str(text)
+    if text and (not text.startswith("/") or text.endswith("/")):
+        raise ValueError("must start with '/' and not end with '/' (e.g. /app)")
+    return text
+
+
+def _str(text):
+    return str(text)
+
+
+def _optional_str(text):
+    return None if text in (None, "") else str(text)
+
+
+def setting(default, *flags, help, parse=_str, metavar=None, multiple=False, flag=False,
+            cli_only=False):
+    """Declare one setting as a dataclass field carrying its CLI/env/file metadata."""
+    meta = {"flags": flags, "help": help, "parse": parse, "metavar": metavar,
+            "multiple": multiple, "flag": flag, "cli_only": cli_only}
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Config:
+    """greenserve's settings. Build one with ``Config(**options)`` or ``load_config(...)``."""
+
+    # -- listening ------------------------------------------------------------------------
+    bind: tuple = setting(
+        ("127.0.0.1:8000",), "-b", "--bind", multiple=True, metavar="ADDRESS",
+        help="Address to listen on: HOST:PORT, [IPv6]:PORT, unix:/path or fd://N. "
+             "Repeat for several.")
+    backlog: int = setting(
+        2048, "--backlog", parse=_positive_int, metavar="N",
+        help="Pending connections the kernel queues before refusing new ones.")
+    max_connections: int = setting(
+        10000, "--max-connections", "--worker-connections", parse=_positive_int, metavar="N",
+        help="Open connections one worker handles at once (its greenlet pool size).")
+    workers: int = setting(
+        1, "-w", "--workers", parse=_positive_int, metavar="N",
+        help="Worker processes to fork (each runs its own gevent hub).")
+
+    # -- application ----------------------------------------------------------------------
+    chdir: str = setting(
+        None, "--chdir", parse=_optional_str, metavar="DIR",
+        help="Change to this directory before loading the application.")
+    pythonpath: tuple = setting(
+        (), "--pythonpath", multiple=True, metavar="DIR",
+        help="Add a directory to sys.path before loading the application (repeatable).")
+    root_path: str = setting(
+        "", "--root-path", parse=_root_path, metavar="PATH",
+        help="SCRIPT_NAME the application is mounted under (e.g. /app behind a proxy).")
+    monkey_patch: bool = setting(
+        True, "--monkey-patch", parse=_bool, flag=True,
+        help="Run gevent.monkey.patch_all() before loading anything "
+             "(--no-monkey-patch turns it off).")
+    url_scheme: str = setting(
+        "http", "--url-scheme", metavar="SCHEME",
+        help="wsgi.url_scheme for requests (set to https behind a TLS-terminating proxy).")
+
+    # -- limits (RFC 9112 leaves them to the server) ----------------------------------------
+    limit_request_line: int = setting(
+        8192, "--limit-request-line", parse=_positive_int, metavar="BYTES",
+        help="Longest request line; longer gets 414.")
+    limit_request_field_size: int = setting(
+        8192, "--limit-request-field-size", parse=_positive_int, metavar="BYTES",
+        help="Longest header line; longer gets 431.")
+    limit_request_fields: int = setting(
+        100, "--limit-request-fields", parse=_positive_int, metavar="N",
+        help="Most header fields in one request; more gets 431.")
+    limit_request_head: int = setting(
+        65536, "--limit-request-head", parse=_positive_int, metavar="BYTES",
+        help="Largest header block; larger gets 431.")
+    max_body_size: int = setting(
+        0, "--max-body-size", parse=_non_negative_int, metavar="BYTES",
+        help="Largest request body; larger gets 413 without being read (0 = unlimited).")
+
+    # -- timers (seconds, 0 = off) ----------------------------------------------------------
+    graceful_timeout: float = setting(
+        30.0, "--graceful-timeout", parse=_seconds, metavar="SECONDS",
+        help="On SIGTERM/SIGINT, how long in-flight requests may take to finish.")
+    keep_alive: float = setting(
+        5.0, "--keep-alive", parse=_seconds, metavar="SECONDS",
+        help="Close a keep-alive connection idle this long (0 = no keep-alive).")
+    header_timeout: float = setting(
+        10.0, "--header-timeout", parse=_seconds, metavar="SECONDS",
+        help="The whole request head must arrive within this time of its first byte "
+             "(408 otherwise).")
+    body_timeout: float = setting(
+        30.0, "--body-timeout", parse=_seconds, metavar="SECONDS",
+        help="Longest pause while reading a request body (408 otherwise).")
+    send_timeout: float = setting(
+        30.0, "--send-timeout", parse=_seconds, metavar="SECONDS",
+        help="Drop a client that accepts no response bytes for this long.")
+
+    # -- logging ----------------------------------------------------------------------------
+    log_level: str = setting(
+        "info", "--log-level", parse=_log_level, metavar="LEVEL",
+        help="Error log level: debug, info, warning, error or critical.")
+    error_log: str = setting(
+        "-", "--error-log", metavar="FILE",
+        help="Where the error log goes ('-' = stderr).")
+    access_log: str = setting(
+        None, "--access-log", parse=_optional_str, metavar="FILE",
+        help="Write an access log to FILE ('-' = stdout). Off by default.")
+    access_log_format: str = setting(
+        '%(h)s - - %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(D)s', "--access-log-format",
+        metavar="FORMAT",
+        help="Access log line; keys: h remote address, t time, r request line, m method, "
+             "U path, q query, H protocol, s status, b bytes sent, f referer, a user agent, "
+             "D duration in microseconds, L duration in seconds, p pid.")
+
+    config: str = setting(
+        None, "-c", "--config", parse=_optional_str, metavar="FILE", cli_only=True,
+        help="Read settings from this TOML file (keys are the option names).")
+
+    def __post_init__(self):
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            if spec.metadata.get("multiple") and isinstance(value, (list, str)):
+                object.__setattr__(self, spec.name,
+                                   tuple([value] if isinstance(value, str) else value))
+        if not self.bind:
+            raise ConfigError("bind: at least one address is needed")
+
+    def replace(self, **changes):
+        """A copy with some settings changed (validated like any other source)."""
+        return load_config(cli=changes, base=self)
+
+
+SETTINGS = {spec.name: spec for spec in dataclasses.fields(Config)}
+
+
+def option_name(name):
+    """The user-facing spelling of a setting: ``max_connections`` -> ``max-connections``."""
+    return name.replace("_", "-")
+
+
+def _suggest(name):
+    close = difflib.get_close_matches(option_name(name), [option_name(n) for n in SETTINGS], 1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def parse_value(name, raw, source):
+    """Turn one raw value (text, or a typed value from TOML or Python) into the setting's type."""
+    spec = SETTINGS[name]
+    parse = spec.metadata["parse"]
+    try:
+        if spec.metadata["multiple"]:
+            if isinstance(raw, str):
+                # Env vars carry lists as "a,b" or "a b"; elsewhere a string is one item.
+                items = raw.replace(",", " ").split() if source == "env" else [raw]
+            elif isinstance(raw, (list, tuple)):
+                items = list(raw)
+            else:
+                raise ValueError("must be a string or a list of strings")
+            return tuple(parse(item) for item in items)
+        if spec.metadata["flag"]:
+            return _bool(raw)
+        if isinstance(raw, bool) or (raw is None and parse is not _optional_str):
+            raise ValueError("is not allowed here")
+        return parse(raw)
+    except (TypeError, ValueError) as exc:
+        reason = str(exc)
+        if not reason or "invalid literal" in reason or "could not convert" in reason:
+            reason = "is not a valid number"
+        raise ConfigError(f"{option_name(name)}: {raw!r} from {source} {reason}") from None
+
+
+def settings_from_env(environ):
+    """The ``GREENSERVE_*`` variables of ``environ`` as parsed settings."""
+    values = {}
+    for name, spec in SETTINGS.items():
+        if spec.metadata["cli_only"]:
+            continue
+        key = ENV_PREFIX + name.upper()
+        if key in environ:
+            values[name] = parse_value(name, environ[key], "env")
+    return values
+
+
+def settings_from_toml(path):
+    """Read a TOML config file into parsed settings; unknown keys are an error."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as stream:
+            document = tomllib.load(stream)
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
+    values = {}
+    for key, raw in document.items():
+        name = key.replace("-", "_")
+        if name not in SETTINGS or SETTINGS[name].metadata["cli_only"]:
+            raise ConfigError(f"config file {path}: unknown option '{key}'{_suggest(name)}")
+        values[name] = parse_value(name, raw, f"config file {path}")
+    return values
+
+
+def load_config(cli=None, environ=None, base=None):
+    """Merge the sources: ``cli`` (dict of given options) > ``environ`` > config file > base.
+
+    The config file is named by ``config`` in ``cli`` or ``GREENSERVE_CONFIG`` in ``environ``.
+    """
+    cli = dict(cli or {})
+    for name in cli:
+        if name not in SETTINGS:
+            raise ConfigError(f"unknown option '{option_name(name)}'{_suggest(name)}")
+    merged = {}
+    config_path = cli.get("config") or (environ or {}).get(ENV_PREFIX + "CONFIG")
+    if config_path:
+        merged.update(settings_from_toml(config_path))
+    if environ:
+        merged.update(settings_from_env(environ))
+    for name, raw in cli.items():
+        merged[name] = parse_value(name, raw, "the command line")
+    if base is None:
+        return Config(**merged)
+    return dataclasses.replace(base, **merged)

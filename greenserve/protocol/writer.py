@@ -1,0 +1,91 @@
+"""Sans-IO response framing (RFC 9112 §6, RFC 9110 §6.4): head bytes, body encoding, errors."""
+
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+
+SERVER_NAME = "greenserve"
+
+# How the body of a response is delimited on the wire.
+NO_BODY = 0       # HEAD, 1xx, 204, 304: headers only
+FIXED = 1         # Content-Length
+CHUNKED = 2       # Transfer-Encoding: chunked (HTTP/1.1 only)
+UNTIL_CLOSE = 3   # the end of the connection marks the end of the body (HTTP/1.0)
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+_date_second = 0
+_date_value = ""
+
+
+def http_date():
+    """The current ``Date`` value, formatted at most once a second (RFC 9110 §6.6.1)."""
+    global _date_second, _date_value
+    now = int(time.time())
+    if now != _date_second:
+        _date_value = formatdate(now, usegmt=True)
+        _date_second = now
+    return _date_value
+
+
+def body_allowed(method, status_code):
+    """RFC 9110 §6.4.1/§9.3.2: HEAD responses, 1xx, 204 and 304 never carry content."""
+    return not (method == "HEAD" or status_code < 200 or status_code == 204
+                or status_code == 304)
+
+
+def choose_framing(method, status_code, version, content_length, keep_alive):
+    """Pick how to delimit the body; returns (framing, keep_alive).
+
+    ``content_length`` is the app's value or None; ``version`` is 1 for HTTP/1.1, 0 for 1.0.
+    """
+    if not body_allowed(method, status_code):
+        return NO_BODY, keep_alive
+    if content_length is not None:
+        return FIXED, keep_alive
+    if version:
+        return CHUNKED, keep_alive
+    # RFC 9112 §6.3: without a length an HTTP/1.0 body ends when the connection closes.
+    return UNTIL_CLOSE, False
+
+
+def format_head(status, headers, extra):
+    """Status line and header block as bytes; ``extra`` is preformatted "Name: v\\r\\n" text.
+
+    The caller has validated ``status`` and ``headers`` (latin-1 text without CR/LF).
+    """
+    lines = ["HTTP/1.1 ", status, "\r\n"]
+    for name, value in headers:
+        lines.append(name)
+        lines.append(": ")
+        lines.append(value)
+        lines.append("\r\n")
+    lines.append(extra)
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")
+
+
+def frame_chunk(data):
+    """One chunk of a chunked body (RFC 9112 §7.1)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def status_line(code):
+    """``"404 Not Found"`` for a status code, with the registered reason phrase."""
+    try:
+        return f"{code} {HTTPStatus(code).phrase}"
+    except ValueError:
+        return f"{code} Unknown"
+
+
+def error_response(status_code, detail="", reason=None, keep_alive=False):
+    """A complete short text/plain error response; closes the connection by default."""
+    status = f"{status_code} {reason}" if reason else status_line(status_code)
+    body = (status + ("\n" + detail if detail else "") + "\n").encode("latin-1", "replace")
+    extra = (f"Date: {http_date()}\r\nServer: {SERVER_NAME}\r\n"
+             f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+             f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n")
+    return format_head(status, (), extra) + body
+
+
+CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
