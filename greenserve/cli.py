@@ -1,0 +1,226 @@
+"""The ``greenserve`` command: ``greenserve MODULE:APP [options]``.
+
+Order matters here. gevent's monkey-patching must run before anything that could create
+threads, locks or SSL contexts is imported, so this module imports only the standard
+library and ``greenserve.config``/``greenserve.errors`` at the top; logging, gevent, the
+application and the server are imported inside ``main`` once patching is done.
+"""
+
+import argparse
+import dataclasses
+import os
+import sys
+
+from .config import ENV_PREFIX, SETTINGS, load_config, option_name
+from .errors import AppLoadError, ConfigError
+
+PROG = "greenserve"
+
+EPILOG = f"""\
+Every option can also be set in a TOML file given with -c/--config (keys are the option
+names, e.g. max-connections = 500) and in an environment variable {ENV_PREFIX}<OPTION>
+(e.g. {ENV_PREFIX}MAX_CONNECTIONS=500; lists separated by commas or spaces). Precedence:
+command line > environment > config file > default.
+
+APP forms: module:name, module (uses 'application', then 'app'), module:factory() and
+module:factory(literal, key=literal). The current directory is importable.
+
+SIGTERM or SIGINT stops the server gracefully: it stops accepting, lets in-flight requests
+finish (up to --graceful-timeout) and exits 0. A second signal stops it at once (exit 1).
+"""
+
+
+def version():
+    """greenserve's version, without importing the server (and so gevent)."""
+    try:
+        from . import __version__
+        return __version__
+    except ImportError:  # the package's __init__ is not there yet (early checkouts)
+        try:
+            from importlib.metadata import version as dist_version
+            return dist_version("greenserve")
+        except Exception:
+            return "unknown"
+
+
+def _show_default(spec):
+    """The default as a user would type it, or None when there is nothing to show."""
+    if spec.default is not dataclasses.MISSING:
+        value = spec.default
+    else:
+        value = spec.default_factory()
+    if value is None or value == "" or value == ():
+        return None
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return " ".join(str(item) for item in value)
+    return str(value)
+
+
+def build_parser():
+    """An argparse parser generated from ``SETTINGS``: one option per declared setting.
+
+    Options not given on the command line are absent from the namespace (SUPPRESS), so
+    only what the user typed overrides the environment and the config file.
+    """
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Serve a WSGI application with gevent.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS)
+    parser.add_argument("app", metavar="APP", help="the WSGI application, as MODULE:APP")
+    parser.add_argument("--version", action="version", version=f"{PROG} {version()}")
+    for name, spec in SETTINGS.items():
+        meta = spec.metadata
+        help_text = meta["help"].replace("%", "%%")
+        shown = _show_default(spec)
+        notes = [f"default: {shown}".replace("%", "%%")] if shown is not None else []
+        if not meta["cli_only"] or name == "config":  # load_config reads GREENSERVE_CONFIG
+            notes.append(f"env {ENV_PREFIX}{name.upper()}")
+        if notes:
+            help_text += f" [{'; '.join(notes)}]"
+        if meta["flag"]:
+            parser.add_argument(*meta["flags"], dest=name, help=help_text,
+                                action=argparse.BooleanOptionalAction)
+        else:
+            parser.add_argument(*meta["flags"], dest=name, help=help_text,
+                                metavar=meta["metavar"] or name.upper(),
+                                action="append" if meta["multiple"] else "store")
+    return parser
+
+
+def main(argv=None):
+    """Run greenserve as a command; returns the process exit code."""
+    args = vars(build_parser().parse_args(argv))  # bad usage: argparse prints and exits 2
+    spec = args.pop("app")
+    try:
+        config = load_config(cli=args, environ=os.environ)
+    except ConfigError as exc:
+        return _fail(exc)
+
+    patch_warnings = _monkey_patch() if config.monkey_patch else []
+
+    # Only now is it safe to import things that touch threads, sockets or the app.
+    from . import listeners
+    from .appload import format_app_error, load_app
+    from .log import error_log, setup_logging
+
+    try:
+        _setup_import_path(config)
+        setup_logging(config)
+        for line in patch_warnings:
+            error_log.warning("%s", line)
+        try:
+            app = load_app(spec)
+        except AppLoadError as exc:
+            # The app's own exception (import error, raising factory) is shown in full.
+            sys.stderr.write(format_app_error(exc))
+            raise
+        sockets = listeners.create_listeners(config.bind, config.backlog)
+    except (ConfigError, AppLoadError) as exc:
+        return _fail(exc)
+    except OSError as exc:  # --chdir to a missing directory and the like
+        return _fail(f"{exc.filename or ''}: {(exc.strerror or str(exc)).lower()}".lstrip(": "))
+
+    return _serve(app, spec, config, sockets)
+
+
+def _fail(message):
+    sys.stderr.write(f"{PROG}: error: {message}\n")
+    return 2
+
+
+def _monkey_patch():
+    """Patch the standard library for gevent; return warnings about what came too late.
+
+    The warnings are returned rather than logged because logging is not set up yet (and
+    must not be: importing logging before patching creates locks that are not gevent's).
+    """
+    import threading
+    late = [name for name in ("ssl", "urllib3", "requests", "psycopg2", "grpc")
+            if name in sys.modules]
+    threads = threading.active_count()
+    import warnings
+    from gevent import monkey
+    with warnings.catch_warnings():
+        # gevent warns about ssl in several lines; we say it once, below, in one line.
+        warnings.simplefilter("ignore")
+        monkey.patch_all()
+    lines = []
+    if late:
+        lines.append(f"imported before gevent monkey-patching, may block or misbehave: "
+                     f"{', '.join(late)} (import them after greenserve starts, e.g. in the app)")
+    if threads > 1:
+        lines.append(f"{threads - 1} thread(s) were already running before gevent "
+                     f"monkey-patching; they stay real threads")
+    return lines
+
+
+def _setup_import_path(config):
+    """--chdir, then make the working directory and --pythonpath importable (like gunicorn)."""
+    if config.chdir:
+        os.chdir(config.chdir)
+    cwd = os.getcwd()
+    for entry in reversed((cwd, *config.pythonpath)):
+        entry = os.path.abspath(entry)
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    # An entry point script's own directory is sys.path[0]; keep cwd ahead of it.
+    if sys.path[0] != cwd and cwd in sys.path:
+        sys.path.remove(cwd)
+        sys.path.insert(0, cwd)
+
+
+def _serve(app, spec, config, sockets):
+    """Run one worker until SIGTERM/SIGINT; stop gracefully; return the exit code."""
+    import signal
+
+    import gevent
+    from gevent.event import Event
+
+    from . import listeners
+    from .log import error_log
+    from .server import Server
+
+    # -- WORKERS: the pre-fork supervisor comes in a later issue. Until then one process
+    # serves whatever --workers says. This is the single place to change.
+    if config.workers > 1:
+        error_log.warning("--workers %d: pre-forking is not implemented yet; running one "
+                          "worker", config.workers)
+
+    unix_files = listeners.unix_paths(sockets)
+    server = Server(app, config, listeners=sockets)
+    stop_requested, force = Event(), Event()
+
+    def on_signal(signum):
+        # Handlers only record the request; the main greenlet below does the work.
+        if stop_requested.is_set():
+            force.set()
+        else:
+            error_log.info("%s received; stopping gracefully (up to %gs)",
+                           signal.Signals(signum).name, config.graceful_timeout)
+            stop_requested.set()
+
+    handlers = [gevent.signal_handler(signum, on_signal, signum)
+                for signum in (signal.SIGTERM, signal.SIGINT)]
+    try:
+        server.start()
+        error_log.info("greenserve %s serving %s", version(), spec)
+        for sock in sockets:
+            error_log.info("Listening at %s (pid %d)", listeners.describe(sock), os.getpid())
+        stop_requested.wait()
+        stopping = gevent.spawn(server.stop, timeout=config.graceful_timeout)
+        gevent.wait([stopping, force], count=1)
+        if not stopping.ready():
+            error_log.warning("second signal received; exiting without waiting for "
+                              "in-flight requests")
+            return 1
+        stopping.get()  # re-raise whatever stop() raised, it would be a bug worth seeing
+        error_log.info("stopped")
+        return 0
+    finally:
+        for handler in handlers:
+            handler.cancel()
+        listeners.remove_unix_files(unix_files)
