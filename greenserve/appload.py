@@ -188,7 +188,8 @@ def _suggest_module(name):
 def _describe(obj):
     if obj is None:
         return "None"
-    return f"a {type(obj).__name__}"
+    name = type(obj).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 def _one_line(exc):
@@ -209,7 +210,7 @@ def _trim_traceback(exc):
 
 
 def _is_machinery(filename):
-    return filename == __file__ or filename.startswith("<frozen importlib")
+    return filename in (__file__, importlib.__file__) or filename.startswith("<frozen importlib")
 
 
 def format_app_error(exc):

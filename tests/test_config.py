@@ -1,0 +1,174 @@
+"""Settings: precedence (CLI > env > file > default), validation, unknown keys, lists."""
+
+import dataclasses
+
+import pytest
+
+from greenserve.config import SETTINGS, Config, load_config, option_name
+from greenserve.errors import ConfigError
+
+
+def write_toml(tmp_path, text):
+    path = tmp_path / "greenserve.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults():
+    config = load_config()
+    assert config.bind == ("127.0.0.1:8000",)
+    assert config.backlog == 2048
+    assert config.monkey_patch is True
+    assert config.access_log is None
+    assert config.graceful_timeout == 30.0
+
+
+def test_every_setting_has_a_flag_and_help():
+    for name, spec in SETTINGS.items():
+        assert spec.metadata["flags"], name
+        assert f"--{option_name(name)}" in spec.metadata["flags"], name
+        assert spec.metadata["help"].strip(), name
+
+
+@pytest.mark.parametrize("source", ["file", "env", "cli"])
+def test_each_source_alone_overrides_the_default(tmp_path, source):
+    cli, environ = {}, {}
+    if source == "file":
+        cli["config"] = write_toml(tmp_path, "backlog = 11\n")
+    elif source == "env":
+        environ["GREENSERVE_BACKLOG"] = "11"
+    else:
+        cli["backlog"] = "11"
+    assert load_config(cli=cli, environ=environ).backlog == 11
+
+
+def test_precedence_cli_over_env_over_file_over_default(tmp_path):
+    path = write_toml(tmp_path, 'backlog = 1\nmax-connections = 1\nkeep-alive = 1\n')
+    environ = {"GREENSERVE_BACKLOG": "2", "GREENSERVE_MAX_CONNECTIONS": "2"}
+    config = load_config(cli={"config": path, "backlog": "3"}, environ=environ)
+    assert config.backlog == 3            # cli beats env and file
+    assert config.max_connections == 2    # env beats file
+    assert config.keep_alive == 1.0       # file beats default
+    assert config.header_timeout == 10.0  # default
+
+
+def test_config_file_named_by_environment(tmp_path):
+    path = write_toml(tmp_path, "backlog = 7\n")
+    assert load_config(environ={"GREENSERVE_CONFIG": path}).backlog == 7
+
+
+def test_config_file_keys_accept_underscores_and_typed_values(tmp_path):
+    path = write_toml(tmp_path, 'max_connections = 5\nmonkey-patch = false\n'
+                                'bind = ["127.0.0.1:1", "unix:/tmp/x.sock"]\n')
+    config = load_config(cli={"config": path})
+    assert config.max_connections == 5
+    assert config.monkey_patch is False
+    assert config.bind == ("127.0.0.1:1", "unix:/tmp/x.sock")
+
+
+def test_cli_lists_and_flags():
+    config = load_config(cli={"bind": ["127.0.0.1:1", "[::1]:2"], "monkey_patch": False})
+    assert config.bind == ("127.0.0.1:1", "[::1]:2")
+    assert config.monkey_patch is False
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("127.0.0.1:1,127.0.0.1:2", ("127.0.0.1:1", "127.0.0.1:2")),
+    ("127.0.0.1:1 127.0.0.1:2", ("127.0.0.1:1", "127.0.0.1:2")),
+    (" unix:/a.sock , 127.0.0.1:2 ", ("unix:/a.sock", "127.0.0.1:2")),
+    ("127.0.0.1:9", ("127.0.0.1:9",)),
+])
+def test_list_environment_variables(raw, expected):
+    assert load_config(environ={"GREENSERVE_BIND": raw}).bind == expected
+
+
+@pytest.mark.parametrize("raw, expected", [("0", False), ("false", False), ("no", False),
+                                           ("1", True), ("TRUE", True), ("on", True)])
+def test_boolean_environment_variables(raw, expected):
+    assert load_config(environ={"GREENSERVE_MONKEY_PATCH": raw}).monkey_patch is expected
+
+
+def test_unrelated_environment_is_ignored():
+    config = load_config(environ={"GREENSERVE": "x", "GREENSERVE_": "y", "PATH": "/bin"})
+    assert config == load_config()
+
+
+@pytest.mark.parametrize("cli, message", [
+    ({"backlog": "abc"}, "backlog: 'abc' from the command line is not a valid number"),
+    ({"backlog": "0"}, "backlog: '0' from the command line must be a whole number of at least 1"),
+    ({"keep_alive": "-1"}, "keep-alive: '-1' from the command line must be a number of seconds"),
+    ({"keep_alive": "nan"}, "keep-alive: 'nan' from the command line must be a number"),
+    ({"log_level": "loud"}, "log-level: 'loud' from the command line must be one of"),
+    ({"root_path": "app/"}, "root-path: 'app/' from the command line must start with '/'"),
+])
+def test_bad_cli_values(cli, message):
+    with pytest.raises(ConfigError) as caught:
+        load_config(cli=cli)
+    assert str(caught.value).startswith(message)
+    assert "\n" not in str(caught.value)
+
+
+def test_bad_env_value_names_the_source():
+    with pytest.raises(ConfigError, match=r"^max-connections: 'lots' from env is not a valid"):
+        load_config(environ={"GREENSERVE_MAX_CONNECTIONS": "lots"})
+    with pytest.raises(ConfigError, match=r"^monkey-patch: 'maybe' from env must be true or"):
+        load_config(environ={"GREENSERVE_MONKEY_PATCH": "maybe"})
+
+
+def test_bad_file_values(tmp_path):
+    path = write_toml(tmp_path, 'backlog = "many"\n')
+    with pytest.raises(ConfigError, match=r"backlog: 'many' from config file .* not a valid"):
+        load_config(cli={"config": path})
+    path = write_toml(tmp_path, "backlog = true\n")
+    with pytest.raises(ConfigError, match="backlog: True from config file"):
+        load_config(cli={"config": path})
+    path = write_toml(tmp_path, "bind = 8000\n")
+    with pytest.raises(ConfigError, match="bind: 8000 from config file"):
+        load_config(cli={"config": path})
+
+
+def test_unknown_file_key_suggests_the_closest(tmp_path):
+    path = write_toml(tmp_path, "max-conections = 10\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(cli={"config": path})
+    assert str(caught.value) == (f"config file {path}: unknown option 'max-conections' "
+                                 f"(did you mean 'max-connections'?)")
+
+
+def test_unknown_file_key_without_a_close_match(tmp_path):
+    path = write_toml(tmp_path, "zzzzzz = 1\n")
+    with pytest.raises(ConfigError, match=r"unknown option 'zzzzzz'$"):
+        load_config(cli={"config": path})
+
+
+def test_config_key_is_not_allowed_in_the_file(tmp_path):
+    path = write_toml(tmp_path, 'config = "other.toml"\n')
+    with pytest.raises(ConfigError, match="unknown option 'config'"):
+        load_config(cli={"config": path})
+
+
+def test_unknown_cli_key():
+    with pytest.raises(ConfigError, match=r"unknown option 'backlgo' \(did you mean 'backlog'"):
+        load_config(cli={"backlgo": "1"})
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file .*nope.toml: No such file"):
+        load_config(cli={"config": str(tmp_path / "nope.toml")})
+    path = write_toml(tmp_path, "backlog = = 1\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(cli={"config": path})
+
+
+def test_config_is_frozen_and_replace_validates():
+    config = Config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.backlog = 1
+    assert config.replace(backlog="12").backlog == 12
+    with pytest.raises(ConfigError):
+        config.replace(backlog="-3")
+
+
+def test_empty_bind_is_refused():
+    with pytest.raises(ConfigError, match="bind"):
+        load_config(environ={"GREENSERVE_BIND": " "})
