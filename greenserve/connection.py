@@ -1,0 +1,508 @@
+"""One client connection: receive -> parse -> run the app -> send, for as long as it persists.
+
+Timers are not gevent Timeouts (a timer object per blocking call costs on every request):
+the connection only records which phase it is in and when that phase expires; the server's
+sweeper greenlet throws the phase's named exception into it once the deadline has passed.
+"""
+
+import logging
+import os
+import socket
+from time import monotonic, perf_counter
+
+from gevent import getcurrent
+from gevent.socket import wait_write
+
+from .errors import (BodyReadTimeout, ClientDisconnected, ProtocolError, RequestTimeout)
+from .protocol.parser import RequestParser
+from .protocol.writer import (CHUNKED, CONTINUE_RESPONSE, FIXED, LAST_CHUNK, NO_BODY,
+                              SERVER_NAME, UNTIL_CLOSE, choose_framing, error_response,
+                              format_head, frame_chunk, http_date)
+from .wsgi import FileWrapper, InputStream, build_environ, check_headers, check_status
+
+error_log = logging.getLogger("greenserve.error")
+
+# Phases: what the connection is waiting for, and so which timer applies.
+IDLE, HEAD, APP, BODY, SEND = range(5)
+
+RECEIVE_SIZE = 65536
+# An unread request body up to this size is read and discarded to keep the connection.
+DRAIN_LIMIT = 1 << 20
+# Responses up to this size go out as one write with the head (DESIGN.md: one sendall).
+_COALESCE_LIMIT = 65536
+
+
+class IdleTimeout(Exception):
+    """A keep-alive connection stayed idle too long; it is closed without a response."""
+
+
+class _Closing(Exception):
+    """The server is shutting down and this connection is idle."""
+
+
+_EMPTY_INPUT_BODY = b""
+
+
+def _empty_receive(max_bytes):
+    return _EMPTY_INPUT_BODY
+
+
+class Connection:
+    """Serves the requests of one accepted socket; ``run()`` is the greenlet body."""
+
+    def __init__(self, server, sock, address, listener_environ):
+        self.server = server
+        self.sock = sock
+        self.parser = RequestParser(server.limits)
+        self.greenlet = None
+        # Timer state, read by the server's sweeper.
+        self.phase = IDLE
+        self.deadline = 0.0
+        self.phase_seq = 0
+        self.requests = 0
+        # Per-request response state (reset by _handle).
+        self.request = None
+        self.status = None
+        self.headers_sent = False
+        self.environ = None
+        base = listener_environ.copy()
+        if isinstance(address, tuple):
+            base["REMOTE_ADDR"] = address[0]
+            base["REMOTE_PORT"] = str(address[1])
+        else:
+            base["REMOTE_ADDR"] = ""
+            base["REMOTE_PORT"] = ""
+        self.base_environ = base
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def _enter(self, phase, timeout):
+        """Start a phase whose timer expires ``timeout`` seconds from now (0 = never)."""
+        self.phase = phase
+        self.phase_seq += 1
+        self.deadline = monotonic() + timeout if timeout else 0.0
+
+    def expire(self, seq):
+        """Called from the hub when the deadline of phase number ``seq`` has passed."""
+        glet = self.greenlet
+        if seq != self.phase_seq or glet is None or glet.dead:
+            return
+        phase = self.phase
+        self.deadline = 0.0
+        if phase == IDLE:
+            glet.throw(IdleTimeout())
+        elif phase == HEAD:
+            glet.throw(RequestTimeout(
+                f"request head not received within {self.server.config.header_timeout} s"))
+        elif phase == BODY:
+            glet.throw(BodyReadTimeout(
+                f"request body stalled for {self.server.config.body_timeout} s"))
+        elif phase == SEND:
+            glet.throw(ClientDisconnected(
+                f"client read nothing for {self.server.config.send_timeout} s"))
+
+    def close_if_idle(self):
+        """Graceful stop: close now if waiting between requests; True if it did."""
+        glet = self.greenlet
+        if self.phase == IDLE and glet is not None and not glet.dead and \
+                not self.parser.buffered:
+            glet.throw(_Closing())
+            return True
+        return False
+
+    # -- the connection loop -----------------------------------------------------------------
+
+    def run(self):
+        server = self.server
+        self.greenlet = getcurrent()
+        server.connections.add(self)
+        sock = self.sock
+        try:
+            if sock.family != socket.AF_UNIX:
+                # Headers and body leave in one write, so Nagle would only add latency.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._serve()
+        except (IdleTimeout, _Closing, ClientDisconnected, ConnectionError):
+            pass
+        except OSError as exc:
+            error_log.debug("connection error: %s", exc)
+        finally:
+            server.connections.discard(self)
+            self.phase = IDLE
+            self.deadline = 0.0
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _serve(self):
+        server = self.server
+        config = server.config
+        parser = self.parser
+        recv = self.sock.recv
+        keep_alive_timeout = config.keep_alive
+        header_timeout = config.header_timeout
+        # A fresh connection gets the header timer for its first request.
+        self._enter(IDLE, header_timeout)
+        while True:
+            try:
+                request = parser.next_request()
+                while request is None:
+                    if parser.buffered and self.phase == IDLE:
+                        # RFC 9112 has no head timer, but a slowloris client must not
+                        # hold a greenlet forever: the head must arrive within the timer.
+                        self._enter(HEAD, header_timeout)
+                    data = recv(RECEIVE_SIZE)
+                    if not data:
+                        if parser.buffered:
+                            raise ClientDisconnected("client closed mid-request")
+                        return
+                    parser.feed(data)
+                    request = parser.next_request()
+            except ProtocolError as exc:
+                self._reject(exc)
+                return
+            self._enter(APP, 0)
+            self.requests += 1
+            keep = self._handle(request)
+            if not keep or server.stopping:
+                return
+            self._enter(IDLE, keep_alive_timeout)
+
+    def _reject(self, exc):
+        """Answer a request we could not parse, then let the caller close."""
+        self._enter(SEND, self.server.config.send_timeout)
+        if exc.status >= 500 or exc.status == 408:
+            error_log.info("%s from %s: %s", exc.status,
+                           self.base_environ["REMOTE_ADDR"], exc.detail)
+        else:
+            error_log.debug("%s from %s: %s", exc.status,
+                            self.base_environ["REMOTE_ADDR"], exc.detail)
+        try:
+            self.sock.sendall(error_response(exc.status, exc.detail, exc.reason))
+            # Let the client read the answer before the close resets the connection.
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    # -- one request ---------------------------------------------------------------------------
+
+    def _handle(self, request):
+        """Run the app for one request; True if the connection may carry another."""
+        server = self.server
+        self.request = request
+        self.status = None
+        self.headers_sent = False
+        self.keep_alive = request.keep_alive and server.config.keep_alive > 0
+        self.continue_pending = request.expect_continue
+        self.body_error = None
+        self.bytes_sent = 0
+        started = perf_counter() if server.access_log else 0.0
+        environ = build_environ(self.base_environ, request, server.script_name)
+        self.environ = environ
+        self.method = environ["REQUEST_METHOD"]
+        has_body = request.chunked or request.content_length
+        environ["wsgi.input"] = InputStream(self._receive_body if has_body else _empty_receive)
+
+        result = None
+        try:
+            result = server.app(environ, self._start_response)
+            self._send_result(result)
+        except ClientDisconnected:
+            self.keep_alive = False
+        except ProtocolError:
+            # The body's framing broke under the app's read; answered below.
+            self.keep_alive = False
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                raise
+            self._app_failed(exc)
+        finally:
+            if result is not None and hasattr(result, "close"):
+                try:
+                    result.close()
+                except Exception:
+                    error_log.exception("error in close() of the app's iterable for %s %s",
+                                        self.method, environ["RAW_URI"])
+        if self.body_error is not None:
+            # The body's framing broke while the app read it: answer it if we still can.
+            if not self.headers_sent:
+                self._reject(self.body_error)
+            return False
+        if started:
+            server.access_log(environ, self.status_code if self.status else 500,
+                              self.bytes_sent, perf_counter() - started)
+        if not self.keep_alive:
+            return False
+        return self._finish_body()
+
+    def _app_failed(self, exc):
+        """The app raised: 500 if nothing was sent yet, else cut the connection."""
+        environ = self.environ
+        if isinstance(exc, BodyReadTimeout):
+            self.keep_alive = False
+            if not self.headers_sent:
+                self._reject(RequestTimeout(str(exc)))
+            return
+        error_log.error("Error handling %s %s", self.method, environ["RAW_URI"],
+                        exc_info=exc)
+        if self.headers_sent:
+            # The client has a partial response; closing is the only honest signal.
+            self.keep_alive = False
+            return
+        self.status = "500 Internal Server Error"
+        self.status_code = 500
+        # The connection stays usable if the request body can still be skipped.
+        self.keep_alive = self.keep_alive and not self.continue_pending
+        try:
+            self._send(error_response(500, "The server could not complete the request.",
+                                      keep_alive=self.keep_alive))
+        except ClientDisconnected:
+            self.keep_alive = False
+
+    def _finish_body(self):
+        """Skip what the app did not read of the request body; True if the connection lives."""
+        parser = self.parser
+        if parser.body_done:
+            return True
+        if self.continue_pending:
+            # RFC 9110 §10.1.1: we never said 100 Continue, so the client may not send the
+            # body at all; closing is the only way to stay in sync.
+            return False
+        drained = 0
+        try:
+            while drained <= DRAIN_LIMIT:
+                data = self._receive_body(RECEIVE_SIZE)
+                if not data:
+                    return True
+                drained += len(data)
+        except (ProtocolError, ClientDisconnected, BodyReadTimeout):
+            pass
+        return False
+
+    # -- request body --------------------------------------------------------------------------
+
+    def _receive_body(self, max_bytes):
+        """Next piece of the body for wsgi.input; b"" at its end."""
+        parser = self.parser
+        try:
+            data = parser.read_body(max_bytes)
+            while data is None:
+                if self.continue_pending:
+                    # RFC 9110 §10.1.1: the client waits for 100 Continue before sending.
+                    self.continue_pending = False
+                    self._send(CONTINUE_RESPONSE)
+                previous = self.phase
+                self._enter(BODY, self.server.config.body_timeout)
+                try:
+                    chunk = self.sock.recv(RECEIVE_SIZE)
+                except (BodyReadTimeout, ClientDisconnected):
+                    raise
+                except OSError as exc:
+                    raise ClientDisconnected(f"connection lost while reading the body: {exc}")
+                finally:
+                    self._enter(previous, 0)
+                if not chunk:
+                    raise ClientDisconnected("client closed the connection mid-body")
+                parser.feed(chunk)
+                data = parser.read_body(max_bytes)
+        except ProtocolError as exc:
+            self.body_error = exc
+            self.keep_alive = False
+            raise
+        except (ClientDisconnected, BodyReadTimeout):
+            self.keep_alive = False
+            raise
+        return data
+
+    # -- response ------------------------------------------------------------------------------
+
+    def _start_response(self, status, headers, exc_info=None):
+        if exc_info is not None:
+            try:
+                if self.headers_sent:
+                    # PEP 3333: too late to change the status; re-raise the app's error.
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AssertionError("start_response() called twice without exc_info (PEP 3333)")
+        self.status_code = check_status(status)
+        self.response_info = check_headers(headers)
+        self.status = status
+        self.response_headers = headers
+        return self._write
+
+    def _head_bytes(self, content_length):
+        """Decide the framing and format the status line and headers."""
+        info = self.response_info
+        code = self.status_code
+        framing, keep_alive = choose_framing(self.method, code, self.request.version,
+                                             content_length, self.keep_alive)
+        if info.close or self.server.stopping:
+            keep_alive = False
+        self.keep_alive = keep_alive
+        self.framing = framing
+        self.remaining = content_length if framing == FIXED else 0
+        headers = self.response_headers
+        extra = []
+        if content_length is not None and info.content_length is None and framing == FIXED:
+            extra.append(f"Content-Length: {content_length}\r\n")
+        elif info.content_length is not None and (code < 200 or code == 204):
+            # RFC 9110 §8.6: no Content-Length in a 1xx or 204 response.
+            headers = [h for h in headers if h[0].lower() != "content-length"]
+        if framing == CHUNKED:
+            extra.append("Transfer-Encoding: chunked\r\n")
+        if not info.has_date:
+            extra.append(f"Date: {http_date()}\r\n")
+        if not info.has_server:
+            extra.append(f"Server: {SERVER_NAME}\r\n")
+        if not keep_alive:
+            extra.append("Connection: close\r\n")
+        elif not self.request.version:
+            extra.append("Connection: keep-alive\r\n")
+        if info.close:
+            headers = [h for h in headers if h[0].lower() != "connection"]
+        self.headers_sent = True
+        return format_head(self.status, headers, "".join(extra))
+
+    def _frame(self, data):
+        """Body bytes as they go on the wire under the chosen framing."""
+        framing = self.framing
+        if framing == FIXED:
+            if len(data) > self.remaining:
+                error_log.error("%s %s: the app sent more than its Content-Length; "
+                                "the excess was dropped", self.method, self.environ["RAW_URI"])
+                data = data[:self.remaining]
+            self.remaining -= len(data)
+            return data
+        if framing == CHUNKED:
+            return frame_chunk(data)
+        if framing == UNTIL_CLOSE:
+            return data
+        return b""
+
+    def _write(self, data):
+        """The ``write()`` callable of PEP 3333: send at once."""
+        if self.status is None:
+            raise AssertionError("write() called before start_response()")
+        if type(data) is not bytes:
+            raise TypeError(f"write() takes bytes, not {type(data).__name__}")
+        if not data:
+            return
+        if self.headers_sent:
+            self._send(self._frame(data))
+        else:
+            head = self._head_bytes(self.response_info.content_length)
+            self._send(head + self._frame(data))
+
+    def _send(self, data):
+        if not data:
+            return
+        self._enter(SEND, self.server.config.send_timeout)
+        try:
+            self.sock.sendall(data)
+        except ClientDisconnected:
+            raise
+        except OSError as exc:
+            raise ClientDisconnected(f"connection lost while sending: {exc}") from None
+        finally:
+            self._enter(APP, 0)
+        self.bytes_sent += len(data)
+
+    def _send_result(self, result):
+        """Send the app's iterable, coalescing the head with the first non-empty chunk."""
+        if isinstance(result, FileWrapper) and self._send_file(result):
+            return
+        if type(result) in (list, tuple) and len(result) == 1 and not self.headers_sent:
+            # A single-chunk body has a known length: send it with Content-Length.
+            self._require_status()
+            data = result[0]
+            if type(data) is not bytes:
+                raise TypeError(f"the app yielded {type(data).__name__}, not bytes")
+            info = self.response_info
+            length = info.content_length if info.content_length is not None else len(data)
+            self._send(self._head_bytes(length) + self._frame(data))
+            self._finish_response()
+            return
+        for data in result:
+            if type(data) is not bytes:
+                raise TypeError(f"the app yielded {type(data).__name__}, not bytes")
+            if not data:
+                continue
+            if self.headers_sent:
+                self._send(self._frame(data))
+            else:
+                self._require_status()
+                self._send(self._head_bytes(self.response_info.content_length)
+                           + self._frame(data))
+        self._require_status()
+        if not self.headers_sent:
+            # The body was empty: say so with a length rather than chunked framing.
+            info = self.response_info
+            self._send(self._head_bytes(info.content_length if info.content_length is not None
+                                        else 0))
+        self._finish_response()
+
+    def _require_status(self):
+        if self.status is None:
+            raise AssertionError("the app returned a body before calling start_response()")
+
+    def _finish_response(self):
+        framing = self.framing
+        if framing == CHUNKED:
+            self._send(LAST_CHUNK)
+        elif framing == FIXED and self.remaining:
+            # Fewer bytes than promised: the client would wait forever for the rest or read
+            # the next response as body; only a close tells it the response is incomplete.
+            error_log.error("%s %s: the app sent %d bytes less than its Content-Length; "
+                            "closing the connection", self.method, self.environ["RAW_URI"],
+                            self.remaining)
+            self.keep_alive = False
+        elif framing == UNTIL_CLOSE:
+            self.keep_alive = False
+
+    def _send_file(self, wrapper):
+        """Send a real file with os.sendfile; False if it is not one (then iterate)."""
+        filelike = wrapper.filelike
+        try:
+            fd = filelike.fileno()
+            offset = filelike.tell()
+            size = os.fstat(fd).st_size
+        except (AttributeError, OSError, ValueError):
+            return False
+        if self.sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX) or \
+                not hasattr(os, "sendfile") or offset > size:
+            return False
+        self._require_status()
+        info = self.response_info
+        length = size - offset if info.content_length is None \
+            else min(info.content_length, size - offset)
+        self._send(self._head_bytes(length if info.content_length is None
+                                    else info.content_length))
+        if self.framing == NO_BODY:
+            return True
+        sock_fd = self.sock.fileno()
+        self._enter(SEND, self.server.config.send_timeout)
+        try:
+            while length > 0:
+                try:
+                    sent = os.sendfile(sock_fd, fd, offset, min(length, 1 << 20))
+                except BlockingIOError:
+                    wait_write(sock_fd)
+                    continue
+                except OSError as exc:
+                    if isinstance(exc, ClientDisconnected):
+                        raise
+                    raise ClientDisconnected(f"connection lost while sending a file: {exc}")
+                if sent == 0:
+                    break  # the file shrank under us
+                offset += sent
+                length -= sent
+                self.remaining -= sent
+                self.bytes_sent += sent
+                self._enter(SEND, self.server.config.send_timeout)
+        finally:
+            self._enter(APP, 0)
+        self._finish_response()
+        return True

@@ -1,0 +1,174 @@
+"""The I/O shell: listeners -> gevent StreamServers sharing one Pool -> a Connection each.
+
+``Server`` runs inside any gevent program; ``serve()`` is the blocking convenience entry.
+"""
+
+import logging
+import socket
+from functools import partial
+from time import monotonic
+
+import gevent
+from gevent.event import Event
+from gevent.pool import Pool
+from gevent.server import StreamServer
+
+from .config import Config, load_config
+from .connection import Connection
+from .log import make_access_log
+from .protocol.parser import Limits
+from .wsgi import base_environ
+
+error_log = logging.getLogger("greenserve.error")
+
+# How often the sweeper checks the connections' deadlines; timers are this coarse.
+SWEEP_INTERVAL = 0.25
+
+
+class Server:
+    """A WSGI server on one gevent hub.
+
+    ``Server(app, bind="127.0.0.1:0", keep_alive=2)`` takes the same settings as the command
+    line (see ``greenserve --help``), or a ready ``config=Config(...)``. ``listeners`` may
+    pass already-bound sockets (the CLI binds before loading the app).
+    """
+
+    def __init__(self, app, config=None, *, listeners=None, **options):
+        if config is None:
+            config = load_config(cli=options)
+        elif options:
+            config = load_config(cli=options, base=config)
+        elif not isinstance(config, Config):
+            raise TypeError("config must be a greenserve.Config")
+        self.app = app
+        self.config = config
+        self.limits = Limits.from_config(config)
+        self.script_name = config.root_path
+        self.access_log = make_access_log(config)
+        self.connections = set()
+        self.stopping = False
+        self.pool = Pool(config.max_connections)
+        self._listeners = list(listeners) if listeners is not None else None
+        self._stream_servers = []
+        self._sweeper = None
+        self._stopped = Event()
+        self._started = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self):
+        """Bind (unless sockets were given) and start accepting; returns at once."""
+        if self._started:
+            return
+        if self._listeners is None:
+            from .listeners import create_listeners
+            self._listeners = create_listeners(self.config.bind, self.config.backlog)
+        multiprocess = self.config.workers > 1
+        for sock in self._listeners:
+            # Non-blocking: a worker that loses the race for a shared listener's connection
+            # must not block its hub in accept().
+            sock.setblocking(False)
+            name, port = _server_name_port(sock)
+            base = base_environ(self.config, name, port, multiprocess)
+            stream_server = StreamServer(sock, partial(self._serve_connection, base),
+                                         spawn=self.pool)
+            stream_server.start()
+            self._stream_servers.append(stream_server)
+        self._sweeper = gevent.spawn(self._sweep)
+        self._started = True
+        self._stopped.clear()
+
+    def serve_forever(self):
+        """Start if needed, then block until ``stop()`` has finished."""
+        self.start()
+        self._stopped.wait()
+
+    def stop(self, timeout=None):
+        """Stop gracefully: stop accepting, close idle connections, let requests finish.
+
+        Requests still running after ``timeout`` seconds (default: graceful_timeout) are
+        killed. Returns once every connection is closed.
+        """
+        if timeout is None:
+            timeout = self.config.graceful_timeout
+        self.stopping = True
+        for stream_server in self._stream_servers:
+            stream_server.close()
+        run_callback = gevent.get_hub().loop.run_callback
+        for connection in list(self.connections):
+            run_callback(connection.close_if_idle)
+        if not self.pool.join(timeout=timeout):
+            error_log.warning("graceful timeout: %d connection(s) still busy are cut off",
+                              len(self.pool))
+            self.pool.kill(block=True, timeout=1)
+        if self._sweeper is not None:
+            self._sweeper.kill(block=False)
+            self._sweeper = None
+        self._stream_servers = []
+        self._started = False
+        self._stopped.set()
+
+    # -- introspection ------------------------------------------------------------------------
+
+    @property
+    def addresses(self):
+        """The bound addresses: (host, port) for TCP, the path for unix sockets."""
+        if self._listeners is None:
+            return []
+        return [sock.getsockname() for sock in self._listeners if sock.fileno() != -1]
+
+    @property
+    def address(self):
+        """The first bound address (handy with ``bind="127.0.0.1:0"``)."""
+        addresses = self.addresses
+        return addresses[0] if addresses else None
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _serve_connection(self, base, sock, address):
+        Connection(self, sock, address, base).run()
+
+    def _sweep(self):
+        """Fire the connections' phase timers (header, keep-alive, body, send)."""
+        run_callback = gevent.get_hub().loop.run_callback
+        while True:
+            gevent.sleep(SWEEP_INTERVAL)
+            now = monotonic()
+            for connection in self.connections:
+                deadline = connection.deadline
+                if deadline and deadline <= now:
+                    connection.deadline = 0.0
+                    run_callback(connection.expire, connection.phase_seq)
+
+
+def _server_name_port(sock):
+    """SERVER_NAME and SERVER_PORT for requests arriving on ``sock``."""
+    if sock.family == socket.AF_UNIX:
+        return sock.getsockname() or "localhost", ""
+    host, port = sock.getsockname()[:2]
+    return host, str(port)
+
+
+def serve(app, bind="127.0.0.1:8000", **options):
+    """Serve ``app`` until interrupted (Ctrl-C / SIGTERM stop gracefully). Blocks.
+
+    Call ``greenserve.patch()`` first, before other imports, for blocking code to cooperate.
+    """
+    import signal
+
+    from .log import setup_logging
+
+    server = Server(app, bind=bind, **options)
+    setup_logging(server.config)
+    server.start()
+    for address in server.addresses:
+        error_log.info("Listening at %s", address)
+    stop_requested = Event()
+    handlers = [gevent.signal_handler(sig, stop_requested.set)
+                for sig in (signal.SIGTERM, signal.SIGINT)]
+    try:
+        stop_requested.wait()
+    finally:
+        for handler in handlers:
+            handler.cancel()
+        server.stop()

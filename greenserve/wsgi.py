@@ -1,0 +1,272 @@
+"""The PEP 3333 bridge: environ building, start_response rules, wsgi.input, file_wrapper.
+
+No sockets and no gevent here: the connection hands in a ``receive(max_bytes)`` callable for
+the body and sends whatever these helpers decide.
+"""
+
+import re
+import sys
+from urllib.parse import unquote_to_bytes
+
+from . import __version__
+
+SERVER_SOFTWARE = f"greenserve/{__version__}"
+
+# RFC 9110 §5.6.2 token, for response header names.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 9110 §5.5: field values are visible characters, obs-text, SP and HTAB; never CR or LF
+# (response splitting) nor other controls.
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+# PEP 3333: status is "NNN reason", a three-digit code and a reason phrase after one space.
+_STATUS = re.compile(r"([1-9][0-9][0-9]) [\t\x20-\x7e\x80-\xff]*")
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+# RFC 9110 §7.6.1: hop-by-hop fields belong to the server's connection, not to the app.
+HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-authenticate",
+                        "proxy-authorization", "te", "trailer", "trailers",
+                        "transfer-encoding", "upgrade"))
+
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS",
+                                    "PATCH")}
+_ENVIRON_KEYS = {b"content-type": "CONTENT_TYPE", b"content-length": "CONTENT_LENGTH"}
+_MAX_CACHED_KEYS = 2048
+
+
+def environ_key(name):
+    """The environ key for a request header name (bytes), or None if it must be dropped."""
+    key = _ENVIRON_KEYS.get(name)
+    if key is None:
+        if b"_" in name:
+            # "X_Forwarded_For" would be indistinguishable from "X-Forwarded-For" once mapped
+            # to HTTP_X_FORWARDED_FOR, letting a client spoof a proxy's header.
+            return None
+        lowered = name.lower()
+        key = _ENVIRON_KEYS.get(lowered)
+        if key is None:
+            key = "HTTP_" + lowered.decode("latin-1").upper().replace("-", "_")
+        if len(_ENVIRON_KEYS) < _MAX_CACHED_KEYS:
+            _ENVIRON_KEYS[name] = key
+    return key
+
+
+def base_environ(config, server_name, server_port, multiprocess, file_wrapper=None):
+    """The per-server part of every environ, copied for each request."""
+    return {
+        "SERVER_SOFTWARE": SERVER_SOFTWARE,
+        "SERVER_NAME": server_name,
+        "SERVER_PORT": server_port,
+        "SCRIPT_NAME": config.root_path,
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": config.url_scheme,
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": multiprocess,
+        "wsgi.run_once": False,
+        "wsgi.input_terminated": True,
+        "wsgi.file_wrapper": file_wrapper or FileWrapper,
+    }
+
+
+def build_environ(base, request, script_name):
+    """A request's environ: ``base`` (per connection) plus the request's own keys."""
+    environ = base.copy()
+    method = request.method
+    environ["REQUEST_METHOD"] = _METHODS.get(method) or method.decode("latin-1")
+    path = request.path
+    # PEP 3333: PATH_INFO is the decoded path as a latin-1 "bytes-as-str".
+    if b"%" in path:
+        path = unquote_to_bytes(path)
+    path_info = path.decode("latin-1")
+    if script_name and (path_info == script_name or path_info.startswith(script_name + "/")):
+        path_info = path_info[len(script_name):]
+    environ["PATH_INFO"] = path_info
+    environ["QUERY_STRING"] = request.query.decode("latin-1")
+    environ["RAW_URI"] = environ["REQUEST_URI"] = request.target.decode("latin-1")
+    environ["SERVER_PROTOCOL"] = "HTTP/1.1" if request.version else "HTTP/1.0"
+    for name, value in request.headers:
+        key = environ_key(name)
+        if key is None:
+            continue
+        value = value.decode("latin-1")
+        if key in environ:
+            # RFC 9110 §5.3: repeated fields combine into one list, in order; RFC 6265 §5.4
+            # joins cookies with "; ".
+            value = environ[key] + ("; " if key == "HTTP_COOKIE" else ", ") + value
+        environ[key] = value
+    if request.host is not None:
+        # RFC 9112 §3.2.2: with an absolute-form target the authority replaces Host.
+        environ["HTTP_HOST"] = request.host.decode("latin-1")
+    if request.chunked:
+        environ.pop("CONTENT_LENGTH", None)
+    return environ
+
+
+def check_status(status):
+    """Validate an app's status string; return its code. Raises TypeError/ValueError."""
+    if type(status) is not str:
+        raise TypeError(f"status must be a str, not {type(status).__name__}: {status!r}")
+    match = _STATUS.fullmatch(status)
+    if match is None:
+        raise ValueError(f"status must look like '200 OK', got {status!r}")
+    return int(match.group(1))
+
+
+class ResponseHeaders:
+    """What the server needs to know about an app's validated response headers."""
+
+    __slots__ = ("content_length", "close", "has_date", "has_server")
+
+
+_checked_names = {}
+
+
+def check_headers(headers):
+    """Validate an app's header list (PEP 3333, RFC 9110 §5); returns ResponseHeaders.
+
+    Raises TypeError/ValueError on a bad type, a non-token name, CR/LF or other controls in
+    a value (response splitting), non-latin-1 text, or a hop-by-hop field. A
+    ``Connection: close`` from the app is honoured instead of refused.
+    """
+    if type(headers) is not list:
+        raise TypeError(f"headers must be a list, not {type(headers).__name__}")
+    info = ResponseHeaders()
+    info.content_length = None
+    info.close = info.has_date = info.has_server = False
+    for item in headers:
+        if type(item) is not tuple or len(item) != 2:
+            raise TypeError(f"each header must be a (name, value) tuple, got {item!r}")
+        name, value = item
+        lname = _checked_names.get(name)
+        if lname is None:
+            if type(name) is not str or not _TOKEN.fullmatch(name):
+                raise ValueError(f"invalid header name {name!r}")
+            lname = name.lower()
+            if len(_checked_names) < _MAX_CACHED_KEYS:
+                _checked_names[name] = lname
+        if type(value) is not str:
+            raise TypeError(f"header {name} value must be a str, not {type(value).__name__}")
+        if not _FIELD_VALUE.fullmatch(value):
+            raise ValueError(f"invalid character (CR, LF, control or non-latin-1) in header "
+                             f"{name}: {value!r}")
+        if lname in _SPECIAL_RESPONSE_FIELDS:
+            if lname == "content-length":
+                value = value.strip()
+                if not _DIGITS.fullmatch(value) or (
+                        info.content_length is not None and int(value) != info.content_length):
+                    raise ValueError(f"invalid Content-Length {value!r}")
+                info.content_length = int(value)
+            elif lname == "date":
+                info.has_date = True
+            elif lname == "server":
+                info.has_server = True
+            elif lname == "connection" and value.strip().lower() == "close":
+                info.close = True
+            else:
+                raise ValueError(f"hop-by-hop header {name!r} is not allowed from an app "
+                                 f"(PEP 3333); the server frames the connection")
+    return info
+
+
+_SPECIAL_RESPONSE_FIELDS = HOP_BY_HOP | {"content-length", "date", "server"}
+
+
+class InputStream:
+    """``wsgi.input``: the request body, read on demand through ``receive(max_bytes)``.
+
+    ``receive`` returns non-empty bytes, or b"" once the body is complete; it raises
+    ClientDisconnected or BodyReadTimeout (IOError subclasses) when the body cannot arrive.
+    """
+
+    __slots__ = ("_receive", "_buffer", "_done")
+
+    def __init__(self, receive):
+        self._receive = receive
+        self._buffer = b""
+        self._done = False
+
+    def _fill(self, size):
+        """Receive one more piece into the buffer; False once the body is complete."""
+        if self._done:
+            return False
+        data = self._receive(size)
+        if not data:
+            self._done = True
+            return False
+        self._buffer = self._buffer + data if self._buffer else data
+        return True
+
+    def read(self, size=-1):
+        if size is None or size < 0:
+            parts = [self._buffer]
+            self._buffer = b""
+            while not self._done:
+                data = self._receive(65536)
+                if not data:
+                    self._done = True
+                    break
+                parts.append(data)
+            return b"".join(parts)
+        while len(self._buffer) < size and self._fill(max(size - len(self._buffer), 8192)):
+            pass
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+    def readline(self, size=-1):
+        if size is None:
+            size = -1
+        while True:
+            newline = self._buffer.find(b"\n")
+            if newline >= 0:
+                end = newline + 1
+                break
+            if 0 <= size <= len(self._buffer) or not self._fill(65536):
+                end = len(self._buffer)
+                break
+        if 0 <= size < end:
+            end = size
+        line, self._buffer = self._buffer[:end], self._buffer[end:]
+        return line
+
+    def readlines(self, hint=-1):
+        lines = []
+        total = 0
+        while True:
+            line = self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if hint is not None and 0 < hint <= total:
+                return lines
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+
+class FileWrapper:
+    """``wsgi.file_wrapper``: the server sends a real file with os.sendfile when it can."""
+
+    __slots__ = ("filelike", "blksize")
+
+    def __init__(self, filelike, blksize=65536):
+        self.filelike = filelike
+        self.blksize = blksize
+
+    def __iter__(self):
+        read = self.filelike.read
+        while True:
+            data = read(self.blksize)
+            if not data:
+                return
+            yield data
+
+    def close(self):
+        close = getattr(self.filelike, "close", None)
+        if close is not None:
+            close()
