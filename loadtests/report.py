@@ -1,0 +1,220 @@
+"""Turn locust's CSV stats into summary.json, check SLO gates, and build the compare table and page.
+
+Locust rounds percentiles to whole milliseconds below 100 ms (10 ms steps up to 1 s), so p50/p95/p99
+here are as coarse as locust's; min/avg/max are exact. Use the wrk bench for sub-millisecond figures.
+"""
+import csv
+import html
+import json
+import os
+
+PERCENTILES = {"p50_ms": "50%", "p95_ms": "95%", "p99_ms": "99%"}
+
+
+def _num(value):
+    """Locust writes 'N/A' for empty percentiles; keep those as None."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _row_figures(row):
+    requests = int(row["Request Count"])
+    failures = int(row["Failure Count"])
+    out = {
+        "requests": requests,
+        "failures": failures,
+        "fail_ratio": failures / requests if requests else 0.0,
+        "rps": _num(row["Requests/s"]) or 0.0,
+        "avg_ms": _num(row["Average Response Time"]),
+        "min_ms": _num(row["Min Response Time"]),
+        "max_ms": _num(row["Max Response Time"]),
+    }
+    for key, column in PERCENTILES.items():
+        out[key] = _num(row.get(column)) if requests else None
+    return out
+
+
+def read_stats_csv(path):
+    """(aggregated figures, [per-endpoint figures]) from locust's <prefix>_stats.csv."""
+    endpoints, total = [], None
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            figures = _row_figures(row)
+            if row["Name"] == "Aggregated":
+                total = figures
+            else:
+                endpoints.append(dict(method=row["Type"], name=row["Name"], **figures))
+    if total is None:
+        total = _row_figures({"Request Count": 0, "Failure Count": 0, "Requests/s": 0,
+                              "Average Response Time": None, "Min Response Time": None,
+                              "Max Response Time": None})  # fmt: skip
+    return total, endpoints
+
+
+def last_history_row(path):
+    """The newest aggregated row of <prefix>_stats_history.csv, or None (for the progress line)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            tail = f.read().decode("utf-8", "replace").splitlines()
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), None)
+    except (OSError, StopIteration):
+        return None
+    for line in reversed(tail):
+        fields = next(csv.reader([line]), [])
+        if header and len(fields) == len(header) and fields[0] != "Timestamp" and "Aggregated" in fields:
+            return dict(zip(header, fields))
+    return None
+
+
+def build_summary(stats_csv, meta):
+    """summary.json's content: run metadata plus aggregated and per-endpoint figures."""
+    total, endpoints = read_stats_csv(stats_csv)
+    summary = dict(meta)
+    summary.update(total)
+    summary["endpoints"] = endpoints
+    rss = summary.get("server_rss_bytes")
+    summary["server_rss_mib"] = round(rss / 2**20, 1) if rss else None
+    return summary
+
+
+def check_slo(summary, fail_ratio=None, p99_ms=None):
+    """None if the run meets the gates, else the one-line reason it does not."""
+    if summary["requests"] == 0:
+        return "no request completed"
+    if fail_ratio is not None and summary["fail_ratio"] > fail_ratio:
+        return (f"failure ratio {summary['fail_ratio']:.4f} > {fail_ratio:g} "
+                f"({summary['failures']} of {summary['requests']} requests failed)")  # fmt: skip
+    if p99_ms is not None and (summary["p99_ms"] or 0) > p99_ms:
+        return f"p99 latency {summary['p99_ms']:g} ms > {p99_ms:g} ms"
+    return None
+
+
+def write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+
+
+def load_summary(path):
+    if os.path.isdir(path):
+        path = os.path.join(path, "summary.json")
+    with open(path) as f:
+        return json.load(f)
+
+
+# --- compare -----------------------------------------------------------------------------------
+
+COLUMNS = [  # (key, header, format)
+    ("rps", "req/s", "{:,.0f}"),
+    ("p50_ms", "p50 ms", "{:g}"),
+    ("p99_ms", "p99 ms", "{:g}"),
+    ("max_ms", "max ms", "{:,.0f}"),
+    ("failures", "failures", "{:,d}"),
+    ("server_rss_mib", "RSS MiB", "{:.1f}"),
+]
+CHARTS = [  # figures that get a bar chart, and which way is better
+    ("rps", "requests per second", "higher is better"),
+    ("p50_ms", "median latency (ms)", "lower is better"),
+    ("p99_ms", "p99 latency (ms)", "lower is better"),
+    ("failures", "failed requests", "lower is better"),
+    ("server_rss_mib", "server RSS at end (MiB)", "lower is better"),
+]
+
+
+def _fmt(value, spec):
+    return "-" if value is None else spec.format(value)
+
+
+def _cores(summary):
+    cores = summary.get("cores") or {}
+    srv, load = cores.get("server") or {}, cores.get("locust") or {}
+    busy = lambda side: "-" if side.get("busy") is None else f"{side['busy']:.2f}"  # noqa: E731
+    return f"{busy(srv)} / {busy(load)}"
+
+
+def compare_table(summaries):
+    """Markdown table, one row per summary (a summary with 'error' gets a row saying so)."""
+    head = ["server"] + [h for _, h, _ in COLUMNS] + ["cores busy srv/locust"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for s in summaries:
+        name = s.get("server") or s.get("target") or "?"
+        if s.get("error"):
+            lines.append(f"| {name} | " + " | ".join(["-"] * (len(head) - 2)) + f" | failed: {s['error']} |")
+            continue
+        cells = [_fmt(s.get(k), spec) for k, _, spec in COLUMNS]
+        lines.append("| " + " | ".join([name] + cells + [_cores(s)]) + " |")
+    return "\n".join(lines)
+
+
+def describe_run(summaries):
+    """One line saying what was measured, from the first good summary."""
+    s = next((x for x in summaries if not x.get("error")), None)
+    if not s:
+        return "no run completed"
+    cores = s.get("cores") or {}
+    pin = cores.get("server", {}).get("pinned")
+    load = cores.get("locust", {})
+    pinning = (f"server pinned to CPU {','.join(map(str, pin))}, locust to CPU "
+               f"{','.join(map(str, load.get('pinned') or []))}") if pin else "unpinned"  # fmt: skip
+    return (f"scenario `{s['scenario']}`, {s['users']} users (spawn {s['spawn_rate']}/s), "
+            f"{s['duration_s']:g} s per server, locust processes: {load.get('processes', 1)}, {pinning}; "
+            f"locust {s.get('locust_version', '?')}")  # fmt: skip
+
+
+def _bar_chart(title, note, rows):
+    """Inline SVG horizontal bar chart; rows are (label, value or None)."""
+    width, label_w, bar_h, gap = 640, 190, 24, 8
+    height = 40 + len(rows) * (bar_h + gap)
+    top = max([v for _, v in rows if v is not None] + [0]) or 1
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
+             f'<text x="0" y="18" font-size="15" font-weight="bold">{html.escape(title)}</text>',
+             f'<text x="{width}" y="18" font-size="12" text-anchor="end" fill="#666">{html.escape(note)}</text>']
+    for i, (label, value) in enumerate(rows):
+        y = 34 + i * (bar_h + gap)
+        parts.append(f'<text x="{label_w - 8}" y="{y + bar_h * 0.7}" font-size="13" text-anchor="end">'
+                     f"{html.escape(label)}</text>")
+        if value is None:
+            parts.append(f'<text x="{label_w}" y="{y + bar_h * 0.7}" font-size="13" fill="#999">n/a</text>')
+            continue
+        w = max(1.0, (width - label_w - 90) * value / top)
+        parts.append(f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="#3a7d44" rx="3"/>')
+        parts.append(f'<text x="{label_w + w + 6:.1f}" y="{y + bar_h * 0.7}" font-size="13">{value:,.6g}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def compare_html(summaries, links=None):
+    """A self-contained page: what ran, the table, one bar chart per figure, links to locust's reports."""
+    good = [s for s in summaries if not s.get("error")]
+    rows = []
+    head = ["server"] + [h for _, h, _ in COLUMNS] + ["cores busy srv/locust"]
+    for s in summaries:
+        name = s.get("server") or s.get("target") or "?"
+        if s.get("error"):
+            cells = [name] + ["-"] * len(COLUMNS) + ["failed: " + s["error"]]
+        else:
+            cells = [name] + [_fmt(s.get(k), spec) for k, _, spec in COLUMNS] + [_cores(s)]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    charts = [
+        _bar_chart(title, note, [(s.get("server") or "?", s.get(key)) for s in good]) for key, title, note in CHARTS
+    ]
+    link_items = "".join(
+        f'<li><a href="{html.escape(href)}">{html.escape(label)}</a></li>' for label, href in (links or [])
+    )
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>greenserve load comparison</title>
+<style>body{{font-family:sans-serif;max-width:900px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}
+td:first-child,th:first-child{{text-align:left}}svg{{display:block;margin:1.5em 0}}</style></head>
+<body><h1>Load comparison</h1><p>{html.escape(describe_run(summaries))}</p>
+<table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}</tr>{"".join(rows)}</table>
+{"".join(charts)}
+<h2>Locust reports</h2><ul>{link_items}</ul>
+<p>Percentiles are locust's: whole milliseconds below 100 ms. "cores busy" is CPU time over wall time.</p>
+</body></html>
+"""

@@ -1,0 +1,207 @@
+"""One locust run against one server: start both, show progress, stop both, write summary.json.
+
+Locust runs headless in its own session, pinned to the load-generator CPUs, and is bounded by its
+own --run-time plus a grace period enforced here; whatever happens, both process groups are stopped
+before this returns or raises.
+"""
+import datetime
+import importlib.metadata
+import importlib.util
+import os
+import re
+import sys
+import time
+from urllib.parse import urlsplit
+
+from loadtests import report
+from loadtests.scenarios import SCENARIOS
+from loadtests.servers import Server, child_env, cpu_plan, http_probe, kill_group, pinned
+
+LOCUSTFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "locustfile.py")
+STOP_GRACE_S = 60.0  # locust's own -t should end the run; this catches a wedged locust
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+class RunError(Exception):
+    """The run could not be carried out; the message is one line for the user."""
+
+
+def parse_duration(text):
+    """'30s', '2m', '1m30s', '1h' or plain seconds -> seconds (float)."""
+    text = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
+    if not text or not parts:
+        raise ValueError(f"duration {text!r} is not like 30s, 2m, 1m30s")
+    h, m, s = (int(x or 0) for x in parts.groups())
+    return float(h * 3600 + m * 60 + s)
+
+
+def locust_missing():
+    return importlib.util.find_spec("locust") is None
+
+
+def locust_version():
+    try:
+        return importlib.metadata.version("locust")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def check_target(url):
+    """Return (host, port) of an already-running loopback server, or raise RunError."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise RunError(f"--target {url!r} is not like http://127.0.0.1:PORT")
+    if parts.hostname not in LOOPBACK:
+        raise RunError(f"--target {url!r}: the harness only loads servers on this machine's loopback")
+    port = parts.port or 80
+    if not http_probe(port):
+        raise RunError(f"nothing answers HTTP at {url}")
+    return parts.hostname, port
+
+
+class Progress:
+    """The one-line status of a running test, rewritten in place on a terminal, every 5 s otherwise."""
+
+    def __init__(self, label, total_s, stream=sys.stderr, enabled=True):
+        self.label, self.total_s, self.stream, self.enabled = label, total_s, stream, enabled
+        self.tty = stream.isatty()
+        self.last_print = 0.0
+        self.printed = False
+
+    def update(self, elapsed, row):
+        if not self.enabled or not row:
+            return
+        now = time.monotonic()
+        if not self.tty and now - self.last_print < 5.0:
+            return
+        self.last_print = now
+        requests = int(float(row.get("Total Request Count") or 0))
+        failures = int(float(row.get("Total Failure Count") or 0))
+        ratio = failures / requests if requests else 0.0
+        line = (f"[{self.label}] {min(elapsed, self.total_s):4.0f}/{self.total_s:.0f} s  "
+                f"users {row.get('User Count', '?'):>4}  rps {float(row.get('Requests/s') or 0):8,.0f}  "
+                f"requests {requests:,}  failures {failures:,} ({ratio:.2%})")  # fmt: skip
+        self.stream.write(("\r" + line + "\033[K") if self.tty else line + "\n")
+        self.stream.flush()
+        self.printed = True
+
+    def done(self):
+        if self.enabled and self.tty and self.printed:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _locust_argv(opts, url, out_dir, classes, load_cpus):
+    argv = [
+        sys.executable, "-m", "locust", "-f", LOCUSTFILE, "--headless",
+        "-u", str(opts.users), "-r", str(opts.spawn_rate), "-t", f"{opts.duration_s:g}s",
+        "-H", url, "--csv", os.path.join(out_dir, "locust"), "--html", os.path.join(out_dir, "report.html"),
+        # Failures are judged by the SLO gates here, not by locust's exit code.
+        "--exit-code-on-error", "0", "--only-summary", "--loglevel", "WARNING",
+    ]  # fmt: skip
+    if opts.processes and opts.processes != 1:
+        argv += ["--processes", str(opts.processes)]
+    return pinned(argv + list(classes), load_cpus)
+
+
+def _wait_locust(proc, opts, out_dir, progress):
+    """Wait for locust to finish by itself (bounded); return its CPU seconds (incl. its workers)."""
+    history = os.path.join(out_dir, "locust_stats_history.csv")
+    started = time.monotonic()
+    bound = opts.duration_s + opts.users / max(opts.spawn_rate, 0.001) + STOP_GRACE_S
+    while True:
+        # wait4 rather than Popen.poll: its rusage covers locust and the workers it reaped.
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return usage.ru_utime + usage.ru_stime, time.monotonic() - started
+        elapsed = time.monotonic() - started
+        if elapsed > bound:
+            raise RunError(f"locust did not finish within {bound:.0f} s; stopped it")
+        progress.update(elapsed, report.last_history_row(history))
+        time.sleep(0.5)
+
+
+def _last_line(path):
+    try:
+        with open(path, "rb") as f:
+            lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+    except OSError:
+        return "(no log)"
+    return lines[-1] if lines else "(no output)"
+
+
+def run_once(opts, server_name, out_dir, show_progress=True):
+    """Run one scenario against one server (or opts.target) and return its summary dict.
+
+    opts carries: scenario, users, spawn_rate, duration_s, processes, app, port, target, pin,
+    think_ms. Raises RunError or servers.ServerError with a one-line message.
+    """
+    if locust_missing():
+        raise RunError("locust is not installed (pip install 'greenserve[load]')")
+    classes, _ = SCENARIOS[opts.scenario]
+    os.makedirs(out_dir, exist_ok=True)
+    server_cpus, load_cpus = cpu_plan(opts.pin)
+    server = locust = None
+    label = f"{opts.scenario} @ {server_name or opts.target}"
+    progress = Progress(label, opts.duration_s, enabled=show_progress)
+    try:
+        if opts.target:
+            check_target(opts.target)
+            url = opts.target.rstrip("/")
+        else:
+            server = Server(server_name, app=opts.app, port=opts.port, cpus=server_cpus,
+                            log_path=os.path.join(out_dir, "server.log")).start()  # fmt: skip
+            url = server.url
+        env = child_env()
+        env["LOADTESTS_THINK_MS"] = str(opts.think_ms or 0)
+        started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        server_cpu0 = server.cpu_seconds() if server else None
+        with open(os.path.join(out_dir, "locust.log"), "wb") as log:
+            import subprocess  # local: only this function spawns locust
+
+            locust = subprocess.Popen(
+                _locust_argv(opts, url, out_dir, classes, load_cpus), stdin=subprocess.DEVNULL,
+                stdout=log, stderr=log, env=env, start_new_session=True,
+            )  # fmt: skip
+            locust_cpu, locust_wall = _wait_locust(locust, opts, out_dir, progress)
+        progress.done()
+        if locust.returncode != 0:
+            raise RunError(f"locust exited with status {locust.returncode}: {_last_line(os.path.join(out_dir, 'locust.log'))}")
+        rss = server.rss_bytes() if server else None
+        server_busy = (server.cpu_seconds() - server_cpu0) / opts.duration_s if server else None
+    finally:
+        progress.done()
+        kill_group(locust, grace=5.0)
+        if server:
+            server.stop()
+    stats_csv = os.path.join(out_dir, "locust_stats.csv")
+    if not os.path.exists(stats_csv):
+        raise RunError(f"locust wrote no stats: {_last_line(os.path.join(out_dir, 'locust.log'))}")
+    meta = {
+        "scenario": opts.scenario,
+        "server": server_name if not opts.target else None,
+        "target": url,
+        "app": opts.app if not opts.target else None,
+        "users": opts.users,
+        "spawn_rate": opts.spawn_rate,
+        "duration_s": opts.duration_s,
+        "think_ms": opts.think_ms or 0,
+        "started_at": started_at,
+        "locust_version": locust_version(),
+        "server_rss_bytes": rss,
+        "cores": {
+            "server": {"pinned": server_cpus, "busy": None if server_busy is None else round(server_busy, 2)},
+            "locust": {"pinned": load_cpus, "processes": opts.processes or 1,
+                       "busy": round(locust_cpu / locust_wall, 2) if locust_wall else None},
+        },  # fmt: skip
+        "files": {"html": "report.html", "stats_csv": "locust_stats.csv",
+                  "history_csv": "locust_stats_history.csv", "failures_csv": "locust_failures.csv",
+                  "locust_log": "locust.log", "server_log": "server.log" if server else None},  # fmt: skip
+    }
+    summary = report.build_summary(stats_csv, meta)
+    report.write_json(os.path.join(out_dir, "summary.json"), summary)
+    return summary
