@@ -339,7 +339,9 @@ class Connection:
         code = self.status_code
         framing, keep_alive = choose_framing(self.method, code, self.request.version,
                                              content_length, self.keep_alive)
-        if info.close or self.server.stopping:
+        if info.close or self.server.stopping or (
+                self.continue_pending and not self.parser.body_done):
+            # A body the client was never invited to send cannot be skipped reliably.
             keep_alive = False
         self.keep_alive = keep_alive
         self.framing = framing
