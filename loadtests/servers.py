@@ -19,8 +19,9 @@ DEFAULT_APP = "loadtests.apps:app"
 
 
 def _greenserve(app, port):
-    # Access log stays off (greenserve's default), one worker: the single-process figures.
-    return [sys.executable, "-m", "greenserve", app, "-b", f"{HOST}:{port}"]
+    # Access log stays off (greenserve's default); -w 1 and the graceful bound are explicit so a
+    # GREENSERVE_* variable in the environment cannot turn this into a different benchmark.
+    return [sys.executable, "-m", "greenserve", app, "-b", f"{HOST}:{port}", "-w", "1", "--graceful-timeout", "5"]
 
 
 def _gunicorn(app, port):

@@ -1,0 +1,99 @@
+"""The loadtests harness end to end: real greenserve, real locust, real files (about 15 s in all).
+
+Skipped when locust is not installed (it comes with the ``load`` extra).
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("locust")
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from loadtests import report  # noqa: E402
+from loadtests.servers import http_probe  # noqa: E402
+
+
+def harness(*args, timeout=90):
+    return subprocess.run(
+        [sys.executable, "-m", "loadtests", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def hello_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("hello")
+    proc = harness("run", "--scenario", "hello", "--server", "greenserve", "--users", "10",
+                   "--spawn-rate", "10", "--duration", "3s", "--out", str(out), "--quiet")  # fmt: skip
+    return proc, out
+
+
+def test_hello_run_writes_reports_with_requests_and_no_failures(hello_run):
+    proc, out = hello_run
+    assert proc.returncode == 0, proc.stderr
+    for name in ("summary.json", "report.html", "locust_stats.csv", "locust_stats_history.csv"):
+        assert (out / name).stat().st_size > 0, name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["server"] == "greenserve" and summary["scenario"] == "hello"
+    assert summary["requests"] > 0
+    assert summary["failures"] == 0
+    assert summary["server_rss_bytes"] > 0
+    assert [e["name"] for e in summary["endpoints"]] == ["GET /"]
+    assert {"p50_ms", "p95_ms", "p99_ms", "max_ms", "rps", "cores"} <= summary.keys()
+    # The server was stopped: nothing answers on its port any more.
+    assert not http_probe(int(summary["target"].rsplit(":", 1)[1]), timeout=0.5)
+
+
+def test_compare_builds_its_table_from_summaries(hello_run, tmp_path):
+    _, out = hello_run
+    real = json.loads((out / "summary.json").read_text())
+    peer = dict(real, server="gunicorn-gevent", rps=1234.5, p50_ms=2.0, p99_ms=9.0, failures=3,
+                server_rss_mib=57.1)  # fmt: skip
+    broken = {"server": "gevent-pywsgi", "scenario": "hello", "error": "did not answer"}
+    paths = []
+    for i, s in enumerate((real, peer, broken)):
+        paths.append(tmp_path / f"s{i}.json")
+        paths[-1].write_text(json.dumps(s))
+    proc = harness("compare", "--from-summaries", *map(str, paths), "--out", str(tmp_path / "cmp"))
+    assert proc.returncode == 0, proc.stderr
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert table == proc.stdout
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| server | req/s | p50 ms | p99 ms |")
+    assert rows[1].startswith(f"| greenserve | {real['rps']:,.0f} |")
+    assert rows[2] == "| gunicorn-gevent | 1,234 | 2 | 9 | " + f"{real['max_ms']:,.0f} | 3 | 57.1 | " + report._cores(real) + " |"
+    assert rows[3].startswith("| gevent-pywsgi |") and "failed: did not answer" in rows[3]
+    page = (tmp_path / "cmp" / "compare.html").read_text()
+    assert page.count("<svg") == len(report.CHARTS) and "gunicorn-gevent" in page
+
+
+def test_slo_gate_fails_a_run_that_breaks_it(tmp_path):
+    # Long polls wait for a sender, so p99 is far above 0.001 ms whatever the machine.
+    proc = harness("run", "--scenario", "longpoll", "--server", "greenserve", "--users", "8",
+                   "--spawn-rate", "8", "--duration", "3s", "--out", str(tmp_path), "--quiet",
+                   "--p99-ms", "0.001", "--fail-ratio", "0.5")  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("SLO failed (greenserve): p99 latency ") and last.endswith(" ms > 0.001 ms"), last
+    assert json.loads((tmp_path / "summary.json").read_text())["requests"] > 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--scenario", "nope"], "unknown scenario 'nope'"),
+        (["run", "--server", "nope"], "unknown server 'nope'"),
+        (["run", "--app", "no_such_module_xyz:app"], "cannot import 'no_such_module_xyz'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
+    proc = harness(*args, "--out", str(tmp_path), timeout=30)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+    assert not os.listdir(tmp_path)  # nothing ran
