@@ -1,0 +1,117 @@
+"""A small Bottle app, served by greenserve.
+
+Run it from the repository root:  greenserve examples.bottle_app:app
+
+Endpoints (the same set as flask_app.py and django_site/):
+  GET  /                  an HTML page
+  GET  /text              plain text
+  POST /form              form fields (urlencoded or multipart) echoed back as JSON
+  POST /json              a JSON document echoed back with the sum of its "numbers"
+  POST /upload            a multipart file upload ("file" field): its name, size and sha256
+  GET  /stream?n=5&delay=0.2
+                          a streamed response: n lines, one every `delay` seconds, each
+                          stamped with the time it was produced
+  GET  /redirect          302 to /text
+  anything else           404
+"""
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+
+import bottle
+from bottle import request, response
+
+bottle_app = bottle.Bottle()
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>greenserve + Bottle</title></head>
+<body><h1>Hello from Bottle on greenserve</h1>
+<form method="post" action="/form"><input name="name"><button>Send</button></form>
+</body></html>
+"""
+
+
+def as_json(**data):
+    # Bottle turns a returned dict into JSON too, but would escape non-ASCII the same way;
+    # being explicit keeps the content type and encoding obvious.
+    response.content_type = "application/json"
+    return json.dumps(data)
+
+
+@bottle_app.get("/")
+def index():
+    return PAGE
+
+
+@bottle_app.get("/text")
+def text():
+    response.content_type = "text/plain; charset=utf-8"
+    return "hello from bottle\n"
+
+
+@bottle_app.post("/form")
+def form():
+    # request.forms holds bytes-as-latin-1 str in Bottle; .decode() gives real unicode.
+    return as_json(framework="bottle", form=dict(request.forms.decode()))
+
+
+@bottle_app.post("/json")
+def json_echo():
+    data = request.json
+    return as_json(framework="bottle", echo=data, sum=sum(data.get("numbers", [])))
+
+
+@bottle_app.post("/upload")
+def upload():
+    uploaded = request.files.get("file")
+    digest, size = hashlib.sha256(), 0
+    for block in iter(lambda: uploaded.file.read(65536), b""):
+        digest.update(block)
+        size += len(block)
+    # raw_filename: Bottle's .filename "sanitises" the name (drops characters, lower-cases).
+    return as_json(framework="bottle", filename=uploaded.raw_filename, size=size,
+                   sha256=digest.hexdigest(), fields=dict(request.forms.decode()))
+
+
+@bottle_app.get("/stream")
+def stream():
+    count = int(request.query.get("n", 5))
+    delay = float(request.query.get("delay", 0.2))
+    response.content_type = "text/plain; charset=utf-8"
+
+    def lines():
+        for i in range(count):
+            if i:
+                time.sleep(delay)  # gevent's sleep under greenserve: others keep being served
+            yield f"chunk {i} {time.time():.6f}\n"
+
+    return lines()  # Bottle passes a generator through unbuffered
+
+
+@bottle_app.get("/redirect")
+def to_text():
+    bottle.redirect("/text", code=302)
+
+
+def app(environ, start_response):
+    """The WSGI entry point: Bottle, plus support for chunked request bodies.
+
+    greenserve decodes a chunked request body itself (wsgi.input then simply ends at the end
+    of the body, and wsgi.input_terminated is True) and sends no CONTENT_LENGTH. Bottle
+    0.13 predates wsgi.input_terminated: without CONTENT_LENGTH it reads no body at all, and
+    when it sees "Transfer-Encoding: chunked" it tries to decode the chunks a second time.
+    So spool such a body (in memory up to 1 MiB, then to a temporary file) and hand
+    Bottle an ordinary body with a length.
+    """
+    if (environ.get("wsgi.input_terminated") and "CONTENT_LENGTH" not in environ
+            and environ["REQUEST_METHOD"] not in ("GET", "HEAD")):
+        body = tempfile.SpooledTemporaryFile(max_size=1 << 20)
+        shutil.copyfileobj(environ["wsgi.input"], body)
+        environ["CONTENT_LENGTH"] = str(body.tell())
+        body.seek(0)
+        environ["wsgi.input"] = body
+        environ.pop("HTTP_TRANSFER_ENCODING", None)
+    return bottle_app(environ, start_response)

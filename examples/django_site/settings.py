@@ -1,0 +1,30 @@
+"""Settings for the example Django project (no database, no templates, no static files).
+
+Run it from the repository root:  greenserve examples.django_site.wsgi:application
+Set DJANGO_DEBUG=1 for Django's debug pages; it is off by default, as in production.
+"""
+
+import os
+
+# A real deployment sets DJANGO_SECRET_KEY; the fallback only keeps the example runnable.
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "greenserve-example-not-a-secret")
+DEBUG = os.environ.get("DJANGO_DEBUG", "") == "1"
+# The Host header is checked against this list (with DEBUG off, anything else gets 400).
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
+
+ROOT_URLCONF = "examples.django_site.urls"
+WSGI_APPLICATION = "examples.django_site.wsgi.application"
+
+# Nothing here needs models, sessions or the admin, so no apps and no database.
+INSTALLED_APPS = []
+DATABASES = {}
+TEMPLATES = []
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+]
+
+USE_TZ = True
+DEFAULT_CHARSET = "utf-8"
