@@ -1,0 +1,416 @@
+"""PEP 3333 through a real server: environ, wsgi.input, start_response rules, app errors,
+close() of the iterable, write(), file_wrapper; plus timers and graceful stop."""
+
+import http.client
+import io
+import json
+import socket
+import threading
+import time
+
+import gevent
+import pytest
+from conftest import read_response, recv_until_closed
+
+
+def get(srv, path="/", headers=None, method="GET", body=None):
+    conn = http.client.HTTPConnection(srv.host, srv.port, timeout=5)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def environ_dump(environ, start_response):
+    """Return the str-valued environ keys as JSON."""
+    data = {k: v for k, v in environ.items() if isinstance(v, (str, bool, int, tuple))}
+    body = json.dumps(data).encode()
+    start_response("200 OK", [("Content-Type", "application/json"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+
+
+# -- environ ---------------------------------------------------------------------------------
+
+def test_environ_keys(serve):
+    with serve(environ_dump) as srv, srv.connect() as sock:
+        sock.sendall(b"POST /a%20b/%E2%82%AC?x=1&y=%20 HTTP/1.1\r\nHost: example.com:8080\r\n"
+                     b"Content-Type: text/plain\r\nContent-Length: 0\r\nX-Multi: 1\r\n"
+                     b"X-Multi: 2\r\nCookie: a=1\r\nCookie: b=2\r\nX_Under: dropped\r\n"
+                     b"User-Agent: test\r\n\r\n")
+        _, _, body, _ = read_response(sock)
+        local_port = sock.getsockname()[1]
+    env = json.loads(body)
+    assert env["REQUEST_METHOD"] == "POST"
+    assert env["SCRIPT_NAME"] == ""
+    assert env["PATH_INFO"] == "/a b/\u00e2\u0082\u00ac"  # UTF-8 bytes as latin-1 (PEP 3333)
+    assert env["QUERY_STRING"] == "x=1&y=%20"
+    assert env["RAW_URI"] == "/a%20b/%E2%82%AC?x=1&y=%20"
+    assert env["SERVER_PROTOCOL"] == "HTTP/1.1"
+    assert env["SERVER_NAME"] == "127.0.0.1" and env["SERVER_PORT"] == str(srv.port)
+    assert env["REMOTE_ADDR"] == "127.0.0.1" and env["REMOTE_PORT"] == str(local_port)
+    assert env["HTTP_HOST"] == "example.com:8080"
+    assert env["CONTENT_TYPE"] == "text/plain" and env["CONTENT_LENGTH"] == "0"
+    assert "HTTP_CONTENT_TYPE" not in env and "HTTP_CONTENT_LENGTH" not in env
+    assert env["HTTP_X_MULTI"] == "1, 2"
+    assert env["HTTP_COOKIE"] == "a=1; b=2"
+    assert "HTTP_X_UNDER" not in env  # names with "_" would spoof "-" headers
+    assert env["wsgi.url_scheme"] == "http"
+    assert env["wsgi.input_terminated"] is True
+    assert env["wsgi.multithread"] is False and env["wsgi.run_once"] is False
+    assert env["wsgi.version"] == [1, 0]
+
+
+def test_root_path_sets_script_name(serve):
+    with serve(environ_dump, root_path="/app") as srv:
+        env = json.loads(get(srv, "/app/page?q")[2])
+        other = json.loads(get(srv, "/elsewhere")[2])
+    assert (env["SCRIPT_NAME"], env["PATH_INFO"], env["QUERY_STRING"]) == ("/app", "/page", "q")
+    assert other["PATH_INFO"] == "/elsewhere"
+
+
+def test_absolute_form_target_replaces_host(serve):
+    with serve(environ_dump) as srv, srv.connect() as sock:
+        sock.sendall(b"GET http://other.example:81/p?q=1 HTTP/1.1\r\nHost: ignored\r\n\r\n")
+        env = json.loads(read_response(sock)[2])
+    assert env["HTTP_HOST"] == "other.example:81"
+    assert (env["PATH_INFO"], env["QUERY_STRING"]) == ("/p", "q=1")
+
+
+def test_chunked_request_has_no_content_length(serve):
+    with serve(environ_dump) as srv, srv.connect() as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        env = json.loads(read_response(sock)[2])
+    assert "CONTENT_LENGTH" not in env and "HTTP_TRANSFER_ENCODING" in env
+
+
+# -- wsgi.input ------------------------------------------------------------------------------
+
+def test_input_read_readline_readlines_iteration(serve):
+    def app(environ, start_response):
+        stream = environ["wsgi.input"]
+        first = stream.readline()
+        limited = stream.readline(3)
+        rest_of_line = stream.readline()
+        some = stream.read(4)
+        lines = stream.readlines()
+        tail = list(iter(stream))
+        body = json.dumps([first.decode(), limited.decode(), rest_of_line.decode(),
+                           some.decode(), [x.decode() for x in lines], tail]).encode()
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [body]
+
+    payload = b"line one\nline two\nabcdefg\nh\nlast"
+    with serve(app) as srv:
+        for chunked in (False, True):
+            with srv.connect() as sock:
+                if chunked:
+                    framed = b"".join(b"%x\r\n%s\r\n" % (len(payload[i:i + 3]), payload[i:i + 3])
+                                      for i in range(0, len(payload), 3)) + b"0\r\n\r\n"
+                    sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                                 b"\r\n" + framed)
+                else:
+                    sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                                 % len(payload) + payload)
+                result = json.loads(read_response(sock)[2])
+            assert result == ["line one\n", "lin", "e two\n", "abcd",
+                              ["efg\n", "h\n", "last"], []]
+
+
+# -- start_response rules and app errors ---------------------------------------------------
+
+@pytest.mark.parametrize("status, headers", [
+    ("200", [("Content-Type", "text/plain")]),                      # no reason phrase
+    ("2000 OK", [("Content-Type", "text/plain")]),
+    ("200 OK", [("Content-Type", "text/plain\r\nSet-Cookie: evil=1")]),  # response splitting
+    ("200 OK", [("Content-Type", "text/plain"), ("X-Bad Name", "v")]),
+    ("200 OK", [("Content-Type", "text/plain"), ("Transfer-Encoding", "chunked")]),  # hop-by-hop
+    ("200 OK", [("Content-Type", "text/plain"), ("Upgrade", "h2c")]),
+    ("200 OK", [("Content-Type", "text/plain"), ("X-Euro", "\u20ac")]),  # not latin-1
+    ("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "-1")]),
+])
+def test_invalid_status_or_headers_give_500(serve, status, headers):
+    def app(environ, start_response):
+        start_response(status, headers)
+        return [b"body"]
+
+    with serve(app, validate=False) as srv, srv.connect() as sock:
+        reader = sock.makefile("rb")
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        code, response_headers, body, raw = read_response(reader)
+        assert code == 500
+        assert b"evil" not in raw
+        # The connection is still usable after a 500 that was sent whole.
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(reader)[0] == 500
+
+
+def test_app_connection_close_header_is_honoured(serve):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Connection", "close")])
+        return [b"bye"]
+
+    with serve(app) as srv, srv.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw = recv_until_closed(sock)
+    assert raw.count(b"Connection: close") == 1 and raw.count(b"200 OK") == 1
+
+
+def test_exception_before_headers_gives_500_and_keeps_connection(serve, caplog):
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/boom":
+            raise RuntimeError("kaboom")
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"fine"]
+
+    with serve(app) as srv, srv.connect() as sock:
+        reader = sock.makefile("rb")
+        sock.sendall(b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n")
+        code, headers, body, _ = read_response(reader)
+        assert code == 500 and b"kaboom" not in body  # no traceback leaks to the client
+        sock.sendall(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(reader)[2] == b"fine"
+    assert any("kaboom" in str(r.exc_info) for r in caplog.records if r.exc_info)
+
+
+def test_exception_after_headers_closes_connection(serve):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"partial"
+        raise RuntimeError("mid-stream")
+
+    with serve(app) as srv, srv.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw = recv_until_closed(sock)
+    # Chunked, but no last-chunk: the client can tell the response is incomplete.
+    assert b"7\r\npartial\r\n" in raw and not raw.endswith(b"0\r\n\r\n")
+
+
+def test_exc_info_replaces_headers_before_they_are_sent(serve):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        try:
+            raise ValueError("oops")
+        except ValueError:
+            import sys
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain")],
+                           sys.exc_info())
+        return [b"sorry"]
+
+    with serve(app) as srv:
+        code, _, body = get(srv)
+    assert (code, body) == (503, b"sorry")
+
+
+def test_exc_info_after_headers_sent_reraises(serve):
+    def app(environ, start_response):
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"sent")
+        try:
+            raise ValueError("late")
+        except ValueError:
+            import sys
+            start_response("500 Oops", [("Content-Type", "text/plain")], sys.exc_info())
+        return [b"never"]
+
+    with serve(app, validate=False) as srv, srv.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw = recv_until_closed(sock)
+    assert raw.startswith(b"HTTP/1.1 200 OK") and b"never" not in raw
+
+
+def test_write_callable(serve):
+    def app(environ, start_response):
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"one,")
+        write(b"two,")
+        return [b"three"]
+
+    with serve(app) as srv:
+        assert get(srv)[2] == b"one,two,three"
+
+
+class TrackedBody:
+    """An app iterable that records whether close() was called."""
+
+    def __init__(self, parts, fail_at=None, delay=0.0):
+        self.parts = parts
+        self.fail_at = fail_at
+        self.delay = delay
+        self.closed = threading.Event()
+
+    def __iter__(self):
+        for index, part in enumerate(self.parts):
+            if index == self.fail_at:
+                raise RuntimeError("iteration failed")
+            if self.delay:
+                gevent.sleep(self.delay)
+            yield part
+
+    def close(self):
+        self.closed.set()
+
+
+@pytest.mark.parametrize("case", ["normal", "app raises", "client disconnects"])
+def test_iterable_close_is_always_called(serve, case):
+    body = TrackedBody([b"x" * 65536] * 200, fail_at=3 if case == "app raises" else None,
+                       delay=0.01 if case == "client disconnects" else 0.0)
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return body
+
+    with serve(app) as srv, srv.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        if case == "client disconnects":
+            sock.recv(1000)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            sock.close()
+        else:
+            recv_until_closed(sock, 10) if case == "app raises" else read_response(sock, 10)
+        assert body.closed.wait(5), "close() was not called"
+
+
+# -- file_wrapper ----------------------------------------------------------------------------
+
+def test_file_wrapper_sends_a_real_file(serve, tmp_path):
+    payload = bytes(range(256)) * 4000 + b"tail"
+    path = tmp_path / "data.bin"
+    path.write_bytes(payload)
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        handle = open(path, "rb")
+        handle.seek(10)  # from the current position, as PEP 3333 allows
+        return environ["wsgi.file_wrapper"](handle, 8192)
+
+    # Not validated: wsgiref.validate wraps the returned iterable, which hides the
+    # FileWrapper from the server. The Content-Length only the sendfile path adds shows the
+    # file went out through os.sendfile.
+    with serve(app, validate=False) as srv, srv.connect() as sock:
+        reader = sock.makefile("rb")
+        for method in (b"GET", b"HEAD", b"GET"):
+            sock.sendall(method + b" / HTTP/1.1\r\nHost: x\r\n\r\n")
+            if method == b"HEAD":
+                from conftest import read_head
+                code, headers, _ = read_head(reader)
+                assert headers["content-length"] == str(len(payload) - 10)
+                continue
+            code, headers, body, _ = read_response(reader)
+            assert body == payload[10:] and headers["content-length"] == str(len(payload) - 10)
+
+
+def test_file_wrapper_honours_content_length(serve, tmp_path):
+    path = tmp_path / "data.txt"
+    path.write_bytes(b"0123456789" * 100)
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "25")])
+        return environ["wsgi.file_wrapper"](open(path, "rb"))
+
+    with serve(app, validate=False) as srv, srv.connect() as sock:
+        reader = sock.makefile("rb")
+        for _ in range(2):
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_response(reader)[2] == (b"0123456789" * 3)[:25]
+
+
+def test_file_wrapper_falls_back_for_file_likes(serve):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return environ["wsgi.file_wrapper"](io.BytesIO(b"in memory " * 1000), 100)
+
+    with serve(app) as srv:
+        assert get(srv)[2] == b"in memory " * 1000
+
+
+# -- timers and graceful stop --------------------------------------------------------------
+
+def test_slow_header_gets_408_while_others_are_served(serve):
+    with serve(lambda e, s: (s("200 OK", [("Content-Type", "text/plain")]), [b"ok"])[1],
+               header_timeout=0.6) as srv:
+        with srv.connect() as slow:
+            slow.sendall(b"GET / HTTP/1.1\r\n")
+            start = time.monotonic()
+            for _ in range(3):
+                slow.sendall(b"X-Drip: 1\r\n")
+                assert get(srv)[0] == 200  # a normal client is served meanwhile
+                time.sleep(0.1)
+            raw = recv_until_closed(slow, 5)
+        assert raw.startswith(b"HTTP/1.1 408 ")
+        assert 0.5 < time.monotonic() - start < 2.0
+
+
+def test_idle_keep_alive_connection_is_closed(serve):
+    with serve(environ_dump, keep_alive=0.5) as srv, srv.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        read_response(sock)
+        start = time.monotonic()
+        assert sock.recv(10) == b""  # closed by the server, without a response
+        assert 0.3 < time.monotonic() - start < 2.0
+
+
+def test_stalled_upload_gets_408(serve):
+    caught = []
+
+    def app(environ, start_response):
+        try:
+            environ["wsgi.input"].read(100)
+        except OSError as exc:  # the app can catch it ...
+            caught.append(type(exc).__name__)
+            raise               # ... and here lets the server answer 408
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"unexpected"]
+
+    with serve(app, body_timeout=0.5) as srv, srv.connect() as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\npartial")
+        raw = recv_until_closed(sock, 5)
+    assert raw.startswith(b"HTTP/1.1 408 "), raw
+    assert caught == ["BodyReadTimeout"]
+
+
+def test_client_that_stops_reading_is_dropped(serve):
+    body = TrackedBody([b"y" * 65536] * 2000)
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return body
+
+    with serve(app, send_timeout=0.5) as srv, srv.connect() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        # Read nothing: the server must give up and close the iterable.
+        assert body.closed.wait(5)
+
+
+def test_graceful_stop_lets_in_flight_requests_finish(serve):
+    started = threading.Event()
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/slow":
+            started.set()
+            gevent.sleep(0.5)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"done"]
+
+    with serve(app) as srv:
+        idle = srv.connect()
+        idle.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        read_response(idle)
+        busy = srv.connect()
+        busy.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert started.wait(5)
+        stopper = threading.Thread(target=srv.stop)
+        stopper.start()
+        code, headers, body, _ = read_response(busy)
+        assert (code, body) == (200, b"done")
+        assert headers.get("connection") == "close"
+        assert idle.recv(10) == b""  # the idle keep-alive connection was closed at once
+        stopper.join(10)
+        with pytest.raises(OSError):
+            srv.connect(timeout=1).sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") or \
+                read_response(srv.connect(timeout=1))
+        idle.close()
+        busy.close()
