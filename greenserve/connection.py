@@ -348,7 +348,10 @@ class Connection:
         self.remaining = content_length if framing == FIXED else 0
         headers = self.response_headers
         extra = []
-        if content_length is not None and info.content_length is None and framing == FIXED:
+        if content_length is not None and info.content_length is None and (
+                framing == FIXED or (self.method == "HEAD" and code >= 200
+                                     and code != 204 and code != 304)):
+            # RFC 9110 §9.3.2: a HEAD response carries the length a GET would have.
             extra.append(f"Content-Length: {content_length}\r\n")
         elif info.content_length is not None and (code < 200 or code == 204):
             # RFC 9110 §8.6: no Content-Length in a 1xx or 204 response.
@@ -423,7 +426,9 @@ class Connection:
             if type(data) is not bytes:
                 raise TypeError(f"the app yielded {type(data).__name__}, not bytes")
             info = self.response_info
-            length = info.content_length if info.content_length is not None else len(data)
+            length = info.content_length
+            if length is None and (data or self.method != "HEAD"):
+                length = len(data)
             self._send(self._head_bytes(length) + self._frame(data))
             self._finish_response()
             return
@@ -442,8 +447,11 @@ class Connection:
         if not self.headers_sent:
             # The body was empty: say so with a length rather than chunked framing.
             info = self.response_info
-            self._send(self._head_bytes(info.content_length if info.content_length is not None
-                                        else 0))
+            length = info.content_length
+            if length is None and self.method != "HEAD":
+                # An empty HEAD body says nothing about the GET's length, so no "0" for it.
+                length = 0
+            self._send(self._head_bytes(length))
         self._finish_response()
 
     def _require_status(self):
