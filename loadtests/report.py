@@ -1,56 +1,78 @@
-"""Turn locust's CSV stats into summary.json, check SLO gates, and build the compare table and page.
+"""Turn locust's final stats into summary.json, check SLO gates, build the compare table and page.
 
-Locust rounds percentiles to whole milliseconds below 100 ms (10 ms steps up to 1 s), so p50/p95/p99
-here are as coarse as locust's; min/avg/max are exact. Use the wrk bench for sub-millisecond figures.
+The figures come from locust's --json-file, which locust writes once at shutdown with every request
+counted. Its _stats.csv is only the last periodic (1 s) snapshot and can miss the final second of a
+run, so the harness writes its own stats.csv from the final figures next to locust's files.
+Percentiles use locust's response-time histogram, which keeps whole milliseconds below 100 ms
+(10 ms steps up to 1 s): p50/p95/p99 are that coarse; min/avg/max are exact. Use the wrk bench for
+sub-millisecond figures.
 """
 import csv
 import html
 import json
+import math
 import os
 
-PERCENTILES = {"p50_ms": "50%", "p95_ms": "95%", "p99_ms": "99%"}
+PERCENTILES = {"p50_ms": 0.50, "p95_ms": 0.95, "p99_ms": 0.99}
+STATS_COLUMNS = ["method", "name", "requests", "failures", "fail_ratio", "rps", "avg_ms", "min_ms",
+                 "p50_ms", "p95_ms", "p99_ms", "max_ms"]  # fmt: skip
 
 
-def _num(value):
-    """Locust writes 'N/A' for empty percentiles; keep those as None."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
+def percentile(histogram, fraction):
+    """Nearest-rank percentile over {value: count}; None when empty."""
+    total = sum(histogram.values())
+    if not total:
         return None
+    rank, seen = max(1, math.ceil(fraction * total)), 0
+    for value in sorted(histogram):
+        seen += histogram[value]
+        if seen >= rank:
+            return value
+    return max(histogram)
 
 
-def _row_figures(row):
-    requests = int(row["Request Count"])
-    failures = int(row["Failure Count"])
+def _figures(entries):
+    """Aggregate figures over one or more locust stats entries (one endpoint, or all of them)."""
+    requests = sum(e["num_requests"] for e in entries)
+    failures = sum(e["num_failures"] for e in entries)
+    hist = {}
+    for e in entries:
+        for value, count in e["response_times"].items():
+            hist[float(value)] = hist.get(float(value), 0) + count
+    starts = [e["start_time"] for e in entries if e.get("start_time")]
+    ends = [e["last_request_timestamp"] for e in entries if e.get("last_request_timestamp")]
+    span = (max(ends) - min(starts)) if starts and ends else 0
+    mins = [e["min_response_time"] for e in entries if e.get("min_response_time") is not None]
     out = {
         "requests": requests,
         "failures": failures,
         "fail_ratio": failures / requests if requests else 0.0,
-        "rps": _num(row["Requests/s"]) or 0.0,
-        "avg_ms": _num(row["Average Response Time"]),
-        "min_ms": _num(row["Min Response Time"]),
-        "max_ms": _num(row["Max Response Time"]),
+        "rps": requests / span if span > 0 else 0.0,
+        "avg_ms": sum(e["total_response_time"] for e in entries) / requests if requests else None,
+        "min_ms": min(mins) if mins else None,
+        "max_ms": max((e["max_response_time"] for e in entries), default=None) if requests else None,
     }
-    for key, column in PERCENTILES.items():
-        out[key] = _num(row.get(column)) if requests else None
+    for key, fraction in PERCENTILES.items():
+        out[key] = percentile(hist, fraction)
     return out
 
 
-def read_stats_csv(path):
-    """(aggregated figures, [per-endpoint figures]) from locust's <prefix>_stats.csv."""
-    endpoints, total = [], None
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            figures = _row_figures(row)
-            if row["Name"] == "Aggregated":
-                total = figures
-            else:
-                endpoints.append(dict(method=row["Type"], name=row["Name"], **figures))
-    if total is None:
-        total = _row_figures({"Request Count": 0, "Failure Count": 0, "Requests/s": 0,
-                              "Average Response Time": None, "Min Response Time": None,
-                              "Max Response Time": None})  # fmt: skip
-    return total, endpoints
+def read_locust_json(path):
+    """(aggregated figures, [per-endpoint figures]) from locust's final --json-file."""
+    with open(path) as f:
+        entries = json.load(f)
+    endpoints = [dict(method=e["method"], name=e["name"], **_figures([e])) for e in entries]
+    endpoints.sort(key=lambda e: (e["name"], e["method"]))
+    return _figures(entries), endpoints
+
+
+def write_stats_csv(path, summary):
+    """Final per-endpoint figures plus an Aggregated row, in the harness's own columns."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(STATS_COLUMNS)
+        for row in summary["endpoints"] + [dict(summary, method="", name="Aggregated")]:
+            w.writerow(["" if row.get(c) is None else row.get(c) for c in STATS_COLUMNS])
 
 
 def last_history_row(path):
@@ -71,9 +93,9 @@ def last_history_row(path):
     return None
 
 
-def build_summary(stats_csv, meta):
+def build_summary(locust_json, meta):
     """summary.json's content: run metadata plus aggregated and per-endpoint figures."""
-    total, endpoints = read_stats_csv(stats_csv)
+    total, endpoints = read_locust_json(locust_json)
     summary = dict(meta)
     summary.update(total)
     summary["endpoints"] = endpoints

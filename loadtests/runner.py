@@ -99,8 +99,9 @@ def _locust_argv(opts, url, out_dir, classes, load_cpus):
         sys.executable, "-m", "locust", "-f", LOCUSTFILE, "--headless",
         "-u", str(opts.users), "-r", str(opts.spawn_rate), "-t", f"{opts.duration_s:g}s",
         "-H", url, "--csv", os.path.join(out_dir, "locust"), "--html", os.path.join(out_dir, "report.html"),
+        "--json-file", os.path.join(out_dir, "locust"),
         # Failures are judged by the SLO gates here, not by locust's exit code.
-        "--exit-code-on-error", "0", "--only-summary", "--loglevel", "WARNING",
+        "--exit-code-on-error", "0", "--only-summary",
     ]  # fmt: skip
     if opts.processes and opts.processes != 1:
         argv += ["--processes", str(opts.processes)]
@@ -178,9 +179,10 @@ def run_once(opts, server_name, out_dir, show_progress=True):
         kill_group(locust, grace=5.0)
         if server:
             server.stop()
-    stats_csv = os.path.join(out_dir, "locust_stats.csv")
-    if not os.path.exists(stats_csv):
-        raise RunError(f"locust wrote no stats: {_last_line(os.path.join(out_dir, 'locust.log'))}")
+    # Locust 2.x appends ".json" to --json-file; accept the name as given too.
+    final = next((p for p in (os.path.join(out_dir, n) for n in ("locust.json", "locust")) if os.path.isfile(p)), None)
+    if not final:
+        raise RunError(f"locust wrote no final stats: {_last_line(os.path.join(out_dir, 'locust.log'))}")
     meta = {
         "scenario": opts.scenario,
         "server": server_name if not opts.target else None,
@@ -198,10 +200,11 @@ def run_once(opts, server_name, out_dir, show_progress=True):
             "locust": {"pinned": load_cpus, "processes": opts.processes or 1,
                        "busy": round(locust_cpu / locust_wall, 2) if locust_wall else None},
         },  # fmt: skip
-        "files": {"html": "report.html", "stats_csv": "locust_stats.csv",
+        "files": {"html": "report.html", "stats_csv": "stats.csv", "locust_json": os.path.basename(final),
                   "history_csv": "locust_stats_history.csv", "failures_csv": "locust_failures.csv",
                   "locust_log": "locust.log", "server_log": "server.log" if server else None},  # fmt: skip
     }
-    summary = report.build_summary(stats_csv, meta)
+    summary = report.build_summary(final, meta)
     report.write_json(os.path.join(out_dir, "summary.json"), summary)
+    report.write_stats_csv(os.path.join(out_dir, "stats.csv"), summary)
     return summary

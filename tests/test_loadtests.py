@@ -37,7 +37,7 @@ def hello_run(tmp_path_factory):
 def test_hello_run_writes_reports_with_requests_and_no_failures(hello_run):
     proc, out = hello_run
     assert proc.returncode == 0, proc.stderr
-    for name in ("summary.json", "report.html", "locust_stats.csv", "locust_stats_history.csv"):
+    for name in ("summary.json", "stats.csv", "report.html", "locust.json", "locust_stats_history.csv"):
         assert (out / name).stat().st_size > 0, name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["server"] == "greenserve" and summary["scenario"] == "hello"
