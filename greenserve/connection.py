@@ -13,6 +13,7 @@ from time import monotonic, perf_counter
 from gevent import getcurrent
 from gevent.socket import wait_write
 
+from .disconnect import Disconnected
 from .errors import (BodyReadTimeout, ClientDisconnected, ProtocolError, RequestTimeout)
 from .protocol.parser import RequestParser
 from .protocol.writer import (CHUNKED, CONTINUE_RESPONSE, FIXED, LAST_CHUNK, NO_BODY,
@@ -60,6 +61,8 @@ class Connection:
         self.deadline = 0.0
         self.phase_seq = 0
         self.requests = 0
+        self.reading_body = False
+        self.disconnected = None
         # Per-request response state (reset by _handle).
         self.request = None
         self.status = None
@@ -203,6 +206,7 @@ class Connection:
         self.method = environ["REQUEST_METHOD"]
         has_body = request.chunked or request.content_length
         environ["wsgi.input"] = InputStream(self._receive_body if has_body else _empty_receive)
+        self.disconnected = environ["greenserve.disconnected"] = Disconnected(self)
 
         result = None
         try:
@@ -224,6 +228,7 @@ class Connection:
                 except Exception:
                     error_log.exception("error in close() of the app's iterable for %s %s",
                                         self.method, environ["RAW_URI"])
+            self.disconnected.finish(not self.keep_alive)
         if self.body_error is not None:
             # The body's framing broke while the app read it: answer it if we still can.
             if not self.headers_sent:
@@ -294,6 +299,7 @@ class Connection:
                     self._send(CONTINUE_RESPONSE)
                 previous = self.phase
                 self._enter(BODY, self.server.config.body_timeout)
+                self.reading_body = True
                 try:
                     chunk = self.sock.recv(RECEIVE_SIZE)
                 except (BodyReadTimeout, ClientDisconnected):
@@ -301,6 +307,7 @@ class Connection:
                 except OSError as exc:
                     raise ClientDisconnected(f"connection lost while reading the body: {exc}")
                 finally:
+                    self.reading_body = False
                     self._enter(previous, 0)
                 if not chunk:
                     raise ClientDisconnected("client closed the connection mid-body")
@@ -310,7 +317,11 @@ class Connection:
             self.body_error = exc
             self.keep_alive = False
             raise
-        except (ClientDisconnected, BodyReadTimeout):
+        except ClientDisconnected:
+            self.keep_alive = False
+            self.disconnected.set()
+            raise
+        except BodyReadTimeout:
             self.keep_alive = False
             raise
         return data
@@ -407,9 +418,11 @@ class Connection:
         self._enter(SEND, self.server.config.send_timeout)
         try:
             self.sock.sendall(data)
-        except ClientDisconnected:
-            raise
         except OSError as exc:
+            if self.disconnected is not None:
+                self.disconnected.set()
+            if isinstance(exc, ClientDisconnected):
+                raise
             raise ClientDisconnected(f"connection lost while sending: {exc}") from None
         finally:
             self._enter(APP, 0)

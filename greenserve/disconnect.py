@@ -1,0 +1,111 @@
+"""``environ["greenserve.disconnected"]``: lets a waiting app learn that its client left.
+
+A long poll blocks in the app, not in a socket call, so nothing would notice the peer's FIN
+until the app next writes. This object watches the socket only once the app asks (``wait``,
+``is_set``, or ``gevent.wait([...])``), so requests that never look cost one small object.
+"""
+
+from gevent import get_hub
+from gevent.event import Event
+
+# While watching, bytes a client sends early (a pipelined request) are kept for the parser;
+# past this much, watching stops rather than buffering without bound.
+WATCH_BUFFER_LIMIT = 65536
+
+
+class Disconnected:
+    """Becomes set when the peer closes the connection while its request is handled.
+
+    ``wait(timeout=None)`` -> True once set (False on timeout), ``is_set()``, truth value,
+    and ``rawlink``/``unlink`` so it works with ``gevent.wait([event, disconnected])``.
+    """
+
+    __slots__ = ("_connection", "_event", "_watcher")
+
+    def __init__(self, connection):
+        self._connection = connection
+        self._event = None
+        self._watcher = None
+
+    def is_set(self):
+        self._watch()
+        if not self._event.is_set():
+            self._check()
+        return self._event.is_set()
+
+    __bool__ = is_set
+
+    def wait(self, timeout=None):
+        self._watch()
+        return self._event.wait(timeout)
+
+    def rawlink(self, callback):
+        self._watch()
+        self._event.rawlink(lambda _event: callback(self))
+
+    def unlink(self, callback):
+        if self._event is not None:
+            self._event.unlink(callback)
+
+    def ready(self):
+        return self.is_set()
+
+    # -- used by the connection ------------------------------------------------------------
+
+    def set(self):
+        """The connection found the peer gone (a failed send or read)."""
+        if self._event is None:
+            self._event = Event()
+        self._event.set()
+        self._stop_watching()
+
+    def finish(self, connection_closing):
+        """The request is over: stop watching; set if the connection is closing."""
+        self._stop_watching()
+        if connection_closing and self._event is not None:
+            self._event.set()
+        self._connection = None
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _watch(self):
+        if self._event is None:
+            self._event = Event()
+        connection = self._connection
+        if self._watcher is None and connection is not None and not self._event.is_set():
+            try:
+                fileno = connection.sock.fileno()
+            except OSError:
+                self.set()
+                return
+            self._watcher = get_hub().loop.io(fileno, 1)
+            self._watcher.start(self._check)
+
+    def _stop_watching(self):
+        watcher = self._watcher
+        if watcher is not None:
+            self._watcher = None
+            watcher.stop()
+            watcher.close()
+
+    def _check(self):
+        """Readable (or asked): read what is there; EOF or an error means the peer left."""
+        connection = self._connection
+        if connection is None:
+            return
+        if connection.reading_body:
+            # The request's own reader is on the socket and will see EOF itself.
+            self._stop_watching()
+            return
+        try:
+            data = connection.sock._sock.recv(WATCH_BUFFER_LIMIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.set()
+            return
+        connection.parser.feed(data)
+        if connection.parser.buffered > WATCH_BUFFER_LIMIT:
+            self._stop_watching()
