@@ -8,9 +8,9 @@ Endpoints (the same set as flask_app.py and django_site/):
   POST /form              form fields (urlencoded or multipart) echoed back as JSON
   POST /json              a JSON document echoed back with the sum of its "numbers"
   POST /upload            a multipart file upload ("file" field): its name, size and sha256
-  GET  /stream?n=5&delay=0.2
-                          a streamed response: n lines, one every `delay` seconds, each
-                          stamped with the time it was produced
+  GET  /stream?n=5&delay=0.2&tag=x
+                          a streamed response: n lines "chunk I TIME TAG", one every `delay`
+                          seconds, stamped with the time each was produced
   GET  /redirect          302 to /text
   anything else           404
 """
@@ -80,13 +80,14 @@ def upload():
 def stream():
     count = int(request.query.get("n", 5))
     delay = float(request.query.get("delay", 0.2))
+    tag = request.query.get("tag", "-")
     response.content_type = "text/plain; charset=utf-8"
 
     def lines():
         for i in range(count):
             if i:
                 time.sleep(delay)  # gevent's sleep under greenserve: others keep being served
-            yield f"chunk {i} {time.time():.6f}\n"
+            yield f"chunk {i} {time.time():.6f} {tag}\n"
 
     return lines()  # Bottle passes a generator through unbuffered
 

@@ -8,9 +8,9 @@ Endpoints (the same set exists in bottle_app.py and django_site/):
   POST /form              form fields (urlencoded or multipart) echoed back as JSON
   POST /json              a JSON document echoed back with the sum of its "numbers"
   POST /upload            a multipart file upload ("file" field): its name, size and sha256
-  GET  /stream?n=5&delay=0.2
-                          a streamed response: n lines, one every `delay` seconds, each
-                          stamped with the time it was produced
+  GET  /stream?n=5&delay=0.2&tag=x
+                          a streamed response: n lines "chunk I TIME TAG", one every `delay`
+                          seconds, stamped with the time each was produced
   GET  /redirect          302 to /text
   anything else           404
 """
@@ -74,9 +74,11 @@ def stream():
                 # Under greenserve time.sleep is gevent's (monkey-patched): other requests
                 # keep being served while this one waits.
                 time.sleep(delay)
-            yield f"chunk {i} {time.time():.6f}\n"
+            # `request` inside the generator: the view has returned by now, and other
+            # requests run in other greenlets meanwhile; stream_with_context keeps this
+            # request's context alive for the generator.
+            yield f"chunk {i} {time.time():.6f} {request.args.get('tag', '-')}\n"
 
-    # stream_with_context keeps `request` usable inside the generator, after the view returned.
     return Response(stream_with_context(lines()), mimetype="text/plain")
 
 

@@ -16,6 +16,7 @@ import queue
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from conftest import read_head, read_response
 
 REPO = Path(__file__).resolve().parent.parent
 CURL = "/usr/bin/curl"
@@ -342,6 +344,79 @@ def test_keep_alive_reuses_one_connection(live):
         assert sock.getsockname() == local
     finally:
         conn.close()
+
+
+def test_pipelined_requests(live):
+    """Four requests in one write, answered in order; the last asks to close."""
+    host = f"Host: {live.host}\r\n"
+    requests_bytes = (
+        "POST /form HTTP/1.1\r\n" + host +
+        "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 7\r\n\r\na=1&b=2"
+        "GET /text HTTP/1.1\r\n" + host + "\r\n"
+        "HEAD /text HTTP/1.1\r\n" + host + "\r\n"
+        "GET /nowhere HTTP/1.1\r\n" + host + "Connection: close\r\n\r\n").encode()
+    with socket.create_connection((live.host, live.port), timeout=WAIT) as sock:
+        sock.sendall(requests_bytes)
+        reader = sock.makefile("rb")
+        status, _, body, _ = read_response(reader)
+        assert (status, json.loads(body)["form"]) == (200, {"a": "1", "b": "2"})
+        status, _, text, _ = read_response(reader)
+        assert (status, text) == (200, f"hello from {live.framework}\n".encode())
+        status, headers, _ = read_head(reader)  # a HEAD response: a head and no body
+        assert (status, headers["content-length"]) == (200, str(len(text)))
+        status, headers, _, _ = read_response(reader)
+        assert status == 404 and headers["connection"] == "close"
+        assert reader.read() == b""  # and nothing after it: the server closed
+
+
+def test_concurrent_streams_stay_separate(live):
+    """Two slow streams and a quick request at once: gevent serves them side by side, and
+    each stream's lines carry its own request's parameters (request state is per greenlet)."""
+    count, delay = 3, 0.4
+    results = {}
+
+    def fetch(tag):
+        with requests.get(f"{live.url}/stream?n={count}&delay={delay}&tag={tag}",
+                          timeout=WAIT) as response:
+            results[tag] = response.text.splitlines()
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=fetch, args=(tag,)) for tag in ("alpha", "beta")]
+    for thread in threads:
+        thread.start()
+    time.sleep(delay / 2)  # both streams are now sleeping between lines
+    quick = requests.get(live.url + "/text", timeout=WAIT)
+    quick_at = time.monotonic() - started
+    for thread in threads:
+        thread.join(WAIT)
+    elapsed = time.monotonic() - started
+
+    assert quick.status_code == 200 and quick_at < delay * 1.5, quick_at
+    for tag in ("alpha", "beta"):
+        assert [line.split()[::3] for line in results[tag]] == \
+            [["chunk", tag]] * count, results
+    # Served one after the other they would take 2 * (count - 1) * delay = 1.6 s.
+    assert elapsed < (count - 1) * delay + 0.6, elapsed
+
+
+@pytest.mark.parametrize("framework", list(FRAMEWORKS))
+def test_sigterm_lets_a_stream_finish(framework):
+    """SIGTERM in the middle of a streamed response: the response completes, then exit 0."""
+    require(framework)
+    proc, url, lines = start_greenserve(FRAMEWORKS[framework][1])
+    try:
+        with requests.get(f"{url}/stream?n=4&delay=0.3", stream=True,
+                          timeout=WAIT) as response:
+            received = response.iter_lines()
+            first = next(received)
+            proc.send_signal(signal.SIGTERM)
+            rest = list(received)
+        assert [line.split()[1] for line in [first, *rest]] == [b"0", b"1", b"2", b"3"]
+        assert proc.wait(WAIT) == 0, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(WAIT)
 
 
 def test_redirect(live):
