@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from loadtests import report
 from loadtests.scenarios import SCENARIOS
-from loadtests.servers import Server, child_env, cpu_plan, http_probe, kill_group, pinned
+from loadtests.servers import Server, child_env, cpu_plan, http_probe, kill_group, pinned, tree_own_cpu
 
 LOCUSTFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "locustfile.py")
 STOP_GRACE_S = 60.0  # locust's own -t should end the run; this catches a wedged locust
@@ -109,20 +109,34 @@ def _locust_argv(opts, url, out_dir, classes, load_cpus):
 
 
 def _wait_locust(proc, opts, out_dir, progress):
-    """Wait for locust to finish by itself (bounded); return its CPU seconds (incl. its workers)."""
+    """Wait for locust to finish by itself (bounded); return (CPU seconds, wall seconds) of its load.
+
+    Both are counted from the first stats row (load started) so that locust's ~1 s of imports
+    does not dilute the "cores busy" figure.
+    """
     history = os.path.join(out_dir, "locust_stats_history.csv")
     started = time.monotonic()
     bound = opts.duration_s + opts.users / max(opts.spawn_rate, 0.001) + STOP_GRACE_S
+    load_t0, load_cpu0, seen = None, 0.0, {}
     while True:
-        # wait4 rather than Popen.poll: its rusage covers locust and the workers it reaped.
+        # wait4 rather than Popen.poll: its rusage is exact for locust and the workers it reaped.
+        # Workers it leaves unreaped are missing from it, so their CPU is also sampled from /proc
+        # every tick; the larger of the two totals is the better one.
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        now = time.monotonic()
         if pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
-            return usage.ru_utime + usage.ru_stime, time.monotonic() - started
-        elapsed = time.monotonic() - started
-        if elapsed > bound:
+            cpu = max(usage.ru_utime + usage.ru_stime, sum(seen.values()))
+            if load_t0 is None:
+                return cpu, now - started
+            return cpu - load_cpu0, now - load_t0
+        seen.update(tree_own_cpu(proc.pid))
+        if now - started > bound:
             raise RunError(f"locust did not finish within {bound:.0f} s; stopped it")
-        progress.update(elapsed, report.last_history_row(history))
+        row = report.last_history_row(history)
+        if row and load_t0 is None:
+            load_t0, load_cpu0 = now, sum(seen.values())
+        progress.update(now - started, row)
         time.sleep(0.5)
 
 

@@ -96,7 +96,7 @@ def port_in_use(port):
     return False
 
 
-def _proc_stat(pid):
+def _proc_stat(pid, own_only=False):
     """(ppid, pgid, cpu seconds incl. reaped children) of one process, or None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -104,7 +104,7 @@ def _proc_stat(pid):
     except OSError:
         return None
     fields = data[data.rindex(")") + 2:].split()  # the command name may contain spaces
-    ticks = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    ticks = sum(int(x) for x in fields[11 : 13 if own_only else 15])  # utime stime [cutime cstime]
     return int(fields[1]), int(fields[2]), ticks / os.sysconf("SC_CLK_TCK")
 
 
@@ -150,6 +150,16 @@ def tree_rss_bytes(pid):
 def tree_cpu_seconds(pid):
     stats = _all_stats()
     return sum(stats[p][2] for p in process_tree(pid) if p in stats)
+
+
+def tree_own_cpu(pid):
+    """{pid: its own CPU seconds} over the tree, for processes whose parent may never reap them."""
+    out = {}
+    for p in process_tree(pid):
+        st = _proc_stat(p, own_only=True)
+        if st:
+            out[p] = st[2]
+    return out
 
 
 def group_members(pgid):
