@@ -232,16 +232,23 @@ class Server:
             argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
             env=child_env(), start_new_session=True,
         )  # fmt: skip
-        deadline = time.monotonic() + ready_timeout
+        try:
+            self._wait_ready(ready_timeout)
+        except BaseException:  # also Ctrl-C while waiting: the caller never got a handle to stop
+            self.stop()
+            raise
+        self.cpu_start = tree_cpu_seconds(self.proc.pid)
+        return self
+
+    def _wait_ready(self, timeout):
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise ServerError(f"{self.name} exited with status {self.proc.returncode} at start: {self._last_log_line()}")
             if http_probe(self.port, timeout=1.0):
-                self.cpu_start = tree_cpu_seconds(self.proc.pid)
-                return self
+                return
             time.sleep(0.1)
-        self.stop()
-        raise ServerError(f"{self.name} did not answer on {self.url} within {ready_timeout:.0f} s")
+        raise ServerError(f"{self.name} did not answer on {self.url} within {timeout:.0f} s")
 
     def rss_bytes(self):
         return tree_rss_bytes(self.proc.pid) if self.proc else None
