@@ -150,6 +150,10 @@ class Config:
     send_timeout: float = setting(
         30.0, "--send-timeout", parse=_seconds, metavar="SECONDS",
         help="Drop a client that accepts no response bytes for this long.")
+    request_timeout: float = setting(
+        0.0, "--request-timeout", parse=_seconds, metavar="SECONDS",
+        help="Interrupt an app still running this long after its request arrived: 503 if "
+             "nothing was sent yet, else the connection is closed (0 = no deadline).")
 
     # -- logging ----------------------------------------------------------------------------
     log_level: str = setting(

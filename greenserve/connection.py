@@ -14,7 +14,8 @@ from gevent import getcurrent
 from gevent.socket import wait_write
 
 from .disconnect import Disconnected
-from .errors import (BodyReadTimeout, ClientDisconnected, ProtocolError, RequestTimeout)
+from .errors import (BodyReadTimeout, ClientDisconnected, ProtocolError,
+                     RequestDeadlineExceeded, RequestTimeout)
 from .protocol.parser import RequestParser
 from .protocol.writer import (CHUNKED, CONTINUE_RESPONSE, FIXED, LAST_CHUNK, NO_BODY,
                               SERVER_NAME, UNTIL_CLOSE, choose_framing, error_response,
@@ -60,6 +61,8 @@ class Connection:
         self.phase = IDLE
         self.deadline = 0.0
         self.phase_seq = 0
+        self.request_deadline = 0.0  # absolute; 0 = none
+        self.phase_started = 0.0
         self.requests = 0
         self.reading_body = False
         self.disconnected = None
@@ -80,10 +83,18 @@ class Connection:
     # -- timers ------------------------------------------------------------------------------
 
     def _enter(self, phase, timeout):
-        """Start a phase whose timer expires ``timeout`` seconds from now (0 = never)."""
+        """Start a phase whose timer expires ``timeout`` seconds from now (0 = never).
+
+        While a request runs, its own deadline (--request-timeout) caps every phase's.
+        """
         self.phase = phase
         self.phase_seq += 1
-        self.deadline = monotonic() + timeout if timeout else 0.0
+        now = self.phase_started = monotonic()
+        deadline = now + timeout if timeout else 0.0
+        request_deadline = self.request_deadline
+        if request_deadline and (not deadline or request_deadline < deadline):
+            deadline = request_deadline
+        self.deadline = deadline
 
     def expire(self, seq):
         """Called from the hub when the deadline of phase number ``seq`` has passed."""
@@ -92,7 +103,11 @@ class Connection:
             return
         phase = self.phase
         self.deadline = 0.0
-        if phase == IDLE:
+        if self.request_deadline and monotonic() >= self.request_deadline:
+            self.request_deadline = 0.0
+            glet.throw(RequestDeadlineExceeded(
+                f"request still running after {self.server.config.request_timeout} s"))
+        elif phase == IDLE:
             glet.throw(IdleTimeout())
         elif phase == HEAD:
             glet.throw(RequestTimeout(
@@ -104,11 +119,15 @@ class Connection:
             glet.throw(ClientDisconnected(
                 f"client read nothing for {self.server.config.send_timeout} s"))
 
+    @property
+    def idle(self):
+        """Waiting for a request with nothing of it received: safe to close."""
+        return self.phase == IDLE and not self.parser.buffered
+
     def close_if_idle(self):
         """Graceful stop: close now if waiting between requests; True if it did."""
         glet = self.greenlet
-        if self.phase == IDLE and glet is not None and not glet.dead and \
-                not self.parser.buffered:
+        if self.idle and glet is not None and not glet.dead:
             glet.throw(_Closing())
             return True
         return False
@@ -125,7 +144,8 @@ class Connection:
                 # Headers and body leave in one write, so Nagle would only add latency.
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._serve()
-        except (IdleTimeout, _Closing, ClientDisconnected, ConnectionError):
+        except (IdleTimeout, _Closing, ClientDisconnected, ConnectionError,
+                RequestDeadlineExceeded):
             pass
         except OSError as exc:
             error_log.debug("connection error: %s", exc)
@@ -145,6 +165,7 @@ class Connection:
         recv = self.sock.recv
         keep_alive_timeout = config.keep_alive
         header_timeout = config.header_timeout
+        request_timeout = config.request_timeout
         # A fresh connection gets the header timer for its first request.
         self._enter(IDLE, header_timeout)
         while True:
@@ -165,9 +186,14 @@ class Connection:
             except ProtocolError as exc:
                 self._reject(exc)
                 return
+            if request_timeout:
+                self.request_deadline = monotonic() + request_timeout
             self._enter(APP, 0)
             self.requests += 1
-            keep = self._handle(request)
+            try:
+                keep = self._handle(request)
+            finally:
+                self.request_deadline = 0.0
             if not keep or server.stopping:
                 return
             self._enter(IDLE, keep_alive_timeout)
@@ -217,6 +243,8 @@ class Connection:
         except ProtocolError:
             # The body's framing broke under the app's read; answered below.
             self.keep_alive = False
+        except RequestDeadlineExceeded as exc:
+            self._deadline_exceeded(exc)
         except BaseException as exc:
             if not isinstance(exc, Exception):
                 raise
@@ -264,6 +292,18 @@ class Connection:
                                       keep_alive=self.keep_alive))
         except ClientDisconnected:
             self.keep_alive = False
+
+    def _deadline_exceeded(self, exc):
+        """--request-timeout: 503 if nothing was sent, else cut; the worker lives on."""
+        error_log.error("%s %s: %s; interrupted", self.method, self.environ["RAW_URI"], exc)
+        self.keep_alive = False
+        if not self.headers_sent:
+            self.status = "503 Service Unavailable"
+            self.status_code = 503
+            try:
+                self._send(error_response(503, "The request took too long."))
+            except ClientDisconnected:
+                pass
 
     def _finish_body(self):
         """Skip what the app did not read of the request body; True if the connection lives."""

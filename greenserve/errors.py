@@ -54,6 +54,13 @@ class BodyReadTimeout(IOError):
     """The request body stalled longer than the body timeout (the client gets 408)."""
 
 
+class RequestDeadlineExceeded(BaseException):
+    """Thrown into an app that outlived --request-timeout.
+
+    A BaseException, like gevent.Timeout, so an app's ``except Exception`` cannot swallow it.
+    """
+
+
 class ConfigError(Exception):
     """A setting has a bad value or name; the CLI prints it on one line and exits 2."""
 

@@ -72,6 +72,8 @@ class Server:
             base = base_environ(self.config, name, port, multiprocess)
             stream_server = StreamServer(sock, partial(self._serve_connection, base),
                                          spawn=self.pool)
+            # gevent asks full() when a client is waiting to be accepted.
+            stream_server.full = self._full
             stream_server.start()
             self._stream_servers.append(stream_server)
         self._sweeper = gevent.spawn(self._sweep)
@@ -127,6 +129,23 @@ class Server:
 
     def _serve_connection(self, base, sock, address):
         Connection(self, sock, address, base).run()
+
+    def _full(self):
+        """At the connection cap, make room by closing the longest-idle keep-alive connection.
+
+        Idle keep-alive clients must not lock new ones out; only when every connection is
+        busy do new clients wait in the backlog. gevent resumes accepting when a slot frees.
+        """
+        if not self.pool.full():
+            return False
+        oldest = None
+        for connection in self.connections:
+            if connection.idle and (oldest is None or
+                                    connection.phase_started < oldest.phase_started):
+                oldest = connection
+        if oldest is not None:
+            gevent.get_hub().loop.run_callback(oldest.close_if_idle)
+        return True
 
     def _sweep(self):
         """Fire the connections' phase timers (header, keep-alive, body, send)."""

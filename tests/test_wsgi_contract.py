@@ -414,3 +414,63 @@ def test_graceful_stop_lets_in_flight_requests_finish(serve):
                 read_response(srv.connect(timeout=1))
         idle.close()
         busy.close()
+
+
+def test_request_deadline_gives_503_and_the_server_lives_on(serve):
+    closed = threading.Event()
+
+    class Slow:
+        def __iter__(self):
+            try:
+                gevent.sleep(10)
+            except Exception:  # an app's broad except must not swallow the deadline
+                pass
+            yield b"too late"
+
+        def close(self):
+            closed.set()
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/slow":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return Slow()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"quick"]
+
+    with serve(app, request_timeout=0.5) as srv:
+        start = time.monotonic()
+        code, headers, body = get(srv, "/slow")
+        assert code == 503 and 0.4 < time.monotonic() - start < 2
+        assert closed.wait(2)
+        assert get(srv, "/")[2] == b"quick"  # a new connection is served as usual
+
+
+def test_connection_cap_evicts_idle_keep_alive_connections_first(serve):
+    release = threading.Event()
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/busy":
+            while not release.is_set():
+                gevent.sleep(0.01)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    with serve(app, max_connections=3, keep_alive=30) as srv:
+        busy = srv.connect()
+        busy.sendall(b"GET /busy HTTP/1.1\r\nHost: x\r\n\r\n")
+        idle = []
+        for _ in range(2):
+            sock = srv.connect()
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            read_response(sock)
+            idle.append(sock)
+        # The cap is reached (1 busy + 2 idle): a newcomer is served by evicting the
+        # longest-idle connection, not left waiting behind idle keep-alive clients.
+        start = time.monotonic()
+        assert get(srv, "/")[2] == b"ok"
+        assert time.monotonic() - start < 2
+        assert idle[0].recv(10) == b""
+        release.set()
+        assert read_response(busy)[2] == b"ok"
+        for sock in idle + [busy]:
+            sock.close()
