@@ -205,7 +205,8 @@ def _bar_chart(title, note, rows):
             continue
         w = max(1.0, (width - label_w - 90) * value / top)
         parts.append(f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="#3a7d44" rx="3"/>')
-        parts.append(f'<text x="{label_w + w + 6:.1f}" y="{y + bar_h * 0.7}" font-size="13">{value:,.6g}</text>')
+        shown = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+        parts.append(f'<text x="{label_w + w + 6:.1f}" y="{y + bar_h * 0.7}" font-size="13">{shown}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 

@@ -97,3 +97,70 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
     assert not os.listdir(tmp_path)  # nothing ran
+
+
+def _processes_mentioning(text):
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def test_ctrl_c_stops_server_and_locust(tmp_path):
+    import signal
+    import time
+
+    from loadtests.servers import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loadtests", "run", "--server", "greenserve", "--port", str(port),
+         "--duration", "30s", "--out", str(tmp_path), "--quiet"],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while not (tmp_path / "locust_stats_history.csv").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "loadtests: interrupted; stopped everything it started"
+    assert _processes_mentioning(str(tmp_path)) == []  # locust's command line names the out dir
+    assert _processes_mentioning(f"127.0.0.1:{port}") == []  # and the server's names its port
+    assert not http_probe(port, timeout=0.5)
+
+
+WRK_OUTPUT = """Running 8s test @ http://127.0.0.1:40000/
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.61ms  411.09us  14.77ms   93.66%
+    Req/Sec    24.64k     1.32k   26.44k    86.25%
+  Latency Distribution
+     50%  520.00us
+     75%    2.60ms
+     90%    2.86ms
+     99%    1.10s
+  196202 requests in 8.00s, 15.53MB read
+  Socket errors: connect 0, read 7, write 0, timeout 2
+  Non-2xx or 3xx responses: 3
+Requests/sec:  24521.50
+Transfer/sec:      1.94MB
+"""
+
+
+def test_wrk_output_is_parsed_and_tabulated():
+    from loadtests import wrk_bench
+
+    r = wrk_bench.parse_wrk(WRK_OUTPUT)
+    assert r == {"rps": 24521.5, "p50_ms": 0.52, "p99_ms": 1100.0, "socket_errors": [0, 7, 0, 2],
+                 "non_2xx": 3, "requests": 196202}  # fmt: skip
+    row = dict(r, runs_rps=[24521.5], rss_mib=30.0)
+    base = dict(row, rps=12260.75, p99_ms=550.0, runs_rps=[12260.75])
+    table = wrk_bench.table({"hello": {"greenserve": row, "gevent-pywsgi-nodelay": base}},
+                            ["greenserve", "gevent-pywsgi-nodelay"], ["hello"])  # fmt: skip
+    assert "| hello | greenserve | 24,522 | 0.52 | 1100.00 | 2.00x | 2.00x | 0/7/0/2, 3 | 24,522 |" in table
