@@ -1,4 +1,5 @@
 """python -m loadtests: the harness's command line."""
+
 import sys
 
 from loadtests.cli import main

@@ -3,7 +3,7 @@
 Every server under test runs this same ``app`` so that differences in the figures come from the
 server, not the app. Routes:
 
-  GET  /                 13-byte "Hello, World!" with Content-Length        (wrk hello, locust hello)
+  GET  /                 13-byte "Hello, World!" with Content-Length   (wrk hello, locust hello)
   GET  /64k              64 KiB body with Content-Length                     (wrk 64k)
   GET  /stream           16 chunks of 4 KiB yielded one by one, no length    (wrk + locust stream)
                          ?chunks=N&size=BYTES&delay_ms=MS change the shape
@@ -19,6 +19,7 @@ server, not the app. Routes:
 
 The module patches nothing and starts nothing at import: the server under test owns the hub.
 """
+
 import json
 import time
 import zlib
@@ -80,7 +81,7 @@ def _iter_body(environ, blocksize=65536):
 
 
 class Board:
-    """Chat-style message board for long polls: waiters park on one Event that each send replaces."""
+    """Chat-style board for long polls: waiters park on one Event that each send replaces."""
 
     def __init__(self):
         self.messages = []  # (id, text), newest last
@@ -162,7 +163,9 @@ def make_app():
                 except ValueError:
                     obj = None
                 if not isinstance(obj, dict):
-                    return _json(start_response, {"error": "expected a JSON object"}, "400 Bad Request")
+                    return _json(
+                        start_response, {"error": "expected a JSON object"}, "400 Bad Request"
+                    )
                 return _json(start_response, items.add(obj), "201 Created")
             return _respond(start_response, "405 Method Not Allowed", b"method not allowed\n")
         try:

@@ -3,6 +3,7 @@
 The harness never imports the app under test itself (it might patch or start things); it asks a
 child interpreter, so a bad spec turns into one clear line before any server is started.
 """
+
 import importlib
 import os
 import subprocess
@@ -30,7 +31,9 @@ def load_app(spec):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise AppSpecError(f"app spec {spec!r}: {module_name!r} has no attribute {attr!r}") from None
+            raise AppSpecError(
+                f"app spec {spec!r}: {module_name!r} has no attribute {attr!r}"
+            ) from None
     if not callable(obj):
         raise AppSpecError(f"app spec {spec!r}: {attr!r} is not callable")
     return obj
@@ -46,7 +49,11 @@ def check_app(spec, env=None, timeout=30):
     )
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", code, spec], env=env, capture_output=True, text=True, timeout=timeout
+            [sys.executable, "-c", code, spec],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
     except subprocess.TimeoutExpired:
         return f"app spec {spec!r}: importing it took over {timeout} s"

@@ -3,6 +3,7 @@
 Exit codes: 0 ok; 1 an SLO gate (or a compared server) failed; 2 bad input or the harness could not
 run; 130 interrupted. Every error is one line on stderr, and nothing started is left running.
 """
+
 import argparse
 import os
 import signal
@@ -36,37 +37,77 @@ def _duration(text):
 
 
 def _load_options(p):
-    p.add_argument("--scenario", default="hello", help=f"one of: {', '.join(SCENARIOS)} (default hello)")
+    p.add_argument(
+        "--scenario", default="hello", help=f"one of: {', '.join(SCENARIOS)} (default hello)"
+    )
     p.add_argument("--users", type=int, default=50, help="concurrent locust users (default 50)")
-    p.add_argument("--spawn-rate", type=float, default=50, help="users started per second (default 50)")
-    p.add_argument("--duration", type=_duration, default=30.0, dest="duration_s",
-                   help="run time per server, e.g. 30s, 2m (default 30s)")
+    p.add_argument(
+        "--spawn-rate", type=float, default=50, help="users started per second (default 50)"
+    )
+    p.add_argument(
+        "--duration",
+        type=_duration,
+        default=30.0,
+        dest="duration_s",
+        help="run time per server, e.g. 30s, 2m (default 30s)",
+    )
     p.add_argument("--out", default="results", help="output directory (default ./results)")
-    p.add_argument("--app", default=DEFAULT_APP, help=f"WSGI app MODULE:APP to serve (default {DEFAULT_APP})")
-    p.add_argument("--processes", type=int, default=1,
-                   help="locust processes (locust --processes; -1 = one per CPU); default 1")
-    p.add_argument("--think-ms", type=float, default=0, help="mean user think time between tasks (default 0)")
-    p.add_argument("--fail-ratio", type=float, help="SLO: exit 1 if failed/total exceeds this, e.g. 0.01")
+    p.add_argument(
+        "--app", default=DEFAULT_APP, help=f"WSGI app MODULE:APP to serve (default {DEFAULT_APP})"
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="locust processes (locust --processes; -1 = one per CPU); default 1",
+    )
+    p.add_argument(
+        "--think-ms", type=float, default=0, help="mean user think time between tasks (default 0)"
+    )
+    p.add_argument(
+        "--fail-ratio", type=float, help="SLO: exit 1 if failed/total exceeds this, e.g. 0.01"
+    )
     p.add_argument("--p99-ms", type=float, help="SLO: exit 1 if p99 latency exceeds this many ms")
-    p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin server and locust with taskset")
+    p.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="do not pin server and locust with taskset",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress line")
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m loadtests", description="Load-test greenserve and its peers.")
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtests", description="Load-test greenserve and its peers."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="one scenario against one server, with locust")
     _load_options(run)
-    run.add_argument("--server", default="greenserve", help=f"one of: {', '.join(SERVERS)} (default greenserve)")
-    run.add_argument("--target", help="load an already-running server instead, e.g. http://127.0.0.1:8000")
-    run.add_argument("--port", type=int, default=0, help="port for the started server (default: a free one)")
+    run.add_argument(
+        "--server", default="greenserve", help=f"one of: {', '.join(SERVERS)} (default greenserve)"
+    )
+    run.add_argument(
+        "--target", help="load an already-running server instead, e.g. http://127.0.0.1:8000"
+    )
+    run.add_argument(
+        "--port", type=int, default=0, help="port for the started server (default: a free one)"
+    )
 
-    cmp_ = sub.add_parser("compare", help="the same scenario against several servers, then a table and a page")
+    cmp_ = sub.add_parser(
+        "compare", help="the same scenario against several servers, then a table and a page"
+    )
     _load_options(cmp_)
-    cmp_.add_argument("--servers", default=COMPARE_DEFAULT, help=f"comma-separated (default {COMPARE_DEFAULT})")
-    cmp_.add_argument("--from-summaries", nargs="+", metavar="SUMMARY",
-                      help="build the table from existing summary.json files (or run dirs); run nothing")
+    cmp_.add_argument(
+        "--servers", default=COMPARE_DEFAULT, help=f"comma-separated (default {COMPARE_DEFAULT})"
+    )
+    cmp_.add_argument(
+        "--from-summaries",
+        nargs="+",
+        metavar="SUMMARY",
+        help="build the table from existing summary.json files (or run dirs); run nothing",
+    )
 
     wrk = sub.add_parser("wrk", help="BENCHMARKING.md throughput/latency method with wrk")
     from loadtests import wrk_bench
@@ -92,13 +133,20 @@ def _validate(args):
 
 def _gate(summary, args):
     reason = report.check_slo(summary, args.fail_ratio, args.p99_ms)
-    return f"SLO failed ({summary.get('server') or summary.get('target')}): {reason}" if reason else None
+    return (
+        f"SLO failed ({summary.get('server') or summary.get('target')}): {reason}"
+        if reason
+        else None
+    )
 
 
 def _print_summary(s, out):
-    print(f"{s['scenario']} @ {s.get('server') or s['target']}: {s['requests']:,} requests, "
-          f"{s['failures']:,} failures, {s['rps']:,.0f} req/s, p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms, "
-          f"max {s['max_ms']:,.0f} ms, server RSS {s['server_rss_mib']} MiB -> {out}")  # fmt: skip
+    print(
+        f"{s['scenario']} @ {s.get('server') or s['target']}: {s['requests']:,} requests, "
+        f"{s['failures']:,} failures, {s['rps']:,.0f} req/s, p50 {s['p50_ms']} ms, "
+        f"p99 {s['p99_ms']} ms, max {s['max_ms']:,.0f} ms, server RSS {s['server_rss_mib']} MiB "
+        f"-> {out}"
+    )
 
 
 def cmd_run(args):
@@ -107,7 +155,9 @@ def cmd_run(args):
     if args.port and port_in_use(args.port):
         raise UsageError(f"port {args.port} on 127.0.0.1 is already in use")
     _validate(args)
-    summary = run_once(args, None if args.target else args.server, args.out, show_progress=not args.quiet)
+    summary = run_once(
+        args, None if args.target else args.server, args.out, show_progress=not args.quiet
+    )
     _print_summary(summary, os.path.join(args.out, "summary.json"))
     reason = _gate(summary, args)
     if reason:
@@ -122,8 +172,11 @@ def _write_compare(summaries, out):
     text = report.describe_run(summaries) + "\n\n" + table + "\n"
     with open(os.path.join(out, "compare.md"), "w") as f:
         f.write(text)
-    links = [(f"{s.get('server')}: locust report", os.path.join(s["server"], "report.html"))
-             for s in summaries if s.get("server") and not s.get("error")]  # fmt: skip
+    links = [
+        (f"{s.get('server')}: locust report", os.path.join(s["server"], "report.html"))
+        for s in summaries
+        if s.get("server") and not s.get("error")
+    ]
     with open(os.path.join(out, "compare.html"), "w") as f:
         f.write(report.compare_html(summaries, links))
     report.write_json(os.path.join(out, "compare.json"), summaries)
@@ -141,13 +194,17 @@ def cmd_compare(args):
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
     unknown = [n for n in names if n not in SERVERS]
     if unknown or not names:
-        raise UsageError(f"unknown server {', '.join(unknown) or '(none)'}; choose from {', '.join(SERVERS)}")
+        raise UsageError(
+            f"unknown server {', '.join(unknown) or '(none)'}; choose from {', '.join(SERVERS)}"
+        )
     args.port, args.target = 0, None
     _validate(args)
     summaries, failed = [], []
     for name in names:
         try:
-            summary = run_once(args, name, os.path.join(args.out, name), show_progress=not args.quiet)
+            summary = run_once(
+                args, name, os.path.join(args.out, name), show_progress=not args.quiet
+            )
         except (RunError, ServerError) as exc:
             print(f"{name}: {exc}", file=sys.stderr)
             summaries.append({"server": name, "scenario": args.scenario, "error": str(exc)})

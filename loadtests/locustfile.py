@@ -5,6 +5,7 @@ FastHttpUser (geventhttpclient) keeps the load side cheap so that one locust cor
 requests; UploadUser uses HttpUser because requests can send a generator body chunked.
 Think time: LOADTESTS_THINK_MS (set by --think-ms) makes users wait 0..2x that between tasks.
 """
+
 import os
 import random
 import zlib
@@ -37,7 +38,9 @@ class ApiUser(FastHttpUser):
 
     @task(4)
     def list_items(self):
-        with self.client.get("/api/items?limit=20", name="GET /api/items", catch_response=True) as r:
+        with self.client.get(
+            "/api/items?limit=20", name="GET /api/items", catch_response=True
+        ) as r:
             if r.status_code == 200 and "items" not in r.json():
                 r.failure("list without items")
 
@@ -47,8 +50,14 @@ class ApiUser(FastHttpUser):
 
     @task(2)
     def create_item(self):
-        body = {"name": f"load-{random.random():.6f}", "price": random.randint(1, 999), "tags": ["load"]}
-        with self.client.post("/api/items", json=body, name="POST /api/items", catch_response=True) as r:
+        body = {
+            "name": f"load-{random.random():.6f}",
+            "price": random.randint(1, 999),
+            "tags": ["load"],
+        }
+        with self.client.post(
+            "/api/items", json=body, name="POST /api/items", catch_response=True
+        ) as r:
             if r.status_code != 201:
                 r.failure(f"status {r.status_code}, wanted 201")
 

@@ -6,6 +6,7 @@ Patches first (as gunicorn's gevent worker and greenserve do), serves with a Poo
 access log, and with --nodelay sets TCP_NODELAY on each accepted socket: plain pywsgi writes headers
 and body separately, so without it Nagle plus delayed ACK add ~40 ms to each keep-alive request.
 """
+
 from gevent import monkey
 
 monkey.patch_all()

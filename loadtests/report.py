@@ -7,6 +7,7 @@ Percentiles use locust's response-time histogram, which keeps whole milliseconds
 (10 ms steps up to 1 s): p50/p95/p99 are that coarse; min/avg/max are exact. Use the wrk bench for
 sub-millisecond figures.
 """
+
 import csv
 import html
 import json
@@ -14,8 +15,20 @@ import math
 import os
 
 PERCENTILES = {"p50_ms": 0.50, "p95_ms": 0.95, "p99_ms": 0.99}
-STATS_COLUMNS = ["method", "name", "requests", "failures", "fail_ratio", "rps", "avg_ms", "min_ms",
-                 "p50_ms", "p95_ms", "p99_ms", "max_ms"]  # fmt: skip
+STATS_COLUMNS = [
+    "method",
+    "name",
+    "requests",
+    "failures",
+    "fail_ratio",
+    "rps",
+    "avg_ms",
+    "min_ms",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "max_ms",
+]
 
 
 def percentile(histogram, fraction):
@@ -50,7 +63,9 @@ def _figures(entries):
         "rps": requests / span if span > 0 else 0.0,
         "avg_ms": sum(e["total_response_time"] for e in entries) / requests if requests else None,
         "min_ms": min(mins) if mins else None,
-        "max_ms": max((e["max_response_time"] for e in entries), default=None) if requests else None,
+        "max_ms": (
+            max((e["max_response_time"] for e in entries), default=None) if requests else None
+        ),
     }
     for key, fraction in PERCENTILES.items():
         out[key] = percentile(hist, fraction)
@@ -88,7 +103,12 @@ def last_history_row(path):
         return None
     for line in reversed(tail):
         fields = next(csv.reader([line]), [])
-        if header and len(fields) == len(header) and fields[0] != "Timestamp" and "Aggregated" in fields:
+        if (
+            header
+            and len(fields) == len(header)
+            and fields[0] != "Timestamp"
+            and "Aggregated" in fields
+        ):
             return dict(zip(header, fields))
     return None
 
@@ -109,8 +129,10 @@ def check_slo(summary, fail_ratio=None, p99_ms=None):
     if summary["requests"] == 0:
         return "no request completed"
     if fail_ratio is not None and summary["fail_ratio"] > fail_ratio:
-        return (f"failure ratio {summary['fail_ratio']:.4f} > {fail_ratio:g} "
-                f"({summary['failures']} of {summary['requests']} requests failed)")  # fmt: skip
+        return (
+            f"failure ratio {summary['fail_ratio']:.4f} > {fail_ratio:g} "
+            f"({summary['failures']} of {summary['requests']} requests failed)"
+        )
     if p99_ms is not None and (summary["p99_ms"] or 0) > p99_ms:
         return f"p99 latency {summary['p99_ms']:g} ms > {p99_ms:g} ms"
     return None
@@ -162,11 +184,16 @@ def _cores(summary):
 def compare_table(summaries):
     """Markdown table, one row per summary (a summary with 'error' gets a row saying so)."""
     head = ["server"] + [h for _, h, _ in COLUMNS] + ["cores busy srv/locust"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
+    ]
     for s in summaries:
         name = s.get("server") or s.get("target") or "?"
         if s.get("error"):
-            lines.append(f"| {name} | " + " | ".join(["-"] * (len(head) - 2)) + f" | failed: {s['error']} |")
+            lines.append(
+                f"| {name} | " + " | ".join(["-"] * (len(head) - 2)) + f" | failed: {s['error']} |"
+            )
             continue
         cells = [_fmt(s.get(k), spec) for k, _, spec in COLUMNS]
         lines.append("| " + " | ".join([name] + cells + [_cores(s)]) + " |")
@@ -181,11 +208,19 @@ def describe_run(summaries):
     cores = s.get("cores") or {}
     pin = cores.get("server", {}).get("pinned")
     load = cores.get("locust", {})
-    pinning = (f"server pinned to CPU {','.join(map(str, pin))}, locust to CPU "
-               f"{','.join(map(str, load.get('pinned') or []))}") if pin else "unpinned"  # fmt: skip
-    return (f"scenario `{s['scenario']}`, {s['users']} users (spawn {s['spawn_rate']}/s), "
-            f"{s['duration_s']:g} s per server, locust processes: {load.get('processes', 1)}, {pinning}; "
-            f"locust {s.get('locust_version', '?')}")  # fmt: skip
+    pinning = (
+        (
+            f"server pinned to CPU {','.join(map(str, pin))}, locust to CPU "
+            f"{','.join(map(str, load.get('pinned') or []))}"
+        )
+        if pin
+        else "unpinned"
+    )
+    return (
+        f"scenario `{s['scenario']}`, {s['users']} users (spawn {s['spawn_rate']}/s), "
+        f"{s['duration_s']:g} s per server, locust processes: {load.get('processes', 1)}, "
+        f"{pinning}; locust {s.get('locust_version', '?')}"
+    )
 
 
 def _bar_chart(title, note, rows):
@@ -193,26 +228,37 @@ def _bar_chart(title, note, rows):
     width, label_w, bar_h, gap = 640, 190, 24, 8
     height = 40 + len(rows) * (bar_h + gap)
     top = max([v for _, v in rows if v is not None] + [0]) or 1
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
-             f'<text x="0" y="18" font-size="15" font-weight="bold">{html.escape(title)}</text>',
-             f'<text x="{width}" y="18" font-size="12" text-anchor="end" fill="#666">{html.escape(note)}</text>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
+        f'<text x="0" y="18" font-size="15" font-weight="bold">{html.escape(title)}</text>',
+        f'<text x="{width}" y="18" font-size="12" text-anchor="end" fill="#666">'
+        f"{html.escape(note)}</text>",
+    ]
     for i, (label, value) in enumerate(rows):
         y = 34 + i * (bar_h + gap)
-        parts.append(f'<text x="{label_w - 8}" y="{y + bar_h * 0.7}" font-size="13" text-anchor="end">'
-                     f"{html.escape(label)}</text>")
+        parts.append(
+            f'<text x="{label_w - 8}" y="{y + bar_h * 0.7}" font-size="13" text-anchor="end">'
+            f"{html.escape(label)}</text>"
+        )
         if value is None:
-            parts.append(f'<text x="{label_w}" y="{y + bar_h * 0.7}" font-size="13" fill="#999">n/a</text>')
+            parts.append(
+                f'<text x="{label_w}" y="{y + bar_h * 0.7}" font-size="13" fill="#999">n/a</text>'
+            )
             continue
         w = max(1.0, (width - label_w - 90) * value / top)
-        parts.append(f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="#3a7d44" rx="3"/>')
+        parts.append(
+            f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="#3a7d44" rx="3"/>'
+        )
         shown = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
-        parts.append(f'<text x="{label_w + w + 6:.1f}" y="{y + bar_h * 0.7}" font-size="13">{shown}</text>')
+        parts.append(
+            f'<text x="{label_w + w + 6:.1f}" y="{y + bar_h * 0.7}" font-size="13">{shown}</text>'
+        )
     parts.append("</svg>")
     return "\n".join(parts)
 
 
 def compare_html(summaries, links=None):
-    """A self-contained page: what ran, the table, one bar chart per figure, links to locust's reports."""
+    """A self-contained page: what ran, the table, a bar chart per figure, the locust reports."""
     good = [s for s in summaries if not s.get("error")]
     rows = []
     head = ["server"] + [h for _, h, _ in COLUMNS] + ["cores busy srv/locust"]
@@ -224,10 +270,12 @@ def compare_html(summaries, links=None):
             cells = [name] + [_fmt(s.get(k), spec) for k, _, spec in COLUMNS] + [_cores(s)]
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     charts = [
-        _bar_chart(title, note, [(s.get("server") or "?", s.get(key)) for s in good]) for key, title, note in CHARTS
+        _bar_chart(title, note, [(s.get("server") or "?", s.get(key)) for s in good])
+        for key, title, note in CHARTS
     ]
     link_items = "".join(
-        f'<li><a href="{html.escape(href)}">{html.escape(label)}</a></li>' for label, href in (links or [])
+        f'<li><a href="{html.escape(href)}">{html.escape(label)}</a></li>'
+        for label, href in (links or [])
     )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>greenserve load comparison</title>
@@ -238,6 +286,7 @@ td:first-child,th:first-child{{text-align:left}}svg{{display:block;margin:1.5em 
 <table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}</tr>{"".join(rows)}</table>
 {"".join(charts)}
 <h2>Locust reports</h2><ul>{link_items}</ul>
-<p>Percentiles are locust's: whole milliseconds below 100 ms. "cores busy" is CPU time over wall time.</p>
+<p>Percentiles are locust's: whole milliseconds below 100 ms.
+"cores busy" is CPU time over wall time during the load.</p>
 </body></html>
 """

@@ -4,6 +4,7 @@ Locust runs headless in its own session, pinned to the load-generator CPUs, and 
 own --run-time plus a grace period enforced here; whatever happens, both process groups are stopped
 before this returns or raises.
 """
+
 import datetime
 import importlib.metadata
 import importlib.util
@@ -15,7 +16,15 @@ from urllib.parse import urlsplit
 
 from loadtests import report
 from loadtests.scenarios import SCENARIOS
-from loadtests.servers import Server, child_env, cpu_plan, http_probe, kill_group, pinned, tree_own_cpu
+from loadtests.servers import (
+    Server,
+    child_env,
+    cpu_plan,
+    http_probe,
+    kill_group,
+    pinned,
+    tree_own_cpu,
+)
 
 LOCUSTFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "locustfile.py")
 STOP_GRACE_S = 60.0  # locust's own -t should end the run; this catches a wedged locust
@@ -55,7 +64,9 @@ def check_target(url):
     if parts.scheme != "http" or not parts.hostname:
         raise RunError(f"--target {url!r} is not like http://127.0.0.1:PORT")
     if parts.hostname not in LOOPBACK:
-        raise RunError(f"--target {url!r}: the harness only loads servers on this machine's loopback")
+        raise RunError(
+            f"--target {url!r}: the harness only loads servers on this machine's loopback"
+        )
     port = parts.port or 80
     if not http_probe(port):
         raise RunError(f"nothing answers HTTP at {url}")
@@ -63,7 +74,7 @@ def check_target(url):
 
 
 class Progress:
-    """The one-line status of a running test, rewritten in place on a terminal, every 5 s otherwise."""
+    """The status line of a running test: rewritten in place on a terminal, every 5 s otherwise."""
 
     def __init__(self, label, total_s, stream=sys.stderr, enabled=True):
         self.label, self.total_s, self.stream, self.enabled = label, total_s, stream, enabled
@@ -81,9 +92,12 @@ class Progress:
         requests = int(float(row.get("Total Request Count") or 0))
         failures = int(float(row.get("Total Failure Count") or 0))
         ratio = failures / requests if requests else 0.0
-        line = (f"[{self.label}] {min(elapsed, self.total_s):4.0f}/{self.total_s:.0f} s  "
-                f"users {row.get('User Count', '?'):>4}  rps {float(row.get('Requests/s') or 0):8,.0f}  "
-                f"requests {requests:,}  failures {failures:,} ({ratio:.2%})")  # fmt: skip
+        line = (
+            f"[{self.label}] {min(elapsed, self.total_s):4.0f}/{self.total_s:.0f} s  "
+            f"users {row.get('User Count', '?'):>4}  "
+            f"rps {float(row.get('Requests/s') or 0):8,.0f}  "
+            f"requests {requests:,}  failures {failures:,} ({ratio:.2%})"
+        )
         self.stream.write(("\r" + line + "\033[K") if self.tty else line + "\n")
         self.stream.flush()
         self.printed = True
@@ -96,20 +110,38 @@ class Progress:
 
 def _locust_argv(opts, url, out_dir, classes, load_cpus):
     argv = [
-        sys.executable, "-m", "locust", "-f", LOCUSTFILE, "--headless",
-        "-u", str(opts.users), "-r", str(opts.spawn_rate), "-t", f"{opts.duration_s:g}s",
-        "-H", url, "--csv", os.path.join(out_dir, "locust"), "--html", os.path.join(out_dir, "report.html"),
-        "--json-file", os.path.join(out_dir, "locust"),
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        LOCUSTFILE,
+        "--headless",
+        "-u",
+        str(opts.users),
+        "-r",
+        str(opts.spawn_rate),
+        "-t",
+        f"{opts.duration_s:g}s",
+        "-H",
+        url,
+        "--csv",
+        os.path.join(out_dir, "locust"),
+        "--html",
+        os.path.join(out_dir, "report.html"),
+        "--json-file",
+        os.path.join(out_dir, "locust"),
         # Failures are judged by the SLO gates here, not by locust's exit code.
-        "--exit-code-on-error", "0", "--only-summary",
-    ]  # fmt: skip
+        "--exit-code-on-error",
+        "0",
+        "--only-summary",
+    ]
     if opts.processes and opts.processes != 1:
         argv += ["--processes", str(opts.processes)]
     return pinned(argv + list(classes), load_cpus)
 
 
 def _wait_locust(proc, opts, out_dir, progress):
-    """Wait for locust to finish by itself (bounded); return (CPU seconds, wall seconds) of its load.
+    """Wait (bounded) for locust to finish by itself; return (CPU s, wall s) of its load.
 
     Both are counted from the first stats row (load started) so that locust's ~1 s of imports
     does not dilute the "cores busy" figure.
@@ -143,7 +175,9 @@ def _wait_locust(proc, opts, out_dir, progress):
 def _last_line(path):
     try:
         with open(path, "rb") as f:
-            lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+            lines = [
+                ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()
+            ]
     except OSError:
         return "(no log)"
     return lines[-1] if lines else "(no output)"
@@ -168,8 +202,13 @@ def run_once(opts, server_name, out_dir, show_progress=True):
             check_target(opts.target)
             url = opts.target.rstrip("/")
         else:
-            server = Server(server_name, app=opts.app, port=opts.port, cpus=server_cpus,
-                            log_path=os.path.join(out_dir, "server.log")).start()  # fmt: skip
+            server = Server(
+                server_name,
+                app=opts.app,
+                port=opts.port,
+                cpus=server_cpus,
+                log_path=os.path.join(out_dir, "server.log"),
+            ).start()
             url = server.url
         env = child_env()
         env["LOADTESTS_THINK_MS"] = str(opts.think_ms or 0)
@@ -179,13 +218,18 @@ def run_once(opts, server_name, out_dir, show_progress=True):
             import subprocess  # local: only this function spawns locust
 
             locust = subprocess.Popen(
-                _locust_argv(opts, url, out_dir, classes, load_cpus), stdin=subprocess.DEVNULL,
-                stdout=log, stderr=log, env=env, start_new_session=True,
-            )  # fmt: skip
+                _locust_argv(opts, url, out_dir, classes, load_cpus),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                start_new_session=True,
+            )
             locust_cpu, locust_wall = _wait_locust(locust, opts, out_dir, progress)
         progress.done()
         if locust.returncode != 0:
-            raise RunError(f"locust exited with status {locust.returncode}: {_last_line(os.path.join(out_dir, 'locust.log'))}")
+            last = _last_line(os.path.join(out_dir, "locust.log"))
+            raise RunError(f"locust exited with status {locust.returncode}: {last}")
         rss = server.rss_bytes() if server else None
         server_busy = (server.cpu_seconds() - server_cpu0) / opts.duration_s if server else None
     finally:
@@ -194,9 +238,18 @@ def run_once(opts, server_name, out_dir, show_progress=True):
         if server:
             server.stop()
     # Locust 2.x appends ".json" to --json-file; accept the name as given too.
-    final = next((p for p in (os.path.join(out_dir, n) for n in ("locust.json", "locust")) if os.path.isfile(p)), None)
+    final = next(
+        (
+            p
+            for p in (os.path.join(out_dir, n) for n in ("locust.json", "locust"))
+            if os.path.isfile(p)
+        ),
+        None,
+    )
     if not final:
-        raise RunError(f"locust wrote no final stats: {_last_line(os.path.join(out_dir, 'locust.log'))}")
+        raise RunError(
+            f"locust wrote no final stats: {_last_line(os.path.join(out_dir, 'locust.log'))}"
+        )
     meta = {
         "scenario": opts.scenario,
         "server": server_name if not opts.target else None,
@@ -210,13 +263,25 @@ def run_once(opts, server_name, out_dir, show_progress=True):
         "locust_version": locust_version(),
         "server_rss_bytes": rss,
         "cores": {
-            "server": {"pinned": server_cpus, "busy": None if server_busy is None else round(server_busy, 2)},
-            "locust": {"pinned": load_cpus, "processes": opts.processes or 1,
-                       "busy": round(locust_cpu / locust_wall, 2) if locust_wall else None},
-        },  # fmt: skip
-        "files": {"html": "report.html", "stats_csv": "stats.csv", "locust_json": os.path.basename(final),
-                  "history_csv": "locust_stats_history.csv", "failures_csv": "locust_failures.csv",
-                  "locust_log": "locust.log", "server_log": "server.log" if server else None},  # fmt: skip
+            "server": {
+                "pinned": server_cpus,
+                "busy": None if server_busy is None else round(server_busy, 2),
+            },
+            "locust": {
+                "pinned": load_cpus,
+                "processes": opts.processes or 1,
+                "busy": round(locust_cpu / locust_wall, 2) if locust_wall else None,
+            },
+        },
+        "files": {
+            "html": "report.html",
+            "stats_csv": "stats.csv",
+            "locust_json": os.path.basename(final),
+            "history_csv": "locust_stats_history.csv",
+            "failures_csv": "locust_failures.csv",
+            "locust_log": "locust.log",
+            "server_log": "server.log" if server else None,
+        },
     }
     summary = report.build_summary(final, meta)
     report.write_json(os.path.join(out_dir, "summary.json"), summary)

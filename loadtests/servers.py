@@ -4,6 +4,7 @@ Each server runs in its own session (process group) on a free 127.0.0.1 port, pi
 to the server core(s), so that stopping it (SIGTERM, then SIGKILL after a bound) reaches every
 process it forked and nothing is left behind, also when the harness is interrupted.
 """
+
 import http.client
 import os
 import shutil
@@ -21,16 +22,41 @@ DEFAULT_APP = "loadtests.apps:app"
 def _greenserve(app, port):
     # Access log stays off (greenserve's default); -w 1 and the graceful bound are explicit so a
     # GREENSERVE_* variable in the environment cannot turn this into a different benchmark.
-    return [sys.executable, "-m", "greenserve", app, "-b", f"{HOST}:{port}", "-w", "1", "--graceful-timeout", "5"]
+    return [
+        sys.executable,
+        "-m",
+        "greenserve",
+        app,
+        "-b",
+        f"{HOST}:{port}",
+        "-w",
+        "1",
+        "--graceful-timeout",
+        "5",
+    ]
 
 
 def _gunicorn(app, port):
     return [
-        sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1",
-        "--worker-connections", "10000", "--keep-alive", "30",
-        "--graceful-timeout", "5", "--log-level", "warning",
-        "-b", f"{HOST}:{port}", app,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-k",
+        "gevent",
+        "-w",
+        "1",
+        "--worker-connections",
+        "10000",
+        "--keep-alive",
+        "30",
+        "--graceful-timeout",
+        "5",
+        "--log-level",
+        "warning",
+        "-b",
+        f"{HOST}:{port}",
+        app,
+    ]
 
 
 def _pywsgi(app, port):
@@ -55,9 +81,11 @@ class ServerError(Exception):
 
 
 def child_env():
-    """Environment for every child: the harness package and the cwd importable, output unbuffered."""
+    """Environment for every child: the harness and the cwd importable, output unbuffered."""
     env = dict(os.environ)
-    paths = [PACKAGE_ROOT, os.getcwd()] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    paths = [PACKAGE_ROOT, os.getcwd()] + [
+        p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p
+    ]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -103,7 +131,7 @@ def _proc_stat(pid, own_only=False):
             data = f.read()
     except OSError:
         return None
-    fields = data[data.rindex(")") + 2:].split()  # the command name may contain spaces
+    fields = data[data.rindex(")") + 2 :].split()  # the command name may contain spaces
     ticks = sum(int(x) for x in fields[11 : 13 if own_only else 15])  # utime stime [cutime cstime]
     return int(fields[1]), int(fields[2]), ticks / os.sysconf("SC_CLK_TCK")
 
@@ -223,15 +251,21 @@ class Server:
     def start(self, ready_timeout=20.0):
         builder, module = SERVERS[self.name]
         if _missing(module):
-            raise ServerError(f"server {self.name!r} needs the Python package {module!r}, which is not installed")
+            raise ServerError(
+                f"server {self.name!r} needs the Python package {module!r}, which is not installed"
+            )
         if port_in_use(self.port):
             raise ServerError(f"port {self.port} on {HOST} is already in use")
         argv = pinned(builder(self.app, self.port), self.cpus)
         self._log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
-            env=child_env(), start_new_session=True,
-        )  # fmt: skip
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
+            env=child_env(),
+            start_new_session=True,
+        )
         try:
             self._wait_ready(ready_timeout)
         except BaseException:  # also Ctrl-C while waiting: the caller never got a handle to stop
@@ -244,7 +278,8 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise ServerError(f"{self.name} exited with status {self.proc.returncode} at start: {self._last_log_line()}")
+                status, last = self.proc.returncode, self._last_log_line()
+                raise ServerError(f"{self.name} exited with status {status} at start: {last}")
             if http_probe(self.port, timeout=1.0):
                 return
             time.sleep(0.1)

@@ -5,6 +5,7 @@ pinned to the first CPU, warms it up, then measures with one wrk thread pinned t
 (``-d8s --latency --timeout 5s``). The median of the runs is reported with p50 and p99, and
 ratios against gevent.pywsgi+TCP_NODELAY (or the first server) from the same invocation.
 """
+
 import json
 import os
 import re
@@ -32,13 +33,37 @@ _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 
 
 def add_arguments(p):
-    p.add_argument("--scenarios", default="hello,hello-close", help=f"comma-separated from: {', '.join(SCENARIOS)}")
-    p.add_argument("--servers", default=DEFAULT_SERVERS, help=f"comma-separated (default {DEFAULT_SERVERS})")
-    p.add_argument("--runs", type=int, default=3, help="measured runs per server and scenario (default 3)")
-    p.add_argument("--duration", type=int, default=8, help="whole seconds per measured run (default 8; wrk takes whole seconds)")
-    p.add_argument("--warmup", type=int, default=2, help="whole seconds of warm-up per run (default 2; 0 = none)")
-    p.add_argument("--app", default=DEFAULT_APP, help=f"WSGI app serving the scenario paths (default {DEFAULT_APP})")
-    p.add_argument("--out", default=os.path.join("results", "wrk"), help="where wrk.md and wrk.json go")
+    p.add_argument(
+        "--scenarios",
+        default="hello,hello-close",
+        help=f"comma-separated from: {', '.join(SCENARIOS)}",
+    )
+    p.add_argument(
+        "--servers", default=DEFAULT_SERVERS, help=f"comma-separated (default {DEFAULT_SERVERS})"
+    )
+    p.add_argument(
+        "--runs", type=int, default=3, help="measured runs per server and scenario (default 3)"
+    )
+    p.add_argument(
+        "--duration",
+        type=int,
+        default=8,
+        help="whole seconds per measured run (default 8; wrk takes whole seconds)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="whole seconds of warm-up per run (default 2; 0 = none)",
+    )
+    p.add_argument(
+        "--app",
+        default=DEFAULT_APP,
+        help=f"WSGI app serving the scenario paths (default {DEFAULT_APP})",
+    )
+    p.add_argument(
+        "--out", default=os.path.join("results", "wrk"), help="where wrk.md and wrk.json go"
+    )
     p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin with taskset")
 
 
@@ -49,8 +74,14 @@ def _ms(text):
 
 def parse_wrk(output):
     """req/s, p50/p99 in ms, and error counts from wrk --latency output."""
-    out = {"rps": None, "p50_ms": None, "p99_ms": None, "socket_errors": [0, 0, 0, 0], "non_2xx": 0,
-           "requests": None}
+    out = {
+        "rps": None,
+        "p50_ms": None,
+        "p99_ms": None,
+        "socket_errors": [0, 0, 0, 0],
+        "non_2xx": 0,
+        "requests": None,
+    }
     for line in output.splitlines():
         line = line.strip()
         if m := re.match(r"Requests/sec:\s+([\d.]+)", line):
@@ -59,7 +90,9 @@ def parse_wrk(output):
             pct, val = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
             out[f"p{pct}_ms"] = _ms(val)
         elif line.startswith("Socket errors:"):
-            out["socket_errors"] = [int(n) for n in re.findall(r"\d+", line)]  # connect read write timeout
+            out["socket_errors"] = [
+                int(n) for n in re.findall(r"\d+", line)
+            ]  # connect read write timeout
         elif m := re.match(r"Non-2xx or 3xx responses:\s+(\d+)", line):
             out["non_2xx"] = int(m.group(1))
         elif m := re.match(r"(\d+) requests in", line):
@@ -68,8 +101,12 @@ def parse_wrk(output):
 
 
 def _wrk(url, conns, extra, seconds, cpus, timeout_s=5):
-    argv = pinned(["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", f"{timeout_s}s"]
-                  + extra + [url], cpus)  # fmt: skip
+    argv = pinned(
+        ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", f"{timeout_s}s"]
+        + extra
+        + [url],
+        cpus,
+    )
     # wrk stops itself after -d; the subprocess bound only catches a wedged wrk.
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + timeout_s + 20)
     if proc.returncode != 0:
@@ -97,27 +134,36 @@ def _median(values):
 def _raise_nofile(need):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < need:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard) if hard != resource.RLIM_INFINITY else need, hard))
+        resource.setrlimit(
+            resource.RLIMIT_NOFILE,
+            (min(need, hard) if hard != resource.RLIM_INFINITY else need, hard),
+        )
 
 
 def table(results, servers, scenarios):
     """Markdown: one row per scenario x server with medians and ratios vs the baseline."""
     base = BASELINE if BASELINE in servers else servers[0]
-    lines = [f"| scenario | server | req/s (median) | p50 ms | p99 ms | req/s vs {base} | p99 vs {base} | "
-             "errors c/r/w/t, non-2xx | runs req/s |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    lines = [
+        f"| scenario | server | req/s (median) | p50 ms | p99 ms | req/s vs {base} "
+        f"| p99 vs {base} | errors c/r/w/t, non-2xx | runs req/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for sc in scenarios:
         b = results[sc].get(base, {})
         for name in servers:
             r = results[sc].get(name)
             if not r or r.get("error"):
-                lines.append(f"| {sc} | {name} | - | - | - | - | - | - | failed: {(r or {}).get('error', '?')} |")
+                why = (r or {}).get("error", "?")
+                lines.append(f"| {sc} | {name} | - | - | - | - | - | - | failed: {why} |")
                 continue
             ratio = f"{r['rps'] / b['rps']:.2f}x" if b.get("rps") and r["rps"] else "-"
             p99r = f"{r['p99_ms'] / b['p99_ms']:.2f}x" if b.get("p99_ms") and r["p99_ms"] else "-"
             runs = " / ".join(f"{x:,.0f}" for x in r["runs_rps"])
             errs = "/".join(str(n) for n in r["socket_errors"]) + f", {r['non_2xx']}"
-            lines.append(f"| {sc} | {name} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {ratio} | "
-                         f"{p99r} | {errs} | {runs} |")  # fmt: skip
+            lines.append(
+                f"| {sc} | {name} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
+                f"| {ratio} | {p99r} | {errs} | {runs} |"
+            )
     return "\n".join(lines)
 
 
@@ -128,8 +174,10 @@ def main(args):
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     bad = [s for s in scenarios if s not in SCENARIOS] + [s for s in servers if s not in SERVERS]
     if bad or not scenarios or not servers:
-        raise UsageError(f"unknown scenario/server {', '.join(bad) or '(none)'}; scenarios: "
-                         f"{', '.join(SCENARIOS)}; servers: {', '.join(SERVERS)}")  # fmt: skip
+        raise UsageError(
+            f"unknown scenario/server {', '.join(bad) or '(none)'}; scenarios: "
+            f"{', '.join(SCENARIOS)}; servers: {', '.join(SERVERS)}"
+        )
     if not shutil.which("wrk"):
         raise UsageError("wrk is not installed (apt-get install wrk)")
     if args.runs < 1 or args.duration <= 0 or args.warmup < 0:
@@ -137,8 +185,11 @@ def main(args):
     _raise_nofile(4096)  # sleep-c1000 holds 1000 sockets on each side
     server_cpus, load_cpus = cpu_plan(args.pin)
     total = len(scenarios) * len(servers) * args.runs * (args.duration + args.warmup + 1)
-    print(f"wrk bench: {len(scenarios)} scenario(s) x {len(servers)} server(s) x {args.runs} runs, "
-          f"about {total / 60:.1f} min", file=sys.stderr)  # fmt: skip
+    print(
+        f"wrk bench: {len(scenarios)} scenario(s) x {len(servers)} server(s) x {args.runs} runs, "
+        f"about {total / 60:.1f} min",
+        file=sys.stderr,
+    )
     raw = {sc: {name: [] for name in servers} for sc in scenarios}
     errors = {sc: {} for sc in scenarios}
     for sc in scenarios:
@@ -154,9 +205,12 @@ def main(args):
                     print(f"  {sc} run {i + 1} {name}: failed: {errors[sc][name]}", file=sys.stderr)
                     continue
                 raw[sc][name].append(r)
-                print(f"  {sc} run {i + 1}/{args.runs} {name:<22} {r['rps'] or 0:>10,.0f} req/s  p50 "
-                      f"{r['p50_ms']} ms  p99 {r['p99_ms']} ms  socket errors {r['socket_errors']}  "
-                      f"({time.monotonic() - t0:.0f} s)", file=sys.stderr)  # fmt: skip
+                print(
+                    f"  {sc} run {i + 1}/{args.runs} {name:<22} {r['rps'] or 0:>10,.0f} req/s  p50 "
+                    f"{r['p50_ms']} ms  p99 {r['p99_ms']} ms  socket errors {r['socket_errors']}  "
+                    f"({time.monotonic() - t0:.0f} s)",
+                    file=sys.stderr,
+                )
     results = {}
     for sc in scenarios:
         results[sc] = {}
@@ -176,10 +230,15 @@ def main(args):
                 "runs": runs,
             }
     pin = f"server on CPU {server_cpus}, wrk -t1 on CPU {load_cpus}" if server_cpus else "unpinned"
-    head = (f"wrk {args.duration:g} s runs after {args.warmup:g} s warm-up, median of {args.runs}, servers "
-            f"alternated, fresh server per run, {pin}, app {args.app}")  # fmt: skip
-    note = ("\nErrors are summed over the runs. With `Connection: close` wrk counts every server-side close "
-            "as a read error, so hello-close shows read errors close to its request count.\n")
+    head = (
+        f"wrk {args.duration:g} s runs after {args.warmup:g} s warm-up, median of {args.runs}, "
+        f"servers alternated, fresh server per run, {pin}, app {args.app}"
+    )
+    note = (
+        "\nErrors are summed over the runs. With `Connection: close` wrk counts every "
+        "server-side close as a read error, so hello-close shows read errors close to its "
+        "request count.\n"
+    )
     text = head + "\n\n" + table(results, servers, scenarios) + "\n" + note
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "wrk.md"), "w") as f:

@@ -2,6 +2,7 @@
 
 Skipped when locust is not installed (it comes with the ``load`` extra).
 """
+
 import json
 import os
 import subprocess
@@ -22,22 +23,46 @@ from loadtests.servers import http_probe  # noqa: E402
 
 def harness(*args, timeout=90):
     return subprocess.run(
-        [sys.executable, "-m", "loadtests", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "loadtests", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 @pytest.fixture(scope="module")
 def hello_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("hello")
-    proc = harness("run", "--scenario", "hello", "--server", "greenserve", "--users", "10",
-                   "--spawn-rate", "10", "--duration", "3s", "--out", str(out), "--quiet")  # fmt: skip
+    proc = harness(
+        "run",
+        "--scenario",
+        "hello",
+        "--server",
+        "greenserve",
+        "--users",
+        "10",
+        "--spawn-rate",
+        "10",
+        "--duration",
+        "3s",
+        "--out",
+        str(out),
+        "--quiet",
+    )
     return proc, out
 
 
 def test_hello_run_writes_reports_with_requests_and_no_failures(hello_run):
     proc, out = hello_run
     assert proc.returncode == 0, proc.stderr
-    for name in ("summary.json", "stats.csv", "report.html", "locust.json", "locust_stats_history.csv"):
+    for name in (
+        "summary.json",
+        "stats.csv",
+        "report.html",
+        "locust.json",
+        "locust_stats_history.csv",
+    ):
         assert (out / name).stat().st_size > 0, name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["server"] == "greenserve" and summary["scenario"] == "hello"
@@ -53,8 +78,15 @@ def test_hello_run_writes_reports_with_requests_and_no_failures(hello_run):
 def test_compare_builds_its_table_from_summaries(hello_run, tmp_path):
     _, out = hello_run
     real = json.loads((out / "summary.json").read_text())
-    peer = dict(real, server="gunicorn-gevent", rps=1234.5, p50_ms=2.0, p99_ms=9.0, failures=3,
-                server_rss_mib=57.1)  # fmt: skip
+    peer = dict(
+        real,
+        server="gunicorn-gevent",
+        rps=1234.5,
+        p50_ms=2.0,
+        p99_ms=9.0,
+        failures=3,
+        server_rss_mib=57.1,
+    )
     broken = {"server": "gevent-pywsgi", "scenario": "hello", "error": "did not answer"}
     paths = []
     for i, s in enumerate((real, peer, broken)):
@@ -67,7 +99,13 @@ def test_compare_builds_its_table_from_summaries(hello_run, tmp_path):
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| server | req/s | p50 ms | p99 ms |")
     assert rows[1].startswith(f"| greenserve | {real['rps']:,.0f} |")
-    assert rows[2] == "| gunicorn-gevent | 1,234 | 2 | 9 | " + f"{real['max_ms']:,.0f} | 3 | 57.1 | " + report._cores(real) + " |"
+    assert (
+        rows[2]
+        == "| gunicorn-gevent | 1,234 | 2 | 9 | "
+        + f"{real['max_ms']:,.0f} | 3 | 57.1 | "
+        + report._cores(real)
+        + " |"
+    )
     assert rows[3].startswith("| gevent-pywsgi |") and "failed: did not answer" in rows[3]
     page = (tmp_path / "cmp" / "compare.html").read_text()
     assert page.count("<svg") == len(report.CHARTS) and "gunicorn-gevent" in page
@@ -75,12 +113,31 @@ def test_compare_builds_its_table_from_summaries(hello_run, tmp_path):
 
 def test_slo_gate_fails_a_run_that_breaks_it(tmp_path):
     # Long polls wait for a sender, so p99 is far above 0.001 ms whatever the machine.
-    proc = harness("run", "--scenario", "longpoll", "--server", "greenserve", "--users", "8",
-                   "--spawn-rate", "8", "--duration", "3s", "--out", str(tmp_path), "--quiet",
-                   "--p99-ms", "0.001", "--fail-ratio", "0.5")  # fmt: skip
+    proc = harness(
+        "run",
+        "--scenario",
+        "longpoll",
+        "--server",
+        "greenserve",
+        "--users",
+        "8",
+        "--spawn-rate",
+        "8",
+        "--duration",
+        "3s",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+        "--p99-ms",
+        "0.001",
+        "--fail-ratio",
+        "0.5",
+    )
     assert proc.returncode == 1, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("SLO failed (greenserve): p99 latency ") and last.endswith(" ms > 0.001 ms"), last
+    assert last.startswith("SLO failed (greenserve): p99 latency ") and last.endswith(
+        " ms > 0.001 ms"
+    ), last
     assert json.loads((tmp_path / "summary.json").read_text())["requests"] > 0
 
 
@@ -119,10 +176,25 @@ def test_ctrl_c_stops_server_and_locust(tmp_path):
 
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "loadtests", "run", "--server", "greenserve", "--port", str(port),
-         "--duration", "30s", "--out", str(tmp_path), "--quiet"],
-        cwd=ROOT, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "loadtests",
+            "run",
+            "--server",
+            "greenserve",
+            "--port",
+            str(port),
+            "--duration",
+            "30s",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 20
     while not (tmp_path / "locust_stats_history.csv").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -157,10 +229,22 @@ def test_wrk_output_is_parsed_and_tabulated():
     from loadtests import wrk_bench
 
     r = wrk_bench.parse_wrk(WRK_OUTPUT)
-    assert r == {"rps": 24521.5, "p50_ms": 0.52, "p99_ms": 1100.0, "socket_errors": [0, 7, 0, 2],
-                 "non_2xx": 3, "requests": 196202}  # fmt: skip
+    assert r == {
+        "rps": 24521.5,
+        "p50_ms": 0.52,
+        "p99_ms": 1100.0,
+        "socket_errors": [0, 7, 0, 2],
+        "non_2xx": 3,
+        "requests": 196202,
+    }
     row = dict(r, runs_rps=[24521.5], rss_mib=30.0)
     base = dict(row, rps=12260.75, p99_ms=550.0, runs_rps=[12260.75])
-    table = wrk_bench.table({"hello": {"greenserve": row, "gevent-pywsgi-nodelay": base}},
-                            ["greenserve", "gevent-pywsgi-nodelay"], ["hello"])  # fmt: skip
-    assert "| hello | greenserve | 24,522 | 0.52 | 1100.00 | 2.00x | 2.00x | 0/7/0/2, 3 | 24,522 |" in table
+    table = wrk_bench.table(
+        {"hello": {"greenserve": row, "gevent-pywsgi-nodelay": base}},
+        ["greenserve", "gevent-pywsgi-nodelay"],
+        ["hello"],
+    )
+    assert (
+        "| hello | greenserve | 24,522 | 0.52 | 1100.00 | 2.00x | 2.00x | 0/7/0/2, 3 | 24,522 |"
+        in table
+    )
