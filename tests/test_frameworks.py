@@ -117,8 +117,9 @@ def payload(size=300_000):
     CRLFs and things that look like boundaries, at unaligned offsets."""
     rng = random.Random(size)
     data = bytearray(rng.randbytes(size))
+    marker = b"\r\n--\r\n\r\n------WebKitFormBoundary\r\n\x00\xff"
     for offset in range(1000, size - 100, 37_003):
-        data[offset:offset + 40] = b"\r\n--\r\n\r\n------WebKitFormBoundary\r\n\x00\xff"
+        data[offset:offset + len(marker)] = marker
     return bytes(data)
 
 
