@@ -55,6 +55,8 @@ class Connection:
     def __init__(self, server, sock, address, listener_environ):
         self.server = server
         self.sock = sock
+        # The raw, non-blocking socket under gevent's wrapper (see _send).
+        self.raw_send = sock._sock.send
         self.parser = RequestParser(server.limits)
         self.greenlet = None
         # Timer state, read by the server's sweeper.
@@ -455,18 +457,36 @@ class Connection:
     def _send(self, data):
         if not data:
             return
-        self._enter(SEND, self.server.config.send_timeout)
+        size = len(data)
         try:
-            self.sock.sendall(data)
+            # Usually the kernel takes it all at once: one syscall on the raw non-blocking
+            # socket, no timer phase, no gevent wrapper. Only a full buffer waits below.
+            sent = self.raw_send(data)
+            if sent < size:
+                self._enter(SEND, self.server.config.send_timeout)
+                try:
+                    self.sock.sendall(memoryview(data)[sent:])
+                finally:
+                    self._enter(APP, 0)
+        except BlockingIOError:
+            self._enter(SEND, self.server.config.send_timeout)
+            try:
+                self.sock.sendall(data)
+            except OSError as exc:
+                self._lost(exc)
+            finally:
+                self._enter(APP, 0)
         except OSError as exc:
-            if self.disconnected is not None:
-                self.disconnected.set()
-            if isinstance(exc, ClientDisconnected):
-                raise
-            raise ClientDisconnected(f"connection lost while sending: {exc}") from None
-        finally:
-            self._enter(APP, 0)
-        self.bytes_sent += len(data)
+            self._lost(exc)
+        self.bytes_sent += size
+
+    def _lost(self, exc):
+        """A send failed: the peer is gone (or stopped reading past the send timeout)."""
+        if self.disconnected is not None:
+            self.disconnected.set()
+        if isinstance(exc, ClientDisconnected):
+            raise exc
+        raise ClientDisconnected(f"connection lost while sending: {exc}") from None
 
     def _send_result(self, result):
         """Send the app's iterable, coalescing the head with the first non-empty chunk."""
