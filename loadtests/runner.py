@@ -109,32 +109,13 @@ class Progress:
 
 
 def _locust_argv(opts, url, out_dir, classes, load_cpus):
-    argv = [
-        sys.executable,
-        "-m",
-        "locust",
-        "-f",
-        LOCUSTFILE,
-        "--headless",
-        "-u",
-        str(opts.users),
-        "-r",
-        str(opts.spawn_rate),
-        "-t",
-        f"{opts.duration_s:g}s",
-        "-H",
-        url,
-        "--csv",
-        os.path.join(out_dir, "locust"),
-        "--html",
-        os.path.join(out_dir, "report.html"),
-        "--json-file",
-        os.path.join(out_dir, "locust"),
-        # Failures are judged by the SLO gates here, not by locust's exit code.
-        "--exit-code-on-error",
-        "0",
-        "--only-summary",
-    ]
+    out = lambda name: os.path.join(out_dir, name)  # noqa: E731
+    argv = [sys.executable, "-m", "locust", "-f", LOCUSTFILE, "--headless",
+            "-u", str(opts.users), "-r", str(opts.spawn_rate), "-t", f"{opts.duration_s:g}s",
+            "-H", url, "--only-summary",
+            "--html", out("report.html"), "--csv", out("locust"), "--json-file", out("locust"),
+            # Failures are judged by the SLO gates here, not by locust's exit code.
+            "--exit-code-on-error", "0"]
     if opts.processes and opts.processes != 1:
         argv += ["--processes", str(opts.processes)]
     return pinned(argv + list(classes), load_cpus)

@@ -22,41 +22,15 @@ DEFAULT_APP = "loadtests.apps:app"
 def _greenserve(app, port):
     # Access log stays off (greenserve's default); -w 1 and the graceful bound are explicit so a
     # GREENSERVE_* variable in the environment cannot turn this into a different benchmark.
-    return [
-        sys.executable,
-        "-m",
-        "greenserve",
-        app,
-        "-b",
-        f"{HOST}:{port}",
-        "-w",
-        "1",
-        "--graceful-timeout",
-        "5",
-    ]
+    return [sys.executable, "-m", "greenserve", app, "-b", f"{HOST}:{port}",
+            "-w", "1", "--graceful-timeout", "5"]
 
 
 def _gunicorn(app, port):
-    return [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "-k",
-        "gevent",
-        "-w",
-        "1",
-        "--worker-connections",
-        "10000",
-        "--keep-alive",
-        "30",
-        "--graceful-timeout",
-        "5",
-        "--log-level",
-        "warning",
-        "-b",
-        f"{HOST}:{port}",
-        app,
-    ]
+    return [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1",
+            "--worker-connections", "10000", "--keep-alive", "30",
+            "--graceful-timeout", "5", "--log-level", "warning",
+            "-b", f"{HOST}:{port}", app]
 
 
 def _pywsgi(app, port):

@@ -101,12 +101,8 @@ def parse_wrk(output):
 
 
 def _wrk(url, conns, extra, seconds, cpus, timeout_s=5):
-    argv = pinned(
-        ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", f"{timeout_s}s"]
-        + extra
-        + [url],
-        cpus,
-    )
+    wrk = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", f"{timeout_s}s"]
+    argv = pinned(wrk + extra + [url], cpus)
     # wrk stops itself after -d; the subprocess bound only catches a wedged wrk.
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + timeout_s + 20)
     if proc.returncode != 0:

@@ -1,12 +1,13 @@
-"""The loadtests harness end to end: real greenserve, real locust, real files (about 15 s in all).
+"""The loadtests harness end to end: real greenserve, real locust, real files (about 20 s in all).
 
-Skipped when locust is not installed (it comes with the ``load`` extra).
+Skipped when locust is not installed (it comes with the ``load`` and ``test`` extras).
 """
-
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,52 +18,40 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from loadtests import report  # noqa: E402
-from loadtests.servers import http_probe  # noqa: E402
+from loadtests import report, wrk_bench  # noqa: E402
+from loadtests.servers import free_port, http_probe  # noqa: E402
+
+SHORT_RUN = "run --server greenserve --users 10 --spawn-rate 10 --duration 3s --quiet".split()
 
 
 def harness(*args, timeout=90):
-    return subprocess.run(
-        [sys.executable, "-m", "loadtests", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    argv = [sys.executable, "-m", "loadtests", *map(str, args)]
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def processes_mentioning(text):
+    """pids whose command line contains text (our children name their port or out dir)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
 
 
 @pytest.fixture(scope="module")
 def hello_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("hello")
-    proc = harness(
-        "run",
-        "--scenario",
-        "hello",
-        "--server",
-        "greenserve",
-        "--users",
-        "10",
-        "--spawn-rate",
-        "10",
-        "--duration",
-        "3s",
-        "--out",
-        str(out),
-        "--quiet",
-    )
-    return proc, out
+    return harness(*SHORT_RUN, "--scenario", "hello", "--out", out), out
 
 
 def test_hello_run_writes_reports_with_requests_and_no_failures(hello_run):
     proc, out = hello_run
     assert proc.returncode == 0, proc.stderr
-    for name in (
-        "summary.json",
-        "stats.csv",
-        "report.html",
-        "locust.json",
-        "locust_stats_history.csv",
-    ):
+    for name in ("summary.json", "stats.csv", "report.html", "locust.json", "locust_stats.csv"):
         assert (out / name).stat().st_size > 0, name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["server"] == "greenserve" and summary["scenario"] == "hello"
@@ -76,68 +65,37 @@ def test_hello_run_writes_reports_with_requests_and_no_failures(hello_run):
 
 
 def test_compare_builds_its_table_from_summaries(hello_run, tmp_path):
-    _, out = hello_run
-    real = json.loads((out / "summary.json").read_text())
-    peer = dict(
-        real,
-        server="gunicorn-gevent",
-        rps=1234.5,
-        p50_ms=2.0,
-        p99_ms=9.0,
-        failures=3,
-        server_rss_mib=57.1,
-    )
+    real = json.loads((hello_run[1] / "summary.json").read_text())
+    peer = dict(real, server="gunicorn-gevent", rps=1234.5, p50_ms=2.0, p99_ms=9.0, failures=3)
+    peer["server_rss_mib"] = 57.1
     broken = {"server": "gevent-pywsgi", "scenario": "hello", "error": "did not answer"}
-    paths = []
-    for i, s in enumerate((real, peer, broken)):
-        paths.append(tmp_path / f"s{i}.json")
-        paths[-1].write_text(json.dumps(s))
-    proc = harness("compare", "--from-summaries", *map(str, paths), "--out", str(tmp_path / "cmp"))
+    paths = [tmp_path / f"s{i}.json" for i in range(3)]
+    for path, summary in zip(paths, (real, peer, broken)):
+        path.write_text(json.dumps(summary))
+
+    proc = harness("compare", "--from-summaries", *paths, "--out", tmp_path / "cmp")
+
     assert proc.returncode == 0, proc.stderr
     table = (tmp_path / "cmp" / "compare.md").read_text()
     assert table == proc.stdout
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| server | req/s | p50 ms | p99 ms |")
     assert rows[1].startswith(f"| greenserve | {real['rps']:,.0f} |")
-    assert (
-        rows[2]
-        == "| gunicorn-gevent | 1,234 | 2 | 9 | "
-        + f"{real['max_ms']:,.0f} | 3 | 57.1 | "
-        + report._cores(real)
-        + " |"
-    )
+    max_ms, cores = f"{real['max_ms']:,.0f}", report._cores(real)
+    assert rows[2] == f"| gunicorn-gevent | 1,234 | 2 | 9 | {max_ms} | 3 | 57.1 | {cores} |"
     assert rows[3].startswith("| gevent-pywsgi |") and "failed: did not answer" in rows[3]
     page = (tmp_path / "cmp" / "compare.html").read_text()
     assert page.count("<svg") == len(report.CHARTS) and "gunicorn-gevent" in page
 
 
 def test_slo_gate_fails_a_run_that_breaks_it(tmp_path):
-    # Long polls wait for a sender, so p99 is far above 0.001 ms whatever the machine.
-    proc = harness(
-        "run",
-        "--scenario",
-        "longpoll",
-        "--server",
-        "greenserve",
-        "--users",
-        "8",
-        "--spawn-rate",
-        "8",
-        "--duration",
-        "3s",
-        "--out",
-        str(tmp_path),
-        "--quiet",
-        "--p99-ms",
-        "0.001",
-        "--fail-ratio",
-        "0.5",
-    )
+    # Long polls wait for a sender, so p99 is far above 0.001 ms on any machine.
+    gates = ["--p99-ms", "0.001", "--fail-ratio", "0.5"]
+    proc = harness(*SHORT_RUN, "--scenario", "longpoll", "--out", tmp_path, *gates)
     assert proc.returncode == 1, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("SLO failed (greenserve): p99 latency ") and last.endswith(
-        " ms > 0.001 ms"
-    ), last
+    assert last.startswith("SLO failed (greenserve): p99 latency "), last
+    assert last.endswith(" ms > 0.001 ms"), last
     assert json.loads((tmp_path / "summary.json").read_text())["requests"] > 0
 
 
@@ -150,60 +108,28 @@ def test_slo_gate_fails_a_run_that_breaks_it(tmp_path):
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
-    proc = harness(*args, "--out", str(tmp_path), timeout=30)
+    proc = harness(*args, "--out", tmp_path, timeout=30)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
     assert not os.listdir(tmp_path)  # nothing ran
 
 
-def _processes_mentioning(text):
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if text.encode() in f.read():
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
-
-
 def test_ctrl_c_stops_server_and_locust(tmp_path):
-    import signal
-    import time
-
-    from loadtests.servers import free_port
-
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "loadtests",
-            "run",
-            "--server",
-            "greenserve",
-            "--port",
-            str(port),
-            "--duration",
-            "30s",
-            "--out",
-            str(tmp_path),
-            "--quiet",
-        ],
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    argv = [sys.executable, "-m", "loadtests", *SHORT_RUN, "--duration", "30s"]
+    argv += ["--port", str(port), "--out", str(tmp_path)]
+    proc = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 20
     while not (tmp_path / "locust_stats_history.csv").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
+
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
+
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "loadtests: interrupted; stopped everything it started"
-    assert _processes_mentioning(str(tmp_path)) == []  # locust's command line names the out dir
-    assert _processes_mentioning(f"127.0.0.1:{port}") == []  # and the server's names its port
+    assert processes_mentioning(str(tmp_path)) == []  # locust's command line names the out dir
+    assert processes_mentioning(f"127.0.0.1:{port}") == []  # the server's names its port
     assert not http_probe(port, timeout=0.5)
 
 
@@ -226,25 +152,13 @@ Transfer/sec:      1.94MB
 
 
 def test_wrk_output_is_parsed_and_tabulated():
-    from loadtests import wrk_bench
-
     r = wrk_bench.parse_wrk(WRK_OUTPUT)
-    assert r == {
-        "rps": 24521.5,
-        "p50_ms": 0.52,
-        "p99_ms": 1100.0,
-        "socket_errors": [0, 7, 0, 2],
-        "non_2xx": 3,
-        "requests": 196202,
-    }
+    assert r == {"rps": 24521.5, "p50_ms": 0.52, "p99_ms": 1100.0, "socket_errors": [0, 7, 0, 2],
+                 "non_2xx": 3, "requests": 196202}
     row = dict(r, runs_rps=[24521.5], rss_mib=30.0)
     base = dict(row, rps=12260.75, p99_ms=550.0, runs_rps=[12260.75])
-    table = wrk_bench.table(
-        {"hello": {"greenserve": row, "gevent-pywsgi-nodelay": base}},
-        ["greenserve", "gevent-pywsgi-nodelay"],
-        ["hello"],
-    )
-    assert (
-        "| hello | greenserve | 24,522 | 0.52 | 1100.00 | 2.00x | 2.00x | 0/7/0/2, 3 | 24,522 |"
-        in table
-    )
+    servers = ["greenserve", "gevent-pywsgi-nodelay"]
+    table = wrk_bench.table({"hello": dict(zip(servers, (row, base)))}, servers, ["hello"])
+    expected = ("| hello | greenserve | 24,522 | 0.52 | 1100.00 | 2.00x | 2.00x "
+                "| 0/7/0/2, 3 | 24,522 |")
+    assert expected in table.splitlines()
