@@ -474,3 +474,32 @@ def test_connection_cap_evicts_idle_keep_alive_connections_first(serve):
         assert read_response(busy)[2] == b"ok"
         for sock in idle + [busy]:
             sock.close()
+
+
+def test_serves_on_a_unix_socket(tmp_path):
+    from conftest import running_server
+    path = tmp_path / "gs.sock"
+    with running_server(environ_dump, bind=f"unix:{path}") as srv:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(str(path))
+            sock.sendall(b"GET /u HTTP/1.1\r\nHost: x\r\n\r\n")
+            env = json.loads(read_response(sock)[2])
+    assert env["PATH_INFO"] == "/u" and env["REMOTE_ADDR"] == ""
+    assert env["SERVER_NAME"] == str(path)
+
+
+def test_serves_on_ipv6_loopback(serve):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 support in this Python")
+    try:
+        probe = socket.socket(socket.AF_INET6)
+        probe.bind(("::1", 0))
+        probe.close()
+    except OSError as exc:
+        pytest.skip(f"::1 cannot be bound here: {exc}")
+    with serve(environ_dump, bind="[::1]:0") as srv:
+        with socket.create_connection(("::1", srv.port), timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: [::1]\r\n\r\n")
+            env = json.loads(read_response(sock)[2])
+    assert env["REMOTE_ADDR"] == "::1" and env["HTTP_HOST"] == "[::1]"
