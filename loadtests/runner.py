@@ -10,25 +10,19 @@ import importlib.metadata
 import importlib.util
 import os
 import re
+import subprocess
 import sys
 import time
 from urllib.parse import urlsplit
 
 from loadtests import report
 from loadtests.scenarios import SCENARIOS
-from loadtests.servers import (
-    Server,
-    child_env,
-    cpu_plan,
-    http_probe,
-    kill_group,
-    pinned,
-    tree_own_cpu,
-)
+from loadtests.servers import Server, child_env, cpu_plan, http_probe, kill_group, pinned
+from loadtests.servers import tree_own_cpu
 
 LOCUSTFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "locustfile.py")
 STOP_GRACE_S = 60.0  # locust's own -t should end the run; this catches a wedged locust
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+LOOPBACK = {"127.0.0.1", "localhost"}  # what http_probe (127.0.0.1) can check
 
 
 class RunError(Exception):
@@ -156,11 +150,10 @@ def _wait_locust(proc, opts, out_dir, progress):
 def _last_line(path):
     try:
         with open(path, "rb") as f:
-            lines = [
-                ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()
-            ]
+            text = f.read().decode("utf-8", "replace")
     except OSError:
         return "(no log)"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[-1] if lines else "(no output)"
 
 
@@ -176,66 +169,53 @@ def run_once(opts, server_name, out_dir, show_progress=True):
     os.makedirs(out_dir, exist_ok=True)
     server_cpus, load_cpus = cpu_plan(opts.pin)
     server = locust = None
-    label = f"{opts.scenario} @ {server_name or opts.target}"
-    progress = Progress(label, opts.duration_s, enabled=show_progress)
+    progress = Progress(
+        f"{opts.scenario} @ {server_name or opts.target}", opts.duration_s, enabled=show_progress
+    )
+    locust_log = os.path.join(out_dir, "locust.log")
     try:
         if opts.target:
             check_target(opts.target)
             url = opts.target.rstrip("/")
         else:
-            server = Server(
-                server_name,
-                app=opts.app,
-                port=opts.port,
-                cpus=server_cpus,
-                log_path=os.path.join(out_dir, "server.log"),
-            ).start()
+            log_path = os.path.join(out_dir, "server.log")
+            server = Server(server_name, opts.app, opts.port, server_cpus, log_path).start()
             url = server.url
         env = child_env()
         env["LOADTESTS_THINK_MS"] = str(opts.think_ms or 0)
         started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         server_cpu0 = server.cpu_seconds() if server else None
-        with open(os.path.join(out_dir, "locust.log"), "wb") as log:
-            import subprocess  # local: only this function spawns locust
-
-            locust = subprocess.Popen(
-                _locust_argv(opts, url, out_dir, classes, load_cpus),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env=env,
-                start_new_session=True,
-            )
-            locust_cpu, locust_wall = _wait_locust(locust, opts, out_dir, progress)
+        with open(locust_log, "wb") as log:
+            argv = _locust_argv(opts, url, out_dir, classes, load_cpus)
+            locust = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                      env=env, start_new_session=True)  # fmt: skip
+            locust_cpu, load_wall = _wait_locust(locust, opts, out_dir, progress)
         progress.done()
         if locust.returncode != 0:
-            last = _last_line(os.path.join(out_dir, "locust.log"))
-            raise RunError(f"locust exited with status {locust.returncode}: {last}")
+            status = locust.returncode
+            raise RunError(f"locust exited with status {status}: {_last_line(locust_log)}")
         rss = server.rss_bytes() if server else None
-        server_busy = (server.cpu_seconds() - server_cpu0) / opts.duration_s if server else None
+        server_cpu = server.cpu_seconds() - server_cpu0 if server else None
     finally:
         progress.done()
         kill_group(locust, grace=5.0)
         if server:
             server.stop()
+
     # Locust 2.x appends ".json" to --json-file; accept the name as given too.
-    final = next(
-        (
-            p
-            for p in (os.path.join(out_dir, n) for n in ("locust.json", "locust"))
-            if os.path.isfile(p)
-        ),
-        None,
-    )
+    names = [os.path.join(out_dir, n) for n in ("locust.json", "locust")]
+    final = next((p for p in names if os.path.isfile(p)), None)
     if not final:
-        raise RunError(
-            f"locust wrote no final stats: {_last_line(os.path.join(out_dir, 'locust.log'))}"
-        )
+        raise RunError(f"locust wrote no final stats: {_last_line(locust_log)}")
+
+    def busy(cpu):
+        return round(cpu / load_wall, 2) if cpu is not None and load_wall else None
+
     meta = {
         "scenario": opts.scenario,
-        "server": server_name if not opts.target else None,
+        "server": None if opts.target else server_name,
         "target": url,
-        "app": opts.app if not opts.target else None,
+        "app": None if opts.target else opts.app,
         "users": opts.users,
         "spawn_rate": opts.spawn_rate,
         "duration_s": opts.duration_s,
@@ -243,16 +223,10 @@ def run_once(opts, server_name, out_dir, show_progress=True):
         "started_at": started_at,
         "locust_version": locust_version(),
         "server_rss_bytes": rss,
+        # "busy": CPU seconds over wall seconds of the load, so 1.0 = one core saturated.
         "cores": {
-            "server": {
-                "pinned": server_cpus,
-                "busy": None if server_busy is None else round(server_busy, 2),
-            },
-            "locust": {
-                "pinned": load_cpus,
-                "processes": opts.processes or 1,
-                "busy": round(locust_cpu / locust_wall, 2) if locust_wall else None,
-            },
+            "server": {"pinned": server_cpus, "busy": busy(server_cpu)},
+            "locust": {"pinned": load_cpus, "processes": opts.processes, "busy": busy(locust_cpu)},
         },
         "files": {
             "html": "report.html",
