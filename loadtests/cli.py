@@ -9,17 +9,14 @@ import os
 import signal
 import sys
 
-from loadtests import report
+from loadtests import report, wrk_bench
 from loadtests.appspec import check_app
-from loadtests.runner import RunError, locust_missing, parse_duration, run_once
+from loadtests.errors import RunError, UsageError
+from loadtests.runner import locust_missing, parse_duration, run_once
 from loadtests.scenarios import SCENARIOS
-from loadtests.servers import DEFAULT_APP, SERVERS, ServerError, child_env, port_in_use
+from loadtests.servers import DEFAULT_APP, SERVERS, child_env, port_in_use
 
 COMPARE_DEFAULT = "greenserve,gunicorn-gevent,gevent-pywsgi"
-
-
-class UsageError(Exception):
-    """Bad input, caught before anything is started."""
 
 
 class Interrupted(BaseException):
@@ -110,8 +107,6 @@ def build_parser():
     )
 
     wrk = sub.add_parser("wrk", help="BENCHMARKING.md throughput/latency method with wrk")
-    from loadtests import wrk_bench
-
     wrk_bench.add_arguments(wrk)
     return parser
 
@@ -133,11 +128,9 @@ def _validate(args):
 
 def _gate(summary, args):
     reason = report.check_slo(summary, args.fail_ratio, args.p99_ms)
-    return (
-        f"SLO failed ({summary.get('server') or summary.get('target')}): {reason}"
-        if reason
-        else None
-    )
+    if reason:
+        return f"SLO failed ({summary.get('server') or summary.get('target')}): {reason}"
+    return None
 
 
 def _print_summary(s, out):
@@ -205,7 +198,7 @@ def cmd_compare(args):
             summary = run_once(
                 args, name, os.path.join(args.out, name), show_progress=not args.quiet
             )
-        except (RunError, ServerError) as exc:
+        except RunError as exc:
             print(f"{name}: {exc}", file=sys.stderr)
             summaries.append({"server": name, "scenario": args.scenario, "error": str(exc)})
             failed.append(f"{name} did not run: {exc}")
@@ -234,10 +227,8 @@ def main(argv=None):
             return cmd_run(args)
         if args.command == "compare":
             return cmd_compare(args)
-        from loadtests import wrk_bench
-
         return wrk_bench.main(args)
-    except (UsageError, RunError, ServerError) as exc:
+    except (UsageError, RunError) as exc:
         print(f"loadtests: {exc}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Interrupted):

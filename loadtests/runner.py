@@ -16,6 +16,7 @@ import time
 from urllib.parse import urlsplit
 
 from loadtests import report
+from loadtests.errors import RunError
 from loadtests.scenarios import SCENARIOS
 from loadtests.servers import Server, child_env, cpu_plan, http_probe, kill_group, pinned
 from loadtests.servers import tree_own_cpu
@@ -23,10 +24,6 @@ from loadtests.servers import tree_own_cpu
 LOCUSTFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "locustfile.py")
 STOP_GRACE_S = 60.0  # locust's own -t should end the run; this catches a wedged locust
 LOOPBACK = {"127.0.0.1", "localhost"}  # what http_probe (127.0.0.1) can check
-
-
-class RunError(Exception):
-    """The run could not be carried out; the message is one line for the user."""
 
 
 def parse_duration(text):

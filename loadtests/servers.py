@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+from loadtests.errors import ServerError
+
 HOST = "127.0.0.1"
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_APP = "loadtests.apps:app"
@@ -48,10 +50,6 @@ SERVERS = {
     "gevent-pywsgi": (_pywsgi, "gevent"),
     "gevent-pywsgi-nodelay": (_pywsgi_nodelay, "gevent"),
 }
-
-
-class ServerError(Exception):
-    """The server could not be started; the message is one line for the user."""
 
 
 def child_env():

@@ -16,7 +16,8 @@ import subprocess
 import sys
 import time
 
-from loadtests.servers import DEFAULT_APP, SERVERS, Server, ServerError, cpu_plan, pinned
+from loadtests.errors import ServerError, UsageError
+from loadtests.servers import DEFAULT_APP, SERVERS, Server, cpu_plan, pinned
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCENARIOS = {  # name -> (path, connections, extra wrk args)
@@ -164,8 +165,6 @@ def table(results, servers, scenarios):
 
 
 def main(args):
-    from loadtests.cli import UsageError
-
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     bad = [s for s in scenarios if s not in SCENARIOS] + [s for s in servers if s not in SERVERS]
