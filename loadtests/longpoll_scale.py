@@ -21,6 +21,7 @@ import sys
 import time
 
 HOST = "127.0.0.1"
+MODULE = "loadtests.longpoll_scale"  # not __name__: that is "__main__" under python -m
 HEADROOM = 64
 WAIT_LIMIT = 120.0  # a parked request gives up after this long, so nothing waits forever
 SERVERS = ("greenserve", "gevent-pywsgi", "gunicorn-gevent")
@@ -95,14 +96,14 @@ def _tracemalloc(path):
 def _server_argv(name, port, capacity):
     py = sys.executable
     if name == "greenserve":
-        return [py, "-m", "greenserve", f"{__name__}:app", "-b", f"{HOST}:{port}", "-w", "1",
+        return [py, "-m", "greenserve", f"{MODULE}:app", "-b", f"{HOST}:{port}", "-w", "1",
                 "--max-connections", str(capacity), "--graceful-timeout", "2"]
     if name == "gunicorn-gevent":
         return [py, "-m", "gunicorn", "-k", "gevent", "-w", "1",
                 "--worker-connections", str(capacity), "--graceful-timeout", "2",
-                "--log-level", "warning", "-b", f"{HOST}:{port}", f"{__name__}:app"]
+                "--log-level", "warning", "-b", f"{HOST}:{port}", f"{MODULE}:app"]
     if name in ("gevent-pywsgi", "gevent-floor"):
-        return [py, "-m", __name__, "serve-" + name, str(port), str(capacity)]
+        return [py, "-m", MODULE, "serve-" + name, str(port), str(capacity)]
     raise SystemExit(f"unknown server {name!r}")
 
 
@@ -141,11 +142,7 @@ def _serve_floor(port, capacity):
                 buffer += data
             head, _, buffer = buffer.partition(b"\r\n\r\n")
             path = head.split(b" ", 2)[1].decode()
-            body = []
-            app({"PATH_INFO": path}, lambda status, headers: None) and None
-            body = app({"PATH_INFO": path}, lambda s, h: None)[0] if path != "/wait" else None
-            if path == "/wait":
-                body = app({"PATH_INFO": path}, lambda s, h: None)[0]
+            body = app({"PATH_INFO": path}, lambda status, headers: None)[0]
             sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
 
     server = StreamServer((HOST, port), handle, spawn=Pool(capacity))
@@ -345,7 +342,7 @@ def measure(name, n, server_cpu, client_cpu, profile=False):
         before = server.rss_kib()
         if profile:
             _get(server.port, "/tracemalloc/baseline")
-        argv = [sys.executable, "-m", __name__, "client", str(server.port), str(n)]
+        argv = [sys.executable, "-m", MODULE, "client", str(server.port), str(n)]
         if client_cpu is not None:
             argv = ["taskset", "-c", str(client_cpu)] + argv
         client = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
