@@ -121,8 +121,6 @@ def main(argv=None):
         sockets = listeners.create_listeners(config.bind, config.backlog)
     except (ConfigError, AppLoadError) as exc:
         return _fail(exc)
-    except OSError as exc:  # --chdir to a missing directory and the like
-        return _fail(f"{exc.filename or ''}: {(exc.strerror or str(exc)).lower()}".lstrip(": "))
 
     return _serve(app, spec, config, sockets)
 
@@ -161,7 +159,11 @@ def _monkey_patch():
 def _setup_import_path(config):
     """--chdir, then make the working directory and --pythonpath importable (like gunicorn)."""
     if config.chdir:
-        os.chdir(config.chdir)
+        try:
+            os.chdir(config.chdir)
+        except OSError as exc:
+            raise ConfigError(f"chdir {config.chdir}: "
+                              f"{(exc.strerror or str(exc)).lower()}") from None
     cwd = os.getcwd()
     for entry in reversed((cwd, *config.pythonpath)):
         entry = os.path.abspath(entry)
