@@ -23,6 +23,9 @@ from loadtests.servers import tree_own_cpu
 
 LOCUSTFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "locustfile.py")
 STOP_GRACE_S = 60.0  # locust's own -t should end the run; this catches a wedged locust
+OUTPUT_FILES = ["summary.json", "stats.csv", "report.html", "locust.json", "locust",
+                "locust_stats.csv", "locust_stats_history.csv", "locust_failures.csv",
+                "locust_exceptions.csv", "locust.log", "server.log"]
 LOOPBACK = {"127.0.0.1", "localhost"}  # what http_probe (127.0.0.1) can check
 
 
@@ -72,21 +75,29 @@ class Progress:
         self.tty = stream.isatty()
         self.last_print = 0.0
         self.printed = False
+        self.prev = None  # (timestamp, requests) of the previous history row
+        self.rps = 0.0
 
     def update(self, elapsed, row):
         if not self.enabled or not row:
             return
+        requests = int(float(row.get("Total Request Count") or 0))
+        failures = int(float(row.get("Total Failure Count") or 0))
+        # Current rate from consecutive rows: locust's own "Requests/s" column is a window
+        # that stays 0 for the first seconds of a run.
+        stamp = float(row.get("Timestamp") or 0)
+        if self.prev and stamp > self.prev[0]:
+            self.rps = (requests - self.prev[1]) / (stamp - self.prev[0])
+        if not self.prev or stamp > self.prev[0]:
+            self.prev = (stamp, requests)
         now = time.monotonic()
         if not self.tty and now - self.last_print < 5.0:
             return
         self.last_print = now
-        requests = int(float(row.get("Total Request Count") or 0))
-        failures = int(float(row.get("Total Failure Count") or 0))
         ratio = failures / requests if requests else 0.0
         line = (
             f"[{self.label}] {min(elapsed, self.total_s):4.0f}/{self.total_s:.0f} s  "
-            f"users {row.get('User Count', '?'):>4}  "
-            f"rps {float(row.get('Requests/s') or 0):8,.0f}  "
+            f"users {row.get('User Count', '?'):>4}  rps {self.rps:8,.0f}  "
             f"requests {requests:,}  failures {failures:,} ({ratio:.2%})"
         )
         self.stream.write(("\r" + line + "\033[K") if self.tty else line + "\n")
@@ -97,6 +108,7 @@ class Progress:
         if self.enabled and self.tty and self.printed:
             self.stream.write("\n")
             self.stream.flush()
+            self.printed = False
 
 
 def _locust_argv(opts, url, out_dir, classes, load_cpus):
@@ -140,7 +152,8 @@ def _wait_locust(proc, opts, out_dir, progress):
         row = report.last_history_row(history)
         if row and load_t0 is None:
             load_t0, load_cpu0 = now, sum(seen.values())
-        progress.update(now - started, row)
+        if row:
+            progress.update(now - load_t0, row)
         time.sleep(0.5)
 
 
@@ -164,6 +177,11 @@ def run_once(opts, server_name, out_dir, show_progress=True):
         raise RunError("locust is not installed (pip install 'greenserve[load]')")
     classes, _ = SCENARIOS[opts.scenario]
     os.makedirs(out_dir, exist_ok=True)
+    for name in OUTPUT_FILES:  # a previous run's files would feed the progress line and summary
+        try:
+            os.unlink(os.path.join(out_dir, name))
+        except FileNotFoundError:
+            pass
     server_cpus, load_cpus = cpu_plan(opts.pin)
     server = locust = None
     progress = Progress(
