@@ -341,7 +341,7 @@ def measure(name, n, server_cpu, client_cpu, profile=False):
         time.sleep(0.5)
         before = server.rss_kib()
         if profile:
-            _get(server.port, "/tracemalloc/baseline")
+            _get(server.port, "/tracemalloc/baseline", timeout=120)
         argv = [sys.executable, "-m", MODULE, "client", str(server.port), str(n)]
         if client_cpu is not None:
             argv = ["taskset", "-c", str(client_cpu)] + argv
@@ -353,7 +353,7 @@ def measure(name, n, server_cpu, client_cpu, profile=False):
         _wait_until(lambda: _waiting(server.port) == n, 60, f"{n} waiting requests on {name}")
         time.sleep(1.0)  # let the allocator and the kernel settle
         after = server.rss_kib()
-        report = _get(server.port, "/tracemalloc/report").decode() if profile else None
+        report = _get(server.port, "/tracemalloc/report", timeout=300).decode() if profile else None
         fresh = []
         for _ in range(5):
             t = time.perf_counter()
