@@ -93,6 +93,14 @@ def build_parser():
 
 def main(argv=None):
     """Run greenserve as a command; returns the process exit code."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers are in place
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return 130
+
+
+def _main(argv):
     args = vars(build_parser().parse_args(argv))  # bad usage: argparse prints and exits 2
     spec = args.pop("app")
     try:
@@ -137,8 +145,8 @@ def _monkey_patch():
     must not be: importing logging before patching creates locks that are not gevent's).
     """
     import threading
-    late = [name for name in ("ssl", "urllib3", "requests", "psycopg2", "grpc")
-            if name in sys.modules]
+    # ssl keeps blocking socket internals; the HTTP clients name the usual culprit.
+    late = [name for name in ("ssl", "urllib3", "requests") if name in sys.modules]
     threads = threading.active_count()
     import warnings
     from gevent import monkey

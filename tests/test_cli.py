@@ -431,3 +431,15 @@ def test_bad_cli_value(project):
 def test_missing_chdir(project):
     assert_user_error(run(["webapp:app", "--chdir", "nowhere"], project),
                       "chdir nowhere: no such file or directory")
+
+
+def test_ctrl_c_while_the_app_loads(start, project):
+    (project / "slowimport.py").write_text(
+        "import sys, time\nsys.stderr.write('IMPORTING\\n')\nsys.stderr.flush()\n"
+        "time.sleep(60)\napp = None\n")
+    server = start("slowimport:app", "-b", "127.0.0.1:0")
+    server.wait_for("IMPORTING")
+    server.proc.send_signal(signal.SIGINT)
+    assert server.exit_code() == 130
+    server.wait_for("^greenserve: interrupted$")
+    assert "Traceback" not in "".join(server.stderr)
