@@ -216,10 +216,12 @@ def describe_run(summaries):
         if pin
         else "unpinned"
     )
+    loads = [x["machine"]["loadavg_at_start"][0] for x in summaries if x.get("machine")]
+    busy = f"; 1-min load average at start {', '.join(f'{x:g}' for x in loads)}" if loads else ""
     return (
-        f"scenario `{s['scenario']}`, {s['users']} users (spawn {s['spawn_rate']}/s), "
+        f"scenario `{s['scenario']}`, {s['users']} users (spawn {s['spawn_rate']:g}/s), "
         f"{s['duration_s']:g} s per server, locust processes: {load.get('processes', 1)}, "
-        f"{pinning}; locust {s.get('locust_version', '?')}"
+        f"{pinning}; locust {s.get('locust_version', '?')}{busy}"
     )
 
 

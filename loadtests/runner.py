@@ -199,6 +199,7 @@ def run_once(opts, server_name, out_dir, show_progress=True):
         env = child_env()
         env["LOADTESTS_THINK_MS"] = str(opts.think_ms or 0)
         started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        loadavg = [round(x, 2) for x in os.getloadavg()]  # shared machines: say how busy it was
         server_cpu0 = server.cpu_seconds() if server else None
         with open(locust_log, "wb") as log:
             argv = _locust_argv(opts, url, out_dir, classes, load_cpus)
@@ -238,6 +239,7 @@ def run_once(opts, server_name, out_dir, show_progress=True):
         "started_at": started_at,
         "locust_version": locust_version(),
         "server_rss_bytes": rss,
+        "machine": {"cpus": os.cpu_count(), "loadavg_at_start": loadavg},
         # "busy": CPU seconds over wall seconds of the load, so 1.0 = one core saturated.
         "cores": {
             "server": {"pinned": server_cpus, "busy": busy(server_cpu)},

@@ -179,6 +179,7 @@ def main(args):
         raise UsageError("--runs must be >= 1, --duration > 0, --warmup >= 0")
     _raise_nofile(4096)  # sleep-c1000 holds 1000 sockets on each side
     server_cpus, load_cpus = cpu_plan(args.pin)
+    load_before = round(os.getloadavg()[0], 2)  # shared machines: say how busy it was
     total = len(scenarios) * len(servers) * args.runs * (args.duration + args.warmup + 1)
     print(
         f"wrk bench: {len(scenarios)} scenario(s) x {len(servers)} server(s) x {args.runs} runs, "
@@ -227,7 +228,8 @@ def main(args):
     pin = f"server on CPU {server_cpus}, wrk -t1 on CPU {load_cpus}" if server_cpus else "unpinned"
     head = (
         f"wrk {args.duration:g} s runs after {args.warmup:g} s warm-up, median of {args.runs}, "
-        f"servers alternated, fresh server per run, {pin}, app {args.app}"
+        f"servers alternated, fresh server per run, {pin}, app {args.app}; 1-min load average "
+        f"{load_before:g} before, {os.getloadavg()[0]:.2f} after"
     )
     note = (
         "\nErrors are summed over the runs. With `Connection: close` wrk counts every "
