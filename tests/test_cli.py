@@ -283,6 +283,18 @@ def test_signal_lets_the_request_in_flight_finish(start, signum):
     assert "Traceback" not in "".join(server.stderr)
 
 
+def test_graceful_timeout_bounds_the_wait(start):
+    server = start("webapp:app", "-b", "127.0.0.1:0", "--graceful-timeout", "1")
+    address = server.address()
+    client = threading.Thread(target=lambda: _swallow(get, address, "/slow?60"), daemon=True)
+    client.start()
+    server.wait_for("SLOW REQUEST STARTED")
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.exit_code() == 0
+    assert 0.9 < time.monotonic() - started < 10  # waited the timeout, not the request
+
+
 def test_second_signal_stops_at_once(start):
     server = start("webapp:app", "-b", "127.0.0.1:0", "--graceful-timeout", "60")
     address = server.address()
