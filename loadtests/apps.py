@@ -14,7 +14,8 @@ server, not the app. Routes:
   GET  /api/items/ID     one JSON item, 404 if unknown
   POST /api/items        JSON object in, 201 with the stored item out
   POST /upload           any body (Content-Length or chunked), answers its size and CRC-32
-  GET  /poll?since=N     long poll: waits (?timeout=S, default 10) for messages after id N
+  GET  /poll?since=N     long poll: waits (?timeout=S, default 10) for messages after id N;
+                         answers {"messages": [...], "last_id": M} like examples/chat.py
   POST /send             body is a message; wakes every waiting poll        (locust longpoll)
 
 The module patches nothing and starts nothing at import: the server under test owns the hub.
@@ -202,7 +203,7 @@ def make_app():
             since = _int_arg(q, "since", 0, 0, 1 << 62)
             timeout = _int_arg(q, "timeout", 10, 0, 300)
             found = board.wait(since, timeout)
-            return _json(start_response, {"messages": found, "last": board.last_id})
+            return _json(start_response, {"messages": found, "last_id": board.last_id})
         if path == "/send" and method == "POST":
             text = b"".join(_iter_body(environ))[:1000].decode("utf-8", "replace")
             return _json(start_response, {"id": board.send(text)})

@@ -130,13 +130,14 @@ class LongPollWaiter(FastHttpUser):
         self._advance(r)
 
     def _advance(self, r):
-        """Remember the newest message id; tolerate apps that answer without a "last" field."""
+        """Remember the newest message id (``last_id``, as loadtests.apps and examples/chat.py
+        answer, or the ids of the messages themselves)."""
         if r.status_code != 200:
             return
         try:
             data = r.json()
             ids = [m["id"] for m in data.get("messages", []) if isinstance(m, dict) and "id" in m]
-            self.last = max([self.last, data.get("last") or 0] + ids)
+            self.last = max([self.last, data.get("last_id") or 0] + ids)
         except (ValueError, TypeError, AttributeError):
             pass
 
@@ -153,4 +154,6 @@ class LongPollSender(FastHttpUser):
 
     @task
     def send(self):
-        self.client.post("/send", data=f"hello {random.random():.6f}", name="POST /send")
+        # JSON {"name", "text"}: what examples/chat.py expects; loadtests.apps takes any body.
+        message = {"name": "locust", "text": f"hello {random.random():.6f}"}
+        self.client.post("/send", json=message, name="POST /send")
