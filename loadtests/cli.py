@@ -14,7 +14,7 @@ from loadtests.appspec import check_app
 from loadtests.errors import RunError, UsageError
 from loadtests.runner import locust_missing, parse_duration, run_once
 from loadtests.scenarios import SCENARIOS
-from loadtests.servers import DEFAULT_APP, SERVERS, child_env, port_in_use
+from loadtests.servers import DEFAULT_APP, SERVERS, child_env, port_in_use, raise_nofile
 
 COMPARE_DEFAULT = "greenserve,gunicorn-gevent,gevent-pywsgi"
 
@@ -222,6 +222,7 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    raise_nofile()
     try:
         if args.command == "run":
             return cmd_run(args)

@@ -7,6 +7,7 @@ process it forked and nothing is left behind, also when the harness is interrupt
 
 import http.client
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -79,6 +80,18 @@ def pinned(argv, cpus):
     if not cpus:
         return list(argv)
     return ["taskset", "-c", ",".join(map(str, cpus))] + list(argv)
+
+
+def raise_nofile(need=65536):
+    """Raise our open-file limit (children inherit it) towards ``need``, as far as allowed.
+
+    Thousands of connections (sleep-c1000, many long-poll users) need a descriptor each on
+    both sides; the usual soft limit of 1024 would turn that into accept errors.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def free_port():

@@ -9,7 +9,6 @@ ratios against gevent.pywsgi+TCP_NODELAY (or the first server) from the same inv
 import json
 import os
 import re
-import resource
 import shutil
 import statistics
 import subprocess
@@ -128,15 +127,6 @@ def _median(values):
     return statistics.median(values) if values else None
 
 
-def _raise_nofile(need):
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < need:
-        resource.setrlimit(
-            resource.RLIMIT_NOFILE,
-            (min(need, hard) if hard != resource.RLIM_INFINITY else need, hard),
-        )
-
-
 def table(results, servers, scenarios):
     """Markdown: one row per scenario x server with medians and ratios vs the baseline."""
     base = BASELINE if BASELINE in servers else servers[0]
@@ -177,7 +167,6 @@ def main(args):
         raise UsageError("wrk is not installed (apt-get install wrk)")
     if args.runs < 1 or args.duration <= 0 or args.warmup < 0:
         raise UsageError("--runs must be >= 1, --duration > 0, --warmup >= 0")
-    _raise_nofile(4096)  # sleep-c1000 holds 1000 sockets on each side
     server_cpus, load_cpus = cpu_plan(args.pin)
     load_before = round(os.getloadavg()[0], 2)  # shared machines: say how busy it was
     total = len(scenarios) * len(servers) * args.runs * (args.duration + args.warmup + 1)
