@@ -74,13 +74,19 @@ def _load_options(p):
     p.add_argument("--quiet", action="store_true", help="no progress line")
 
 
+def _epilog():
+    lines = ["scenarios:"] + [f"  {name:<9} {desc}" for name, (_, desc) in SCENARIOS.items()]
+    return "\n".join(lines + ["servers: " + ", ".join(SERVERS)])
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m loadtests", description="Load-test greenserve and its peers."
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="one scenario against one server, with locust")
+    described = dict(epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    run = sub.add_parser("run", help="one scenario against one server, with locust", **described)
     _load_options(run)
     run.add_argument(
         "--server", default="greenserve", help=f"one of: {', '.join(SERVERS)} (default greenserve)"
@@ -93,7 +99,7 @@ def build_parser():
     )
 
     cmp_ = sub.add_parser(
-        "compare", help="the same scenario against several servers, then a table and a page"
+        "compare", help="one scenario against several servers, then a table and a page", **described
     )
     _load_options(cmp_)
     cmp_.add_argument(

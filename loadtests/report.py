@@ -15,20 +15,9 @@ import math
 import os
 
 PERCENTILES = {"p50_ms": 0.50, "p95_ms": 0.95, "p99_ms": 0.99}
-STATS_COLUMNS = [
-    "method",
-    "name",
-    "requests",
-    "failures",
-    "fail_ratio",
-    "rps",
-    "avg_ms",
-    "min_ms",
-    "p50_ms",
-    "p95_ms",
-    "p99_ms",
-    "max_ms",
-]
+STATS_COLUMNS = (
+    "method name requests failures fail_ratio rps avg_ms min_ms p50_ms p95_ms p99_ms max_ms".split()
+)
 
 
 def percentile(histogram, fraction):
@@ -63,9 +52,7 @@ def _figures(entries):
         "rps": requests / span if span > 0 else 0.0,
         "avg_ms": sum(e["total_response_time"] for e in entries) / requests if requests else None,
         "min_ms": min(mins) if mins else None,
-        "max_ms": (
-            max((e["max_response_time"] for e in entries), default=None) if requests else None
-        ),
+        "max_ms": max((e["max_response_time"] for e in entries), default=None),
     }
     for key, fraction in PERCENTILES.items():
         out[key] = percentile(hist, fraction)
@@ -103,12 +90,8 @@ def last_history_row(path):
         return None
     for line in reversed(tail):
         fields = next(csv.reader([line]), [])
-        if (
-            header
-            and len(fields) == len(header)
-            and fields[0] != "Timestamp"
-            and "Aggregated" in fields
-        ):
+        complete = header and len(fields) == len(header)  # the last line may be half written
+        if complete and fields[0] != "Timestamp" and "Aggregated" in fields:
             return dict(zip(header, fields))
     return None
 
@@ -181,22 +164,23 @@ def _cores(summary):
     return f"{busy(srv)} / {busy(load)}"
 
 
-def compare_table(summaries):
-    """Markdown table, one row per summary (a summary with 'error' gets a row saying so)."""
-    head = ["server"] + [h for _, h, _ in COLUMNS] + ["cores busy srv/locust"]
-    lines = [
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
-    ]
+HEAD = ["server"] + [h for _, h, _ in COLUMNS] + ["cores busy srv/locust"]
+
+
+def _rows(summaries):
+    """Table cells, one row per summary; a summary with 'error' gets a row saying so."""
     for s in summaries:
         name = s.get("server") or s.get("target") or "?"
         if s.get("error"):
-            lines.append(
-                f"| {name} | " + " | ".join(["-"] * (len(head) - 2)) + f" | failed: {s['error']} |"
-            )
-            continue
-        cells = [_fmt(s.get(k), spec) for k, _, spec in COLUMNS]
-        lines.append("| " + " | ".join([name] + cells + [_cores(s)]) + " |")
+            yield [name] + ["-"] * len(COLUMNS) + [f"failed: {s['error']}"]
+        else:
+            yield [name] + [_fmt(s.get(k), spec) for k, _, spec in COLUMNS] + [_cores(s)]
+
+
+def compare_table(summaries):
+    """Markdown table of the summaries' figures."""
+    lines = ["| " + " | ".join(HEAD) + " |", "|---|" + "---:|" * (len(HEAD) - 1)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in _rows(summaries)]
     return "\n".join(lines)
 
 
@@ -208,14 +192,10 @@ def describe_run(summaries):
     cores = s.get("cores") or {}
     pin = cores.get("server", {}).get("pinned")
     load = cores.get("locust", {})
-    pinning = (
-        (
-            f"server pinned to CPU {','.join(map(str, pin))}, locust to CPU "
-            f"{','.join(map(str, load.get('pinned') or []))}"
-        )
-        if pin
-        else "unpinned"
-    )
+    pinning = "unpinned"
+    if pin:
+        cpus = lambda c: ",".join(map(str, c or []))  # noqa: E731
+        pinning = f"server pinned to CPU {cpus(pin)}, locust to CPU {cpus(load.get('pinned'))}"
     loads = [x["machine"]["loadavg_at_start"][0] for x in summaries if x.get("machine")]
     busy = f"; 1-min load average at start {', '.join(f'{x:g}' for x in loads)}" if loads else ""
     return (
@@ -262,15 +242,10 @@ def _bar_chart(title, note, rows):
 def compare_html(summaries, links=None):
     """A self-contained page: what ran, the table, a bar chart per figure, the locust reports."""
     good = [s for s in summaries if not s.get("error")]
-    rows = []
-    head = ["server"] + [h for _, h, _ in COLUMNS] + ["cores busy srv/locust"]
-    for s in summaries:
-        name = s.get("server") or s.get("target") or "?"
-        if s.get("error"):
-            cells = [name] + ["-"] * len(COLUMNS) + ["failed: " + s["error"]]
-        else:
-            cells = [name] + [_fmt(s.get(k), spec) for k, _, spec in COLUMNS] + [_cores(s)]
-        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    rows = [
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
+        for cells in _rows(summaries)
+    ]
     charts = [
         _bar_chart(title, note, [(s.get("server") or "?", s.get(key)) for s in good])
         for key, title, note in CHARTS
@@ -285,7 +260,7 @@ def compare_html(summaries, links=None):
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}
 td:first-child,th:first-child{{text-align:left}}svg{{display:block;margin:1.5em 0}}</style></head>
 <body><h1>Load comparison</h1><p>{html.escape(describe_run(summaries))}</p>
-<table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}</tr>{"".join(rows)}</table>
+<table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in HEAD)}</tr>{"".join(rows)}</table>
 {"".join(charts)}
 <h2>Locust reports</h2><ul>{link_items}</ul>
 <p>Percentiles are locust's: whole milliseconds below 100 ms.

@@ -4,7 +4,7 @@ Kept apart from locustfile.py so the command line can validate names without imp
 """
 
 SCENARIOS = {
-    "hello": (["HelloUser"], "GET / (13 bytes), no think time: raw request rate"),
+    "hello": (["HelloUser"], "GET / (13 bytes): the per-request cost"),
     "api": (["ApiUser"], "JSON API: list, fetch by id, create (40/40/20)"),
     "stream": (["StreamUser"], "GET /stream: 16 x 4 KiB chunked download read to the end"),
     "upload": (

@@ -221,9 +221,10 @@ def main(args):
         f"{load_before:g} before, {os.getloadavg()[0]:.2f} after"
     )
     note = (
-        "\nErrors are summed over the runs. With `Connection: close` wrk counts every "
-        "server-side close as a read error, so hello-close shows read errors close to its "
-        "request count.\n"
+        "\nErrors are summed over the runs. A read error is wrk finding a connection closed "
+        "when it expected more: in hello-close, gevent.pywsgi answers `Connection: close` "
+        "requests without a `Connection: close` header and then closes, so wrk counts one per "
+        "request (the responses themselves are complete and counted).\n"
     )
     text = head + "\n\n" + table(results, servers, scenarios) + "\n" + note
     os.makedirs(args.out, exist_ok=True)
