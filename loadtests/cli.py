@@ -16,7 +16,7 @@ from loadtests.runner import locust_missing, parse_duration, run_once
 from loadtests.scenarios import SCENARIOS
 from loadtests.servers import DEFAULT_APP, SERVERS, child_env, port_in_use, raise_nofile
 
-COMPARE_DEFAULT = "greenserve,gunicorn-gevent,gevent-pywsgi"
+COMPARE_DEFAULT = "greenserve,gunicorn-gevent,gevent-pywsgi,gevent-pywsgi-nodelay"
 
 
 class Interrupted(BaseException):
