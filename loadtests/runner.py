@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 from loadtests import report
 from loadtests.errors import RunError
 from loadtests.scenarios import SCENARIOS
-from loadtests.servers import Server, child_env, cpu_plan, http_probe, kill_group, pinned
-from loadtests.servers import tree_own_cpu
+from loadtests.servers import Server, child_env, cpu_plan, free_port, http_probe, kill_group
+from loadtests.servers import pinned, tree_own_cpu
 
 LOCUSTFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "locustfile.py")
 STOP_GRACE_S = 60.0  # locust's own -t should end the run; this catches a wedged locust
@@ -120,7 +120,11 @@ def _locust_argv(opts, url, out_dir, classes, load_cpus):
             # Failures are judged by the SLO gates here, not by locust's exit code.
             "--exit-code-on-error", "0"]
     if opts.processes and opts.processes != 1:
-        argv += ["--processes", str(opts.processes)]
+        # Master and workers talk over loopback on a free port, not on *:5557 (locust's default):
+        # loopback only, and two runs at once must not meet each other's workers.
+        port = str(free_port())
+        argv += ["--processes", str(opts.processes), "--master-bind-host", "127.0.0.1",
+                 "--master-bind-port", port, "--master-host", "127.0.0.1", "--master-port", port]
     return pinned(argv + list(classes), load_cpus)
 
 
