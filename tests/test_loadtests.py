@@ -24,9 +24,9 @@ from loadtests.servers import free_port, http_probe  # noqa: E402
 SHORT_RUN = "run --server greenserve --users 10 --spawn-rate 10 --duration 3s --quiet".split()
 
 
-def harness(*args, timeout=90):
+def harness(*args, timeout=90, env=None):
     argv = [sys.executable, "-m", "loadtests", *map(str, args)]
-    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def processes_mentioning(text):
@@ -112,6 +112,16 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
     assert not os.listdir(tmp_path)  # nothing ran
+
+
+def test_missing_locust_is_one_line_and_exit_2(tmp_path):
+    # sys.modules["locust"] = None makes importlib treat locust as not installed.
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['locust'] = None\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    proc = harness("run", "--out", tmp_path / "out", env=env, timeout=30)
+    assert proc.returncode == 2
+    assert proc.stderr == "loadtests: locust is not installed (pip install 'greenserve[load]')\n"
+    assert not (tmp_path / "out").exists()
 
 
 def test_ctrl_c_stops_server_and_locust(tmp_path):
