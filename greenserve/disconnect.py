@@ -20,12 +20,13 @@ class Disconnected:
     and ``rawlink``/``unlink`` so it works with ``gevent.wait([event, disconnected])``.
     """
 
-    __slots__ = ("_connection", "_event", "_watcher")
+    __slots__ = ("_connection", "_event", "_watcher", "_links")
 
     def __init__(self, connection):
         self._connection = connection
         self._event = None
         self._watcher = None
+        self._links = None
 
     def is_set(self):
         self._watch()
@@ -41,11 +42,16 @@ class Disconnected:
 
     def rawlink(self, callback):
         self._watch()
-        self._event.rawlink(lambda _event: callback(self))
+        if self._links is None:
+            self._links = {}
+        # gevent.wait() calls back with the object it waits on: this one, not the Event.
+        wrapper = self._links[callback] = lambda _event: callback(self)
+        self._event.rawlink(wrapper)
 
     def unlink(self, callback):
-        if self._event is not None:
-            self._event.unlink(callback)
+        wrapper = self._links.pop(callback, None) if self._links else None
+        if wrapper is not None and self._event is not None:
+            self._event.unlink(wrapper)
 
     def ready(self):
         return self.is_set()

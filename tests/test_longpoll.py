@@ -123,3 +123,21 @@ def test_slow_reader_back_pressures_the_app(serve):
         time.sleep(0.5)
         # 64 MB were available; only what fits in the socket buffers may have been produced.
         assert len(produced) < 100
+
+
+def test_repeated_gevent_wait_leaves_no_callbacks_behind(serve):
+    counts = []
+
+    def app(environ, start_response):
+        gone = environ["greenserve.disconnected"]
+        tick = Event()
+        for _ in range(200):  # an SSE-style loop: wait for a tick or the client leaving
+            gevent.wait([tick, gone], count=1, timeout=0.001)
+        counts.append(gone._event.linkcount())
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    with serve(app) as srv, srv.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(sock)[2] == b"ok"
+    assert counts == [0]
