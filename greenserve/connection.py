@@ -52,6 +52,14 @@ def _empty_receive(max_bytes):
 class Connection:
     """Serves the requests of one accepted socket; ``run()`` is the greenlet body."""
 
+    # Slots: thousands of parked long polls each hold one of these.
+    __slots__ = ("server", "sock", "raw_send", "parser", "greenlet", "phase", "deadline",
+                 "phase_seq", "request_deadline", "phase_started", "requests",
+                 "reading_body", "disconnected", "request", "status", "headers_sent",
+                 "environ", "listener_environ", "remote_addr", "remote_port", "keep_alive",
+                 "continue_pending", "body_error", "bytes_sent", "method", "status_code",
+                 "response_info", "response_headers", "framing", "remaining")
+
     def __init__(self, server, sock, address, listener_environ):
         self.server = server
         self.sock = sock
@@ -73,14 +81,13 @@ class Connection:
         self.status = None
         self.headers_sent = False
         self.environ = None
-        base = listener_environ.copy()
+        # Not a per-connection environ copy: an idle connection should cost little.
+        self.listener_environ = listener_environ
         if isinstance(address, tuple):
-            base["REMOTE_ADDR"] = address[0]
-            base["REMOTE_PORT"] = str(address[1])
+            self.remote_addr = address[0]
+            self.remote_port = str(address[1])
         else:
-            base["REMOTE_ADDR"] = ""
-            base["REMOTE_PORT"] = ""
-        self.base_environ = base
+            self.remote_addr = self.remote_port = ""
 
     # -- timers ------------------------------------------------------------------------------
 
@@ -205,10 +212,10 @@ class Connection:
         self._enter(SEND, self.server.config.send_timeout)
         if exc.status >= 500 or exc.status == 408:
             error_log.info("%s from %s: %s", exc.status,
-                           self.base_environ["REMOTE_ADDR"], exc.detail)
+                           self.remote_addr, exc.detail)
         else:
             error_log.debug("%s from %s: %s", exc.status,
-                            self.base_environ["REMOTE_ADDR"], exc.detail)
+                            self.remote_addr, exc.detail)
         try:
             self.sock.sendall(error_response(exc.status, exc.detail, exc.reason))
             # Let the client read the answer before the close resets the connection.
@@ -229,7 +236,8 @@ class Connection:
         self.body_error = None
         self.bytes_sent = 0
         started = perf_counter() if server.access_log else 0.0
-        environ = build_environ(self.base_environ, request, server.script_name)
+        environ = build_environ(self.listener_environ, request, server.script_name,
+                                self.remote_addr, self.remote_port)
         self.environ = environ
         self.method = environ["REQUEST_METHOD"]
         has_body = request.chunked or request.content_length

@@ -5,18 +5,17 @@
 
 import logging
 import socket
-from functools import partial
 from time import monotonic
 
 import gevent
 from gevent.event import Event
-from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from .config import Config, load_config
 from .connection import Connection
 from .log import make_access_log
 from .protocol.parser import Limits
+from .spawner import Spawner
 from .wsgi import base_environ
 
 error_log = logging.getLogger("greenserve.error")
@@ -47,7 +46,7 @@ class Server:
         self.access_log = make_access_log(config)
         self.connections = set()
         self.stopping = False
-        self.pool = Pool(config.max_connections)
+        self.spawner = Spawner(config.max_connections, self._resume_accepting)
         self._listeners = list(listeners) if listeners is not None else None
         self._stream_servers = []
         self._sweeper = None
@@ -70,8 +69,8 @@ class Server:
             sock.setblocking(False)
             name, port = _server_name_port(sock)
             base = base_environ(self.config, name, port, multiprocess)
-            stream_server = StreamServer(sock, partial(self._serve_connection, base),
-                                         spawn=self.pool)
+            stream_server = StreamServer(sock, self._connection_handler(base),
+                                         spawn=self.spawner.spawn)
             # gevent asks full() when a client is waiting to be accepted.
             stream_server.full = self._full
             stream_server.start()
@@ -99,10 +98,10 @@ class Server:
         run_callback = gevent.get_hub().loop.run_callback
         for connection in list(self.connections):
             run_callback(connection.close_if_idle)
-        if not self.pool.join(timeout=timeout):
+        if not self.spawner.join(timeout=timeout):
             error_log.warning("graceful timeout: %d connection(s) still busy are cut off",
-                              len(self.pool))
-            self.pool.kill(block=True, timeout=1)
+                              len(self.spawner))
+            self.spawner.kill(timeout=1)
         if self._sweeper is not None:
             self._sweeper.kill(block=False)
             self._sweeper = None
@@ -127,8 +126,15 @@ class Server:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _serve_connection(self, base, sock, address):
-        Connection(self, sock, address, base).run()
+    def _connection_handler(self, listener_environ):
+        """The greenlet body for one listener's connections.
+
+        A plain closure rather than functools.partial: each C-level call between the
+        greenlet's start and the app deepens the C stack saved with every parked greenlet.
+        """
+        def handle(sock, address):
+            Connection(self, sock, address, listener_environ).run()
+        return handle
 
     def _full(self):
         """At the connection cap, make room by closing the longest-idle keep-alive connection.
@@ -136,7 +142,7 @@ class Server:
         Idle keep-alive clients must not lock new ones out; only when every connection is
         busy do new clients wait in the backlog. gevent resumes accepting when a slot frees.
         """
-        if not self.pool.full():
+        if not self.spawner.full():
             return False
         oldest = None
         for connection in self.connections:
@@ -146,6 +152,12 @@ class Server:
         if oldest is not None:
             gevent.get_hub().loop.run_callback(oldest.close_if_idle)
         return True
+
+    def _resume_accepting(self):
+        """A slot freed after the cap was hit: gevent stopped accepting, so restart it."""
+        if not self.stopping:
+            for stream_server in self._stream_servers:
+                stream_server.start_accepting()
 
     def _sweep(self):
         """Fire the connections' phase timers (header, keep-alive, body, send)."""

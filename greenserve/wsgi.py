@@ -50,8 +50,15 @@ def environ_key(name):
 
 
 def base_environ(config, server_name, server_port, multiprocess, file_wrapper=None):
-    """The per-server part of every environ, copied for each request."""
+    """The per-listener part of every environ, copied for each request.
+
+    It also holds every key a request always sets (placeholders, overwritten each time), so
+    the copy starts at its final size instead of growing while the request is built.
+    """
     return {
+        "REQUEST_METHOD": "", "PATH_INFO": "", "QUERY_STRING": "", "RAW_URI": "",
+        "REQUEST_URI": "", "SERVER_PROTOCOL": "", "REMOTE_ADDR": "", "REMOTE_PORT": "",
+        "wsgi.input": None, "greenserve.disconnected": None,
         "SERVER_SOFTWARE": SERVER_SOFTWARE,
         "SERVER_NAME": server_name,
         "SERVER_PORT": server_port,
@@ -67,9 +74,11 @@ def base_environ(config, server_name, server_port, multiprocess, file_wrapper=No
     }
 
 
-def build_environ(base, request, script_name):
-    """A request's environ: ``base`` (per connection) plus the request's own keys."""
+def build_environ(base, request, script_name, remote_addr, remote_port):
+    """A request's environ: ``base`` (per listener) plus the request's own keys."""
     environ = base.copy()
+    environ["REMOTE_ADDR"] = remote_addr
+    environ["REMOTE_PORT"] = remote_port
     method = request.method
     environ["REQUEST_METHOD"] = _METHODS.get(method) or method.decode("latin-1")
     path = request.path

@@ -2,6 +2,7 @@
 
 Skipped when locust is not installed (it comes with the ``load`` and ``test`` extras).
 """
+import importlib.util
 import json
 import os
 import signal
@@ -12,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("locust")
+# Look for locust without importing it: importing locust monkey-patches the whole test
+# process (and breaks ssl for every test collected after this file).
+if importlib.util.find_spec("locust") is None:
+    pytest.skip("locust is not installed (pip install -e '.[test]')", allow_module_level=True)
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
