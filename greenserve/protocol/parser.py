@@ -2,42 +2,81 @@
 
 The caller feeds received bytes with ``feed()``, asks for the next request head with
 ``next_request()`` and for body pieces with ``read_body()``. Both return ``None`` when more
-bytes are needed. Every client mistake raises a ``ProtocolError`` carrying its HTTP status;
-after one, the connection must be closed and nothing further parsed.
+bytes are needed. Every client mistake raises a ``ProtocolError`` carrying its HTTP status.
+
+Two promises hold whatever the split of the input into received pieces:
+
+- the result is the same: the same requests, bodies and trailers, or the same error status.
+  An unfinished head or chunk line is rejected as soon as it is certainly bad, and the error
+  reported is the first one in byte order, so a client feeding one byte at a time and one
+  sending everything at once get the same answer;
+- an error is final: after it, ``next_request()`` and ``read_body()`` raise it again and no
+  later byte is parsed. The connection must answer with ``exc.status`` and close, since its
+  framing can no longer be trusted (RFC 9112 §6.3, §11.2).
 """
 
 import re
 
 from ..errors import (BadRequest, ContentTooLarge, ExpectationFailed, HeaderTooLarge,
-                      NotImplementedByServer, URITooLong, VersionNotSupported)
+                      NotImplementedByServer, ProtocolError, URITooLong, VersionNotSupported)
 
 # RFC 9110 §5.6.2: token = 1*tchar.
 _TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
+_TOKEN = rb"[" + _TCHAR + rb"]+"
+# RFC 9110 §5.6.4: quoted-string = DQUOTE *( qdtext / quoted-pair ) DQUOTE.
+_QUOTED = rb"\"(?:[\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t\x20-\x7e\x80-\xff])*\""
 # RFC 9112 §3: request-line = method SP request-target SP HTTP-version, single spaces, and
-# §2.3: HTTP-version = "HTTP/" DIGIT "." DIGIT, case-sensitive. Targets are visible ASCII.
-_REQUEST_LINE = re.compile(rb"([" + _TCHAR + rb"]+) ([!-~]+) HTTP/([0-9])\.([0-9])")
+# §2.3: HTTP-version = "HTTP/" DIGIT "." DIGIT, case-sensitive. Targets are visible ASCII
+# but "#": RFC 9112 §3.2: a fragment is never part of a request-target.
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([!\"$-~]+) HTTP/([0-9])\.([0-9])")
 # RFC 9112 §5: field-line = field-name ":" OWS field-value OWS; field-value is visible
 # characters, obs-text, SP and HTAB (RFC 9110 §5.5), so CR, LF, NUL and other CTLs fail here.
-_FIELD_LINE = re.compile(rb"([" + _TCHAR + rb"]+):[ \t]*([\t\x20-\x7e\x80-\xff]*)")
-# RFC 9112 §7.1: chunk-size = 1*HEXDIG, then chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS val ] ).
+_FIELD_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([\t\x20-\x7e\x80-\xff]*)")
+_FIELD_NAME = re.compile(_TOKEN)
+# Octets that can never occur in a request-line (RFC 9112 §3: tokens, a URI and SPs only) or
+# in a field line / chunk line (RFC 9110 §5.5: no CTL but HTAB; CR and LF only as CRLF).
+_NOT_IN_REQUEST_LINE = re.compile(rb"[^\x20-\x7e]")
+_NOT_IN_FIELD_LINE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# RFC 9112 §7.1: chunk-size = 1*HEXDIG, then chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS val ] ),
+# and nothing else before the CRLF.
 _CHUNK_LINE = re.compile(
-    rb"([0-9A-Fa-f]{1,16})((?:[ \t]*;[ \t]*[" + _TCHAR + rb"]+"
-    rb"(?:[ \t]*=[ \t]*(?:[" + _TCHAR + rb"]+|\"(?:[\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\xff]"
-    rb"|\\[\t\x20-\x7e\x80-\xff])*\"))?)*)[ \t]*")
-# RFC 9110 §8.6: Content-Length = 1*DIGIT. Nineteen digits keep the value a sane integer.
-_CONTENT_LENGTH = re.compile(rb"[0-9]{1,19}")
-# RFC 9112 §3.2 / RFC 3986 §3.2.2: Host = uri-host [ ":" port ].
+    rb"([0-9A-Fa-f]+)(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|"
+    + _QUOTED + rb"))?)*")
+# RFC 9112 §7: transfer-coding = token *( OWS ";" OWS transfer-parameter ), one list element
+# (possibly empty, RFC 9110 §5.6.1.2) and the comma after it.
+_TRANSFER_CODING = re.compile(
+    rb"[ \t]*(?:(" + _TOKEN + rb")((?:[ \t]*;[ \t]*" + _TOKEN + rb"[ \t]*=[ \t]*(?:" + _TOKEN
+    + rb"|" + _QUOTED + rb"))*))?[ \t]*(,|\Z)")
+# RFC 9110 §8.6: Content-Length = 1*DIGIT.
+_CONTENT_LENGTH = re.compile(rb"[0-9]+")
+# RFC 9112 §3.2 / RFC 3986 §3.2.2: Host = uri-host [ ":" port ], where uri-host is an
+# IP-literal or a reg-name of unreserved, pct-encoded and sub-delims (IPv4 is a reg-name too).
+# "%" is checked separately with _BAD_PERCENT (rare; a per-octet alternation is 2x slower).
 _HOST = re.compile(
     rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 _ABSOLUTE_FORM = re.compile(rb"([A-Za-z][A-Za-z0-9+\-.]*)://([^/?#]*)([^?#]*)(?:\?([^#]*))?")
 _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
-_BARE_LF = re.compile(rb"(?<!\r)\n")
 
 # Longest chunk-size line we accept, extensions included (RFC 9112 §7.1.1 lets servers limit).
 MAX_CHUNK_LINE = 4096
+# Empty lines tolerated before a request-line (RFC 9112 §2.2 asks for at least one).
+MAX_EMPTY_LINES = 8
+# Sizes written with more significant digits than this are beyond any body we could take.
+_MAX_DECIMAL_DIGITS = 18  # < 10**18 octets
+_MAX_HEX_DIGITS = 16  # < 2**64 octets
 
-# Body-reader states.
-_NO_BODY, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS = range(6)
+# Body-reader states; _FAILED once an error was raised.
+_NO_BODY, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _FAILED = range(7)
+
+# RFC 9110 §6.5.1: fields needed before the content can be processed (framing, routing,
+# connection control, request modifiers, authentication, content format) mean nothing in a
+# trailer; they are dropped rather than shown to the application.
+_NOT_TRAILERS = frozenset((
+    b"content-length", b"transfer-encoding", b"trailer", b"host", b"connection", b"keep-alive",
+    b"proxy-connection", b"te", b"upgrade", b"expect", b"max-forwards", b"range", b"if-match",
+    b"if-none-match", b"if-modified-since", b"if-unmodified-since", b"if-range",
+    b"authorization", b"proxy-authorization", b"cookie", b"content-type", b"content-encoding",
+    b"content-range", b"cache-control", b"pragma"))
 
 
 class Limits:
@@ -71,15 +110,21 @@ class Request:
 class RequestParser:
     """Incremental parser for the requests of one connection."""
 
-    __slots__ = ("limits", "_buf", "_pos", "_state", "_remaining", "_body_seen", "request")
+    __slots__ = ("limits", "_buf", "_pos", "_state", "_remaining", "_body_seen", "_error",
+                 "_partial", "_checked", "_clean", "_lines", "_empty_lines", "request")
 
     def __init__(self, limits=None):
         self.limits = limits or Limits()
         self._buf = b""
         self._pos = 0
         self._state = _NO_BODY
-        self._remaining = 0
+        self._remaining = 0  # octets left in the current chunk / body, or trailer lines seen
         self._body_seen = 0
+        self._error = None
+        # Progress through a head that arrives in pieces, relative to its first octet: lines
+        # up to _checked are valid, octets up to _clean hold no forbidden byte.
+        self._partial = False
+        self._checked = self._clean = self._lines = self._empty_lines = 0
         self.request = None
 
     # -- input -------------------------------------------------------------------------------
@@ -107,21 +152,23 @@ class RequestParser:
     def next_request(self):
         """Parse the next request head; None if it has not fully arrived yet."""
         if self._state != _NO_BODY:
+            if self._state == _FAILED:
+                raise self._error
             raise RuntimeError("the previous request body has not been read")
         buf, pos = self._buf, self._pos
-        # RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request-line.
-        while buf.startswith(b"\r\n", pos):
-            pos += 2
-        self._pos = pos
-        end = buf.find(b"\r\n\r\n", pos)
-        if end < 0:
-            self._check_partial_head(buf, pos)
-            return None
-        if end + 4 - pos > self.limits.head:
-            raise HeaderTooLarge(f"header block over {self.limits.head} bytes")
-        lines = buf[pos:end].split(b"\r\n")
+        # The common case: a whole, valid head at the start of the buffer, parsed in one go.
+        end = -1 if self._partial else buf.find(b"\r\n\r\n", pos)
+        if end <= pos or end + 4 - pos > self.limits.head:
+            request, end = self._next_request_carefully()
+            if request is None:
+                return None
+        else:
+            try:
+                request = self._parse_head(buf[pos:end].split(b"\r\n"))
+            except ProtocolError:
+                # Parse again carefully: it raises the error that comes first in byte order.
+                request, end = self._next_request_carefully()
         self._pos = end + 4
-        request = self._parse_head(lines)
         self.request = request
         if request.chunked:
             self._state = _CHUNK_SIZE
@@ -131,29 +178,93 @@ class RequestParser:
             self._remaining = request.content_length
         return request
 
-    def _check_partial_head(self, buf, pos):
-        """Reject an unfinished head as soon as it is certain to be bad or too large."""
-        size = len(buf) - pos
-        if size == 0:
-            return
-        line_end = buf.find(b"\r\n", pos)
-        if line_end < 0:
-            if size > self.limits.request_line:
-                raise URITooLong(f"request line over {self.limits.request_line} bytes")
-        elif line_end - pos > self.limits.request_line:
-            raise URITooLong(f"request line over {self.limits.request_line} bytes")
-        elif len(buf) - buf.rfind(b"\r\n", pos) - 2 > self.limits.field_size:
-            raise HeaderTooLarge(f"header line over {self.limits.field_size} bytes")
-        if size > self.limits.head:
-            raise HeaderTooLarge(f"header block over {self.limits.head} bytes")
-        # RFC 9112 §2.2: a bare LF is not a line terminator here; say so now instead of
-        # waiting for a CRLF CRLF that a lenient client will never send.
-        bare = _BARE_LF.search(buf, pos)
-        if bare:
-            raise BadRequest("bare LF in request head (lines must end with CRLF)")
-        if buf.startswith(b"PRI * HTTP/2.0\r\n", pos):
-            # RFC 9113 §3.4: the HTTP/2 preface; we speak HTTP/1.1 only.
-            raise VersionNotSupported("HTTP/2 connection preface on an HTTP/1.1 port")
+    def _next_request_carefully(self):
+        """The slow path: a head arriving in pieces, after empty lines, too large or invalid.
+
+        Returns (request, end of head) or (None, -1) when more bytes are needed.
+        """
+        buf, pos = self._buf, self._pos
+        try:
+            if buf.startswith(b"\r\n", pos):
+                pos = self._skip_empty_lines(buf, pos)
+            # Resume where the last look stopped: no CRLF CRLF can start before that.
+            end = buf.find(b"\r\n\r\n", pos + max(self._clean - 2, 0))
+            if end < 0:
+                self._check_partial_head(buf, pos, len(buf))
+                return None, -1
+            if end + 4 - pos > self.limits.head:
+                # Report what a byte-at-a-time reader would have found before the limit.
+                self._check_partial_head(buf, pos, pos + self.limits.head)
+                raise HeaderTooLarge(f"header block over {self.limits.head} bytes")
+            try:
+                request = self._parse_head(buf[pos:end].split(b"\r\n"))
+            except ProtocolError:
+                # An earlier line may hold an error that comes first in byte order.
+                self._check_partial_head(buf, pos, end + 2)
+                raise
+        except ProtocolError as exc:
+            self._fail(exc)
+            raise
+        self._partial = False
+        self._checked = self._clean = self._lines = self._empty_lines = 0
+        return request, end
+
+    def _fail(self, exc):
+        self._state = _FAILED
+        self._error = exc
+
+    def _skip_empty_lines(self, buf, pos):
+        self._partial = True
+        while buf.startswith(b"\r\n", pos):
+            pos += 2
+            self._empty_lines += 1
+            # RFC 9112 §2.2: at least one empty line is ignored; an endless stream of them
+            # is not a request and must not hold the connection forever.
+            if self._empty_lines > MAX_EMPTY_LINES:
+                raise BadRequest(f"more than {MAX_EMPTY_LINES} empty lines before a request")
+        self._pos = pos
+        return pos
+
+    def _check_partial_head(self, buf, pos, stop):
+        """Reject the unfinished head buf[pos:stop] if it is already certain to be bad.
+
+        Complete lines are checked in order as they arrive; the unfinished last line only
+        for octets it can never contain and for its length. Progress is kept, so a head
+        arriving one byte at a time is still read in linear time.
+        """
+        self._partial = True
+        limits = self.limits
+        # Past the head limit nothing else matters: the 431 below comes first in byte order.
+        stop = min(stop, pos + limits.head)
+        start = pos + self._checked
+        while True:
+            eol = buf.find(b"\r\n", pos + self._clean, stop)
+            if eol < 0:
+                break
+            line = buf[start:eol]
+            if self._lines:
+                _check_field_line(line, self._lines, limits)
+            else:
+                _check_request_line(line, limits.request_line)
+            self._lines += 1
+            start = eol + 2
+            self._checked = self._clean = start - pos
+        # The unfinished line; a CR at its end may be the start of its CRLF.
+        end = stop - 1 if buf[stop - 1:stop] == b"\r" else stop
+        if end > start:
+            if self._lines:
+                _check_unfinished_field(buf, start, pos + self._clean, end, self._lines, limits)
+            else:
+                limit = limits.request_line
+                bad = _NOT_IN_REQUEST_LINE.search(buf, pos + self._clean, min(end, start + limit))
+                if bad:
+                    raise BadRequest(_forbidden(bad, "request line"))
+                if end - start > limit:
+                    raise URITooLong(f"request line over {limit} bytes")
+            self._clean = end - pos
+        # RFC 6585 §5: the complete head would be longer still.
+        if stop - pos >= limits.head:
+            raise HeaderTooLarge(f"header block over {limits.head} bytes")
 
     def _parse_head(self, lines):
         limits = self.limits
@@ -164,9 +275,8 @@ class RequestParser:
         if match is None:
             raise BadRequest(f"malformed request line {_quote(line)}")
         method, target, major, minor = match.groups()
-        # RFC 9110 §6.2: only HTTP/1.x is spoken here; 1.2+ is handled as 1.1.
         if major != b"1":
-            raise VersionNotSupported(f"HTTP/{major.decode()}.{minor.decode()} is not supported")
+            _parse_request_line(line)  # raises the 505
         version = 0 if minor == b"0" else 1
 
         if len(lines) - 1 > limits.fields:
@@ -215,7 +325,7 @@ class RequestParser:
         if host is None:
             if version:
                 raise BadRequest("HTTP/1.1 request without a Host header field")
-        elif _HOST.fullmatch(host) is None:
+        elif _HOST.fullmatch(host) is None or b"%" in host and _BAD_PERCENT.search(host):
             raise BadRequest(f"invalid Host header field {_quote(host)}")
         request.host = host
         self._parse_target(request, method, target)
@@ -231,7 +341,7 @@ class RequestParser:
         if connection is None:
             request.keep_alive = bool(version)
         else:
-            options = {token.strip().lower() for token in connection.split(b",")}
+            options = {token.strip(b" \t").lower() for token in connection.split(b",")}
             if b"close" in options:
                 request.keep_alive = False
             else:
@@ -241,56 +351,62 @@ class RequestParser:
             # RFC 9110 §10.1.1: 100-continue is the only expectation defined; others get 417,
             # and an HTTP/1.0 request's expectation MUST be ignored.
             if version:
-                if expect.strip().lower() != b"100-continue":
+                if expect.strip(b" \t").lower() != b"100-continue":
                     raise ExpectationFailed(f"unsupported expectation {_quote(expect)}")
                 request.expect_continue = True
         return request
 
     def _parse_target(self, request, method, target):
-        # RFC 9112 §3.2.1: origin-form, the usual case.
-        if target[0] == 47:  # "/"
+        # RFC 9112 §3.2.1: origin-form, the usual case. RFC 9110 §9.3.6: CONNECT asks for a
+        # tunnel, which this origin server does not offer (RFC 9110 §9.1: 501), whatever target.
+        if target[0] == 47 and method != b"CONNECT":  # "/"
             path, _, query = target.partition(b"?")
+        elif method == b"CONNECT":
+            raise NotImplementedByServer("CONNECT is not supported")
         elif target == b"*":
             # RFC 9112 §3.2.4: asterisk-form is only used for a server-wide OPTIONS.
             if method != b"OPTIONS":
                 raise BadRequest("asterisk-form target is only allowed with OPTIONS")
             path, query = b"*", b""
-        elif method == b"CONNECT":
-            # RFC 9110 §9.3.6: CONNECT asks for a tunnel, which an origin server does not offer.
-            raise NotImplementedByServer("CONNECT is not supported")
         else:
             # RFC 9112 §3.2.2: a server MUST accept absolute-form and then MUST ignore Host in
-            # favour of the target's authority.
+            # favour of the target's authority; only http(s) URIs name this origin (RFC 9110 §4.2).
             match = _ABSOLUTE_FORM.fullmatch(target)
             if match is None or match.group(1).lower() not in (b"http", b"https"):
                 raise BadRequest(f"invalid request target {_quote(target)}")
             authority = match.group(2)
-            if not authority or _HOST.fullmatch(authority) is None or b"@" in authority:
+            # RFC 9110 §4.2.1: an empty host is invalid; §4.2.4: userinfo is an error.
+            if not authority or authority[0] == 58 or _HOST.fullmatch(authority) is None \
+                    or b"%" in authority and _BAD_PERCENT.search(authority):
                 raise BadRequest(f"invalid authority in request target {_quote(target)}")
             request.host = authority
             path = match.group(3) or b"/"
             query = match.group(4) or b""
-        # RFC 3986 §2.1: "%" must start a percent-encoding, or the decoded path is ambiguous;
-        # RFC 9112 §3.2: a fragment is never part of a request-target.
+        # RFC 3986 §2.1: "%" must start a percent-encoding, or the decoded path is ambiguous.
         if b"%" in target and _BAD_PERCENT.search(target):
             raise BadRequest(f"invalid percent-encoding in {_quote(target)}")
-        if b"#" in target:
-            raise BadRequest(f"fragment in request target {_quote(target)}")
         request.path = path
         request.query = query
 
     def _parse_content_length(self, raw):
-        # RFC 9110 §8.6: a list of identical values may be taken as one; differing values,
-        # signs, spaces inside or anything but digits make the framing unknowable -> 400.
-        values = set()
-        for item in raw.split(b","):
-            item = item.strip(b" \t")
-            if _CONTENT_LENGTH.fullmatch(item) is None:
-                raise BadRequest(f"invalid Content-Length {_quote(raw)}")
-            values.add(int(item))
-        if len(values) != 1:
-            raise BadRequest(f"conflicting Content-Length values {_quote(raw)}")
-        length = values.pop()
+        if raw.isdigit() and len(raw) <= _MAX_DECIMAL_DIGITS:
+            length = int(raw)  # the usual single value
+        else:
+            # RFC 9110 §8.6: a list of identical values may be taken as one; differing values,
+            # signs, spaces inside or anything but digits make the framing unknowable -> 400.
+            values = set()
+            for item in raw.split(b","):
+                item = item.strip(b" \t")
+                if _CONTENT_LENGTH.fullmatch(item) is None:
+                    raise BadRequest(f"invalid Content-Length {_quote(raw)}")
+                values.add(item.lstrip(b"0") or b"0")
+            if len(values) != 1:
+                raise BadRequest(f"conflicting Content-Length values {_quote(raw)}")
+            digits = values.pop()
+            # RFC 9110 §8.6: anticipate large numerals; no body that large will be taken.
+            if len(digits) > _MAX_DECIMAL_DIGITS:
+                raise ContentTooLarge(f"Content-Length {_quote(digits)} is too large")
+            length = int(digits)
         if self.limits.body and length > self.limits.body:
             raise ContentTooLarge(f"body of {length} bytes is over the {self.limits.body} limit")
         return length
@@ -303,19 +419,31 @@ class RequestParser:
         # RFC 9112 §6.3: both Content-Length and Transfer-Encoding is a smuggling attempt.
         if content_length is not None:
             raise BadRequest("both Content-Length and Transfer-Encoding")
-        codings = [item.strip(b" \t").lower() for item in raw.split(b",")]
-        codings = [coding for coding in codings if coding]
-        if not codings:
-            raise BadRequest("empty Transfer-Encoding")
-        if codings[-1] != b"chunked":
-            # RFC 9112 §6.3: chunked must be final in a request, else 400; RFC 9112 §6.1:
-            # a coding the server does not understand gets 501.
-            if b"chunked" in codings:
-                raise BadRequest("chunked is not the final transfer coding")
+        codings = []  # (lowercase name, parameters)
+        pos = 0
+        while True:
+            match = _TRANSFER_CODING.match(raw, pos)
+            if match is None:
+                raise BadRequest(f"malformed Transfer-Encoding {_quote(raw)}")
+            if match.group(1):
+                codings.append((match.group(1).lower(), match.group(2)))
+            if not match.group(3):
+                break
+            pos = match.end()
+        names = [name for name, _ in codings]
+        # RFC 9112 §6.3: unless chunked is the final coding the body length is unknowable: 400.
+        if not names or names[-1] != b"chunked":
+            if not names or b"chunked" in names:
+                raise BadRequest(f"chunked is not the final transfer coding in {_quote(raw)}")
+            # RFC 9112 §6.1: a transfer coding the server does not understand gets 501.
             raise NotImplementedByServer(f"transfer coding {_quote(raw)} is not supported")
         # RFC 9112 §6.1: chunked MUST NOT be applied more than once.
-        if codings.count(b"chunked") > 1:
+        if names.count(b"chunked") > 1:
             raise BadRequest("chunked applied more than once")
+        # RFC 9112 §7.1: chunked has no parameters; peers that ignore one and peers that
+        # refuse it would frame the body differently (RFC 9112 §11.2), so refuse it here.
+        if codings[-1][1]:
+            raise BadRequest(f"parameters on the chunked coding in {_quote(raw)}")
         if len(codings) > 1:
             raise NotImplementedByServer(f"transfer coding {_quote(raw)} is not supported")
         request.chunked = True
@@ -324,7 +452,7 @@ class RequestParser:
     # -- bodies -------------------------------------------------------------------------------
 
     def read_body(self, max_bytes=65536):
-        """Next piece of the request body.
+        """Next piece of the request body, at most ``max_bytes`` (> 0) long.
 
         Returns non-empty bytes, ``b""`` once the body is complete, or ``None`` when more
         bytes must be fed first.
@@ -343,10 +471,17 @@ class RequestParser:
             return self._buf[start:start + size]
         if state == _NO_BODY:
             return b""
-        return self._read_chunked(max_bytes)
+        if state == _FAILED:
+            raise self._error
+        try:
+            return self._read_chunked(max_bytes)
+        except ProtocolError as exc:
+            self._fail(exc)
+            raise
 
     def _read_chunked(self, max_bytes):
         buf = self._buf
+        limits = self.limits
         while True:
             state = self._state
             pos = self._pos
@@ -363,60 +498,133 @@ class RequestParser:
             if state == _CHUNK_SIZE:
                 end = buf.find(b"\r\n", pos)
                 if end < 0:
-                    if len(buf) - pos > MAX_CHUNK_LINE:
-                        raise BadRequest(f"chunk-size line over {MAX_CHUNK_LINE} bytes")
+                    _check_unfinished_chunk_line(buf, pos)
                     return None
                 line = buf[pos:end]
+                # RFC 9112 §7.1.1: the server limits chunk extensions like other message parts.
+                if _NOT_IN_FIELD_LINE.search(line, 0, MAX_CHUNK_LINE):
+                    raise BadRequest(f"invalid octet in chunk-size line {_quote(line)}")
+                if len(line) > MAX_CHUNK_LINE:
+                    raise BadRequest(f"chunk-size line over {MAX_CHUNK_LINE} bytes")
                 match = _CHUNK_LINE.fullmatch(line)
                 if match is None:
                     raise BadRequest(f"malformed chunk-size line {_quote(line)}")
-                size = int(match.group(1), 16)
+                digits = match.group(1).lstrip(b"0")
+                # RFC 9112 §7.1: anticipate large hex numerals; none that large is acceptable.
+                if len(digits) > _MAX_HEX_DIGITS:
+                    raise ContentTooLarge(f"chunk size {_quote(digits)} is too large")
+                size = int(digits, 16) if digits else 0
                 self._pos = end + 2
                 self._body_seen += size
-                if self.limits.body and self._body_seen > self.limits.body:
-                    raise ContentTooLarge(f"chunked body over the {self.limits.body} byte limit")
+                if limits.body and self._body_seen > limits.body:
+                    raise ContentTooLarge(f"chunked body over the {limits.body} byte limit")
                 if size:
                     self._state = _CHUNK_DATA
                     self._remaining = size
                 else:
                     self._state = _TRAILERS
+                    self._remaining = 0
                     self.request.trailers = []
             elif state == _CHUNK_CRLF:
-                if len(buf) - pos < 2:
-                    if len(buf) > pos and buf[pos] != 13:
-                        raise BadRequest("chunk data not followed by CRLF")
-                    return None
                 # RFC 9112 §7.1: chunk = chunk-size [ chunk-ext ] CRLF chunk-data CRLF.
-                if not buf.startswith(b"\r\n", pos):
+                if not buf.startswith(b"\r\n"[:len(buf) - pos], pos):
                     raise BadRequest("chunk data not followed by CRLF")
+                if len(buf) - pos < 2:
+                    return None
                 self._pos = pos + 2
                 self._state = _CHUNK_SIZE
             else:  # _TRAILERS
+                # RFC 9112 §7.1.2: trailer fields use the field-line syntax and are limited
+                # like header fields.
                 end = buf.find(b"\r\n", pos)
                 if end < 0:
-                    if len(buf) - pos > self.limits.field_size:
-                        raise HeaderTooLarge(f"trailer line over {self.limits.field_size} bytes")
+                    stop = len(buf) - 1 if buf.endswith(b"\r") else len(buf)
+                    if stop > pos:
+                        _check_unfinished_field(buf, pos, pos, stop, self._remaining + 1,
+                                                limits, "trailer")
                     return None
                 line = buf[pos:end]
                 self._pos = end + 2
                 if not line:
                     self._state = _NO_BODY
                     return b""
-                # RFC 9112 §7.1.2: trailer fields use the field-line syntax; a server may
-                # discard them, but they are limited like header fields.
-                if len(line) > self.limits.field_size:
-                    raise HeaderTooLarge(f"trailer line over {self.limits.field_size} bytes")
-                match = _FIELD_LINE.fullmatch(line)
-                if match is None:
-                    raise BadRequest(_diagnose_field_line(line))
-                trailers = self.request.trailers
-                if len(trailers) >= self.limits.fields:
-                    raise HeaderTooLarge(f"more than {self.limits.fields} trailer fields")
-                trailers.append((match.group(1), match.group(2).rstrip(b" \t")))
+                self._remaining += 1
+                _check_field_line(line, self._remaining, limits, "trailer")
+                name, value = _FIELD_LINE.fullmatch(line).groups()
+                if name.lower() not in _NOT_TRAILERS:
+                    self.request.trailers.append((name, value.rstrip(b" \t")))
 
 
 _FRAMING_FIELDS = frozenset((b"host", b"content-length", b"transfer-encoding", b"connection",
                              b"expect"))
+
+
+def _parse_request_line(line):
+    """(method, target, version) of a request-line already within the length limit."""
+    match = _REQUEST_LINE.fullmatch(line)
+    if match is None:
+        if re.fullmatch(rb"\S+ \S*#\S* HTTP/[0-9]\.[0-9]", line):
+            raise BadRequest(f"fragment in request target {_quote(line)}")
+        raise BadRequest(f"malformed request line {_quote(line)}")
+    method, target, major, minor = match.groups()
+    # RFC 9110 §2.5, §15.6.6: only major version 1 is spoken here (505 otherwise), and a
+    # higher minor version is handled as the highest one implemented, 1.1.
+    if major != b"1":
+        raise VersionNotSupported(f"HTTP/{major.decode()}.{minor.decode()} is not supported")
+    return method, target, 0 if minor == b"0" else 1
+
+
+def _check_request_line(line, limit):
+    """Every check of a complete request-line, in the order a byte-wise reader meets them."""
+    bad = _NOT_IN_REQUEST_LINE.search(line, 0, limit)
+    if bad:
+        raise BadRequest(_forbidden(bad, "request line"))
+    if len(line) > limit:
+        raise URITooLong(f"request line over {limit} bytes")
+    _parse_request_line(line)
+
+
+def _check_field_line(line, index, limits, what="header"):
+    """Every check of complete field line number ``index``, in byte order."""
+    # RFC 6585 §5: too many fields get 431, whatever the line holds.
+    if index > limits.fields:
+        raise HeaderTooLarge(f"more than {limits.fields} {what} fields")
+    bad = _NOT_IN_FIELD_LINE.search(line, 0, limits.field_size)
+    if bad:
+        raise BadRequest(_forbidden(bad, f"{what} line"))
+    if len(line) > limits.field_size:
+        raise HeaderTooLarge(f"{what} line over {limits.field_size} bytes")
+    if _FIELD_LINE.fullmatch(line) is None:
+        raise BadRequest(_diagnose_field_line(line))
+
+
+def _check_unfinished_field(buf, start, clean, end, index, limits, what="header"):
+    """Checks of field line ``index`` received up to ``end`` (its octets before ``clean``
+    were found clean already)."""
+    if index > limits.fields:
+        raise HeaderTooLarge(f"more than {limits.fields} {what} fields")
+    bad = _NOT_IN_FIELD_LINE.search(buf, clean, min(end, start + limits.field_size))
+    if bad:
+        raise BadRequest(_forbidden(bad, f"{what} line"))
+    if end - start > limits.field_size:
+        raise HeaderTooLarge(f"{what} line over {limits.field_size} bytes")
+
+
+def _check_unfinished_chunk_line(buf, pos):
+    end = len(buf) - 1 if buf.endswith(b"\r") else len(buf)
+    # RFC 9112 §7.1 with §2.2: a bare LF or other control octet never ends or belongs to a
+    # chunk-size line; say so now rather than wait for a CRLF that may never come.
+    if _NOT_IN_FIELD_LINE.search(buf, pos, min(end, pos + MAX_CHUNK_LINE)):
+        raise BadRequest(f"invalid octet in chunk-size line {_quote(buf[pos:end])}")
+    if end - pos > MAX_CHUNK_LINE:
+        raise BadRequest(f"chunk-size line over {MAX_CHUNK_LINE} bytes")
+
+
+def _forbidden(match, where):
+    octet = match.group()
+    name = {b"\n": "bare LF", b"\r": "bare CR", b"\0": "NUL", b"\t": "HTAB"}.get(octet)
+    # RFC 9112 §2.2: lines end with CRLF only; RFC 9110 §5.5: no CTLs inside.
+    return f"{name or 'invalid octet ' + repr(octet)[1:]} in {where}"
 
 
 def _diagnose_field_line(line):
@@ -430,7 +638,7 @@ def _diagnose_field_line(line):
     if name != name.rstrip(b" \t"):
         # RFC 9112 §5.1: whitespace between field name and colon MUST be rejected (400).
         return f"whitespace before the colon in {_quote(line)}"
-    if not name or not re.fullmatch(rb"[" + _TCHAR + rb"]+", name):
+    if not _FIELD_NAME.fullmatch(name):
         return f"invalid header name {_quote(name)}"
     # RFC 9110 §5.5: CR, LF and NUL (and other controls) are invalid in field values.
     return f"invalid character in the value of {_quote(name)}"

@@ -1,0 +1,295 @@
+"""The request parser against the corpus in tests/corpus, under every way of splitting the bytes.
+
+The parser is sans-IO: whatever the split of the input into received pieces, it must produce the
+same requests, headers, bodies and trailers, or raise the same error status, as if everything had
+arrived at once. Errors stay raised: after one the connection is closed and no later byte is
+ever parsed as a request.
+"""
+
+import random
+
+import pytest
+
+from corpus_format import Case, load_corpus
+from greenserve.errors import ProtocolError
+from greenserve.protocol.parser import MAX_CHUNK_LINE, Limits, RequestParser
+
+CASES = load_corpus()
+VALID = [case for case in CASES if case.error is None and not case.pending]
+INVALID = [case for case in CASES if case.error is not None]
+
+
+# -- driver -------------------------------------------------------------------------------------
+
+def _record(request):
+    return {"method": request.method, "target": request.target, "version": request.version,
+            "path": request.path, "query": request.query, "host": request.host,
+            "keep_alive": request.keep_alive,
+            "framing": "chunked" if request.chunked else f"length {request.content_length}",
+            "expect_continue": request.expect_continue, "body": b"",
+            "headers": list(request.headers), "trailers": [] if request.chunked else None}
+
+
+def run(data, pieces, limits=None, sizes=(65536,)):
+    """Feed ``pieces`` (which join to ``data``) and read every request and body to the end.
+
+    ``sizes`` cycles through the ``max_bytes`` passed to ``read_body``. Returns the list of
+    request records and the outcome: ``("error", status)``, ``("pending",)`` or ``("idle",)``.
+    """
+    assert b"".join(pieces) == data
+    parser = RequestParser(Limits(**(limits or {})))
+    records = []
+    current = None
+    calls = 0
+    for piece in pieces:
+        parser.feed(piece)
+        try:
+            while True:
+                if current is None:
+                    request = parser.next_request()
+                    if request is None:
+                        break
+                    assert parser.request is request
+                    current = _record(request)
+                    records.append(current)
+                    continue
+                size = sizes[calls % len(sizes)]
+                calls += 1
+                body = parser.read_body(size)
+                if body is None:
+                    assert not parser.body_done
+                    break
+                assert isinstance(body, bytes) and len(body) <= size
+                if body:
+                    current["body"] += body
+                    continue
+                assert parser.body_done
+                assert parser.read_body(size) == b""  # and stays complete
+                if parser.request.chunked:
+                    current["trailers"] = list(parser.request.trailers)
+                else:
+                    assert parser.request.trailers is None
+                current = None
+        except ProtocolError as exc:
+            _assert_stays_failed(parser, exc.status)
+            return records, ("error", exc.status)
+    if current is None and parser.buffered == 0:
+        return records, ("idle",)
+    return records, ("pending",)
+
+
+def _assert_stays_failed(parser, status):
+    """After an error the parser refuses everything, even a perfectly good request."""
+    parser.feed(b"GET /after-error HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    for call in (parser.next_request, parser.read_body):
+        with pytest.raises(ProtocolError) as info:
+            call()
+        assert info.value.status == status
+
+
+def expected(case):
+    if case.error is not None:
+        outcome = ("error", case.error)
+    else:
+        outcome = ("pending",) if case.pending else ("idle",)
+    return case.requests, outcome
+
+
+# -- split strategies ---------------------------------------------------------------------------
+
+def split_whole(data):
+    return [data]
+
+
+def split_lines(data):
+    pieces = data.split(b"\n")
+    return [piece + b"\n" for piece in pieces[:-1]] + ([pieces[-1]] if pieces[-1] else [])
+
+
+def split_bytes(data):
+    return [data[i:i + 1] for i in range(len(data))]
+
+
+def split_random(data, seed):
+    rng = random.Random(seed)
+    pieces, pos = [], 0
+    while pos < len(data):
+        size = rng.randint(1, max(1, len(data) // 4))
+        pieces.append(data[pos:pos + size])
+        pos += size
+    return pieces
+
+
+STRATEGIES = {
+    "whole": (split_whole, (65536,)),
+    "lines": (split_lines, (65536,)),
+    "bytes": (split_bytes, (1, 65536)),
+}
+for _seed in range(5):
+    STRATEGIES[f"random{_seed}"] = (lambda data, seed=_seed: split_random(data, seed),
+                                    (1, 3, 7, 65536)[_seed % 4:] + (2,))
+
+
+# -- the corpus ---------------------------------------------------------------------------------
+
+def test_corpus_is_big_and_cites_the_rfc():
+    assert len(CASES) >= 120
+    assert len(VALID) >= 50 and len(INVALID) >= 60
+    for case in CASES:
+        assert any("RFC" in line for line in case.rfc), case.name
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_corpus(case, strategy):
+    split, sizes = STRATEGIES[strategy]
+    assert run(case.data, split(case.data), case.limits, sizes) == expected(case)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_corpus_every_two_piece_split(case):
+    data = case.data
+    offsets = range(1, len(data))
+    if len(data) > 1500:
+        offsets = random.Random(len(data)).sample(offsets, 300)
+    want = expected(case)
+    for offset in offsets:
+        assert run(data, [data[:offset], data[offset:]], case.limits) == want, offset
+
+
+@pytest.mark.parametrize("case", INVALID, ids=[case.name for case in INVALID])
+def test_error_is_final_whatever_follows(case):
+    # An error is only raised once it is certain, so bytes arriving after it never change it,
+    # and the good request after it is never parsed.
+    data = case.data + b"GET /next HTTP/1.1\r\nHost: example.com\r\n\r\n"
+    for pieces in ([data], split_bytes(data)):
+        assert run(data, pieces, case.limits) == expected(case)
+
+
+def test_pipelined_valid_requests_parse_in_order():
+    plain = [case for case in VALID if not case.limits]
+    rng = random.Random(1)
+    for _ in range(40):
+        chosen = [rng.choice(plain) for _ in range(rng.randint(2, 6))]
+        data = b"".join(case.data for case in chosen)
+        want = ([request for case in chosen for request in case.requests], ("idle",))
+        for pieces in (split_whole(data), split_random(data, rng.random())):
+            assert run(data, pieces) == want, [case.name for case in chosen]
+
+
+def test_request_after_chunked_body():
+    data = (b"POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3;x=1\r\nabc\r\n0\r\nX-T: 1\r\n\r\n"
+            b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n")
+    for split, sizes in STRATEGIES.values():
+        records, outcome = run(data, split(data), sizes=sizes)
+        assert outcome == ("idle",)
+        assert [(r["target"], r["body"], r["trailers"]) for r in records] == [
+            (b"/a", b"abc", [(b"X-T", b"1")]), (b"/b", b"", None)]
+
+
+# -- limits the corpus cannot express compactly -------------------------------------------------
+
+@pytest.mark.parametrize("extra, outcome", [(0, ("idle",)), (1, ("error", 414))])
+def test_default_request_line_limit(extra, outcome):
+    head = b"GET /" + b"a" * (8192 - 14 + extra) + b" HTTP/1.1"
+    assert len(head) == 8192 + extra
+    data = head + b"\r\nHost: h\r\n\r\n"
+    for pieces in ([data], split_random(data, 3), [data[:8192], data[8192:]]):
+        assert run(data, pieces)[1] == outcome
+
+
+@pytest.mark.parametrize("extra, outcome", [(0, ("idle",)), (1, ("error", 400))])
+def test_chunk_line_limit(extra, outcome):
+    line = b"1;" + b"e" * (MAX_CHUNK_LINE - 2 + extra)
+    data = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n" + line + \
+        b"\r\nx\r\n0\r\n\r\n"
+    for pieces in ([data], split_random(data, 4), split_lines(data)):
+        assert run(data, pieces)[1] == outcome
+
+
+def test_default_field_count_limit():
+    fields = b"".join(b"X-%d: v\r\n" % i for i in range(99))
+    data = b"GET / HTTP/1.1\r\nHost: h\r\n" + fields + b"\r\n"
+    assert run(data, [data])[1] == ("idle",)
+    data = data[:-2] + b"X-Last: v\r\n\r\n"
+    assert run(data, [data])[1] == ("error", 431)
+    assert run(data, split_lines(data))[1] == ("error", 431)
+
+
+def test_next_request_refuses_while_a_body_is_unread():
+    parser = RequestParser()
+    parser.feed(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nab")
+    assert parser.next_request().content_length == 3
+    with pytest.raises(RuntimeError):
+        parser.next_request()
+    assert parser.read_body() == b"ab"
+    assert parser.read_body() is None
+    parser.feed(b"c")
+    assert parser.read_body() == b"c"
+    assert parser.body_done and parser.read_body() == b""
+
+
+# -- property-style tests -----------------------------------------------------------------------
+
+_ALPHABET = [b"\r\n", b"\r\n", b"\r", b"\n", b" ", b"\t", b":", b";", b"=", b",", b"/", b"?",
+             b"%", b"\"", b"\0", b"\x7f", b"\xe9", b"GET", b"HTTP/1.1", b"HTTP/1.0", b"Host",
+             b"Content-Length", b"Transfer-Encoding", b"chunked", b"0", b"5", b"a", b"F", b"*",
+             b"Expect", b"100-continue", b"Connection", b"close", b"\r\n\r\n"]
+
+
+def _garbage(rng):
+    parts = [rng.choice(_ALPHABET) if rng.random() < 0.8 else bytes([rng.randrange(256)])
+             for _ in range(rng.randint(1, 60))]
+    if rng.random() < 0.5:
+        parts.insert(0, b"POST /x HTTP/1.1\r\nHost: h\r\n")
+    return b"".join(parts)
+
+
+def _mutate(rng, data):
+    data = bytearray(data)
+    for _ in range(rng.randint(1, 3)):
+        pos = rng.randrange(len(data) + 1)
+        kind = rng.randrange(4)
+        if kind == 0 and pos < len(data):
+            del data[pos]
+        elif kind == 1:
+            data[pos:pos] = rng.choice(_ALPHABET)
+        elif kind == 2 and pos < len(data):
+            data[pos] = rng.randrange(256)
+        else:
+            data[pos:pos] = data[pos:pos + rng.randint(1, 20)]
+    return bytes(data)
+
+
+def _assert_split_independent(data, limits=None):
+    """Only ProtocolError may escape, and the result must not depend on the split."""
+    want = run(data, [data], limits)
+    assert run(data, split_bytes(data), limits, (1, 2, 65536)) == want, data
+    assert run(data, split_random(data, len(data)), limits, (5, 65536)) == want, data
+    return want
+
+
+def test_random_garbage_only_raises_protocol_error():
+    rng = random.Random(9112)
+    limits = {"request_line": 40, "field_size": 30, "fields": 4, "head": 120, "body": 50}
+    for _ in range(600):
+        data = _garbage(rng)
+        _assert_split_independent(data)
+        _assert_split_independent(data, limits)
+
+
+def test_mutated_corpus_requests_are_split_independent():
+    rng = random.Random(9110)
+    for _ in range(1500):
+        case = rng.choice(CASES)
+        _assert_split_independent(_mutate(rng, case.data), case.limits)
+
+
+def test_corpus_format_rejects_typos():
+    with pytest.raises(Exception):
+        Case("typo", "# rfc: RFC 9112\n# requets: GET / HTTP/1.1\nGET / HTTP/1.1\\r\\n\\r\\n\n")
+    with pytest.raises(Exception):
+        Case("bad-escape", "# rfc: RFC 9112\n# error: 400\nGET /\\q\n")
+    case = Case("ok", "# rfc: RFC 9112\n# error: 400\nA\\r\\n\\0\\x80\\\\\n\\t\n")
+    assert case.data == b"A\r\n\0\x80\\\t"
