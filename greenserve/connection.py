@@ -203,6 +203,7 @@ class Connection:
                 keep = self._handle(request)
             finally:
                 self.request_deadline = 0.0
+                server.requests_served += 1
             if not keep or server.stopping:
                 return
             self._enter(IDLE, keep_alive_timeout)

@@ -45,6 +45,7 @@ class Server:
         self.script_name = config.root_path
         self.access_log = make_access_log(config)
         self.connections = set()
+        self.requests_served = 0  # read by a supervised worker for --max-requests
         self.stopping = False
         self.spawner = Spawner(config.max_connections, self._resume_accepting)
         self._listeners = list(listeners) if listeners is not None else None
