@@ -239,6 +239,8 @@ class Connection:
         started = perf_counter() if server.access_log else 0.0
         environ = build_environ(self.listener_environ, request, server.script_name,
                                 self.remote_addr, self.remote_port)
+        # The environ has the headers now; a parked long poll should not hold them twice.
+        request.headers = None
         self.environ = environ
         self.method = environ["REQUEST_METHOD"]
         has_body = request.chunked or request.content_length

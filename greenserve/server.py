@@ -1,4 +1,4 @@
-"""The I/O shell: listeners -> gevent StreamServers sharing one Pool -> a Connection each.
+"""The I/O shell: listeners -> acceptors -> one greenlet and Connection per client.
 
 ``Server`` runs inside any gevent program; ``serve()`` is the blocking convenience entry.
 """
@@ -9,8 +9,8 @@ from time import monotonic
 
 import gevent
 from gevent.event import Event
-from gevent.server import StreamServer
 
+from .acceptor import Acceptor
 from .config import Config, load_config
 from .connection import Connection
 from .log import make_access_log
@@ -49,7 +49,7 @@ class Server:
         self.stopping = False
         self.spawner = Spawner(config.max_connections, self._resume_accepting)
         self._listeners = list(listeners) if listeners is not None else None
-        self._stream_servers = []
+        self._acceptors = []
         self._sweeper = None
         self._stopped = Event()
         self._started = False
@@ -70,12 +70,12 @@ class Server:
             sock.setblocking(False)
             name, port = _server_name_port(sock)
             base = base_environ(self.config, name, port, multiprocess)
-            stream_server = StreamServer(sock, self._connection_handler(base),
-                                         spawn=self.spawner.spawn)
-            # gevent asks full() when a client is waiting to be accepted.
-            stream_server.full = self._full
-            stream_server.start()
-            self._stream_servers.append(stream_server)
+            handler = self._connection_handler(base)
+            spawn = self.spawner.spawn
+            acceptor = Acceptor(sock, lambda client, address, handler=handler:
+                                spawn(handler, client, address), self._full)
+            acceptor.start()
+            self._acceptors.append(acceptor)
         self._sweeper = gevent.spawn(self._sweep)
         self._started = True
         self._stopped.clear()
@@ -94,8 +94,8 @@ class Server:
         if timeout is None:
             timeout = self.config.graceful_timeout
         self.stopping = True
-        for stream_server in self._stream_servers:
-            stream_server.close()
+        for acceptor in self._acceptors:
+            acceptor.close()
         run_callback = gevent.get_hub().loop.run_callback
         for connection in list(self.connections):
             run_callback(connection.close_if_idle)
@@ -106,7 +106,7 @@ class Server:
         if self._sweeper is not None:
             self._sweeper.kill(block=False)
             self._sweeper = None
-        self._stream_servers = []
+        self._acceptors = []
         self._started = False
         self._stopped.set()
 
@@ -140,8 +140,8 @@ class Server:
     def _full(self):
         """At the connection cap, make room by closing the longest-idle keep-alive connection.
 
-        Idle keep-alive clients must not lock new ones out; only when every connection is
-        busy do new clients wait in the backlog. gevent resumes accepting when a slot frees.
+        Called by an acceptor with a client waiting. Idle keep-alive clients must not lock
+        new ones out; only when every connection is busy do new clients wait in the backlog.
         """
         if not self.spawner.full():
             return False
@@ -155,10 +155,10 @@ class Server:
         return True
 
     def _resume_accepting(self):
-        """A slot freed after the cap was hit: gevent stopped accepting, so restart it."""
+        """A slot freed after the cap was hit: the acceptors paused, so restart them."""
         if not self.stopping:
-            for stream_server in self._stream_servers:
-                stream_server.start_accepting()
+            for acceptor in self._acceptors:
+                acceptor.start()
 
     def _sweep(self):
         """Fire the connections' phase timers (header, keep-alive, body, send)."""

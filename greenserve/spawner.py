@@ -16,7 +16,7 @@ error_log = logging.getLogger("greenserve.error")
 
 
 class Spawner:
-    """``StreamServer(spawn=Spawner(n).spawn)`` runs each connection in its own greenlet."""
+    """``spawn(handler, sock, address)`` runs each connection in its own greenlet."""
 
     def __init__(self, limit, on_slot_free=None):
         self.limit = limit
@@ -36,17 +36,19 @@ class Spawner:
             return True
         return False
 
-    def spawn(self, func, *args):
-        """Start ``func(*args)`` in a new greenlet at the hub's next turn."""
+    def spawn(self, handler, sock, address):
+        """Start ``handler(sock, address)`` in a new greenlet at the hub's next turn."""
         glet = greenlet(self._run, self._hub)
         self.greenlets.add(glet)
         self._empty.clear()
-        self._hub.loop.run_callback(glet.switch, func, args)
+        self._hub.loop.run_callback(glet.switch, handler, sock, address)
         return glet
 
-    def _run(self, func, args):
+    def _run(self, handler, sock, address):
         try:
-            func(*args)
+            # A plain positional call: Python 3.11+ runs it in the same C frame (see
+            # acceptor.py on why the C stack depth matters).
+            handler(sock, address)
         except GreenletExit:
             pass
         except Exception:
