@@ -39,7 +39,7 @@ _FIELD_NAME = re.compile(_TOKEN)
 # in a field line / chunk line (RFC 9110 §5.5: no CTL but HTAB; CR and LF only as CRLF).
 _NOT_IN_REQUEST_LINE = re.compile(rb"[^\x20-\x7e]")
 _NOT_IN_FIELD_LINE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-# RFC 9112 §7.1: chunk-size = 1*HEXDIG, then chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS val ] ),
+# RFC 9112 §7.1: chunk-size = 1*HEXDIG, chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS val ] ),
 # and nothing else before the CRLF.
 _CHUNK_LINE = re.compile(
     rb"([0-9A-Fa-f]+)(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|"
@@ -259,6 +259,7 @@ class RequestParser:
             if self._lines:
                 _check_unfinished_field(buf, start, pos + self._clean, end, self._lines, limits)
             else:
+                # RFC 9112 §3: no octet outside tokens, URI and SP; RFC 9110 §15.5.15: 414.
                 limit = limits.request_line
                 bad = _NOT_IN_REQUEST_LINE.search(buf, pos + self._clean, min(end, start + limit))
                 if bad:
@@ -273,6 +274,7 @@ class RequestParser:
     def _parse_head(self, lines):
         limits = self.limits
         line = lines[0]
+        # RFC 9112 §3: a server may limit the request-line; over it: 414 (RFC 9110 §15.5.15).
         if len(line) > limits.request_line:
             raise URITooLong(f"request line over {limits.request_line} bytes")
         match = _REQUEST_LINE.fullmatch(line)
@@ -283,6 +285,7 @@ class RequestParser:
             _parse_request_line(line)  # raises the 505
         version = 0 if minor == b"0" else 1
 
+        # RFC 6585 §5: too many fields, too long a field or head get 431.
         if len(lines) - 1 > limits.fields:
             raise HeaderTooLarge(f"more than {limits.fields} header fields")
         headers = []
@@ -411,6 +414,7 @@ class RequestParser:
             if len(digits) > _MAX_DECIMAL_DIGITS:
                 raise ContentTooLarge(f"Content-Length {_quote(digits)} is too large")
             length = int(digits)
+        # RFC 9110 §15.5.14: over the configured maximum -> 413, before reading any of it.
         if self.limits.body and length > self.limits.body:
             raise ContentTooLarge(f"body of {length} bytes is over the {self.limits.body} limit")
         return length
@@ -520,6 +524,7 @@ class RequestParser:
                 size = int(digits, 16) if digits else 0
                 self._pos = end + 2
                 self._body_seen += size
+                # RFC 9110 §15.5.14: the limit is on the decoded body, checked before its data.
                 if limits.body and self._body_seen > limits.body:
                     raise ContentTooLarge(f"chunked body over the {limits.body} byte limit")
                 if size:
@@ -580,6 +585,7 @@ def _parse_request_line(line):
 
 def _check_request_line(line, limit):
     """Every check of a complete request-line, in the order a byte-wise reader meets them."""
+    # RFC 9112 §3: tokens, a URI and single SPs only; longer than the limit gets 414.
     bad = _NOT_IN_REQUEST_LINE.search(line, 0, limit)
     if bad:
         raise BadRequest(_forbidden(bad, "request line"))
@@ -593,6 +599,7 @@ def _check_field_line(line, index, limits, what="header"):
     # RFC 6585 §5: too many fields get 431, whatever the line holds.
     if index > limits.fields:
         raise HeaderTooLarge(f"more than {limits.fields} {what} fields")
+    # RFC 9110 §5.5: no CTL but HTAB, CR or LF only as the line end; then the size, the syntax.
     bad = _NOT_IN_FIELD_LINE.search(line, 0, limits.field_size)
     if bad:
         raise BadRequest(_forbidden(bad, f"{what} line"))
@@ -605,6 +612,7 @@ def _check_field_line(line, index, limits, what="header"):
 def _check_unfinished_field(buf, start, clean, end, index, limits, what="header"):
     """Checks of field line ``index`` received up to ``end`` (its octets before ``clean``
     were found clean already)."""
+    # RFC 6585 §5 and RFC 9110 §5.5, as for a complete line; nothing after this can fix them.
     if index > limits.fields:
         raise HeaderTooLarge(f"more than {limits.fields} {what} fields")
     bad = _NOT_IN_FIELD_LINE.search(buf, clean, min(end, start + limits.field_size))
