@@ -179,7 +179,8 @@ class Connection:
         self._enter(IDLE, header_timeout)
         while True:
             try:
-                request = parser.next_request()
+                # Usually nothing is buffered after a response: go straight to receiving.
+                request = parser.next_request() if parser.buffered else None
                 while request is None:
                     if parser.buffered and self.phase == IDLE:
                         # RFC 9112 has no head timer, but a slowloris client must not
