@@ -27,6 +27,11 @@ module:factory(literal, key=literal). The current directory is importable.
 
 SIGTERM or SIGINT stops the server gracefully: it stops accepting, lets in-flight requests
 finish (up to --graceful-timeout) and exits 0. A second signal stops it at once (exit 1).
+
+With --workers above 1 (or --supervise) a master process binds the addresses and forks the
+workers, each loading the app. Signals to the master: TERM/INT graceful stop, QUIT fast
+stop, HUP reload (new workers load the app afresh, then the old ones drain), TTIN/TTOU one
+worker more/fewer. systemd socket activation (LISTEN_FDS) is used when present.
 """
 
 
@@ -104,9 +109,12 @@ def _main(argv):
     args = vars(build_parser().parse_args(argv))  # bad usage: argparse prints and exits 2
     spec = args.pop("app")
     try:
-        config = load_config(cli=args, environ=os.environ)
+        config = load_config(cli=args, environ=os.environ, base=_platform_defaults(os.environ))
     except ConfigError as exc:
         return _fail(exc)
+
+    if config.workers > 1 or config.supervise:
+        return _supervise(spec, config)
 
     patch_warnings = _monkey_patch() if config.monkey_patch else []
 
@@ -126,11 +134,80 @@ def _main(argv):
             # The app's own exception (import error, raising factory) is shown in full.
             sys.stderr.write(format_app_error(exc))
             raise
-        sockets = listeners.create_listeners(config.bind, config.backlog)
+        sockets = _bind(config)
     except (ConfigError, AppLoadError) as exc:
         return _fail(exc)
 
     return _serve(app, spec, config, sockets)
+
+
+def _platform_defaults(environ):
+    """Defaults a hosting platform sets, below every greenserve source; None if none.
+
+    WEB_CONCURRENCY (Heroku and others, honoured by gunicorn) is the number of workers
+    unless -w, GREENSERVE_WORKERS or the config file says otherwise. It is read here, not
+    declared as a setting, because it is not ours: it has no flag and no config key.
+    """
+    raw = environ.get("WEB_CONCURRENCY")
+    if not raw:
+        return None
+    from .config import Config, parse_value
+    return Config(workers=parse_value("workers", raw, "env WEB_CONCURRENCY"))
+
+
+def _bind(config):
+    """The listening sockets: systemd's (socket activation) and then --bind's."""
+    from . import listeners
+    inherited = listeners.systemd_listeners(os.environ, os.getpid())
+    binds = config.bind
+    if inherited:
+        # systemd's sockets replace the default address; other --bind addresses add to them.
+        default = SETTINGS["bind"].default_factory()
+        taken = {f"fd://{sock.fileno()}" for sock in inherited}
+        binds = [b for b in binds if b not in default and b.strip() not in taken]
+    try:
+        return inherited + listeners.create_listeners(binds, config.backlog, config.reuse_port)
+    except BaseException:
+        for sock in inherited:
+            sock.detach()
+        raise
+
+
+def _supervise(spec, config):
+    """Run the pre-fork master; each worker patches, loads the app afresh and serves.
+
+    The master itself neither monkey-patches nor imports the app: forked workers then
+    import the code as it is on disk (so SIGHUP picks up changes), and patch in a process
+    with no threads and no hub yet.
+    """
+    from . import listeners
+    from .log import error_log, setup_logging
+    from .supervisor import Supervisor
+
+    try:
+        _setup_import_path(config)
+        setup_logging(config)
+        sockets = _bind(config)
+    except ConfigError as exc:
+        return _fail(exc)
+
+    def boot(worker_sockets, info):  # runs in each forked worker
+        notes = _monkey_patch() if config.monkey_patch else []
+        from .worker import run
+        return run(spec, config, worker_sockets, info, notes)
+
+    unix_files = listeners.unix_paths(sockets)
+    error_log.info("greenserve %s serving %s", version(), spec)
+    for sock in sockets:
+        error_log.info("Listening at %s (pid %d)", listeners.describe(sock), os.getpid())
+    try:
+        return Supervisor(config, sockets, boot).run()
+    except AppLoadError as exc:
+        return _fail(exc)
+    finally:
+        for sock in sockets:
+            sock.close()
+        listeners.remove_unix_files(unix_files)
 
 
 def _fail(message):
@@ -184,7 +261,7 @@ def _setup_import_path(config):
 
 
 def _serve(app, spec, config, sockets):
-    """Run one worker until SIGTERM/SIGINT; stop gracefully; return the exit code."""
+    """Run the one process (no master) until SIGTERM/SIGINT; stop gracefully; the exit code."""
     import signal
 
     import gevent
@@ -193,12 +270,6 @@ def _serve(app, spec, config, sockets):
     from . import listeners
     from .log import error_log
     from .server import Server
-
-    # -- WORKERS: the pre-fork supervisor comes in a later issue. Until then one process
-    # serves whatever --workers says. This is the single place to change.
-    if config.workers > 1:
-        error_log.warning("--workers %d: pre-forking is not implemented yet; running one "
-                          "worker", config.workers)
 
     unix_files = listeners.unix_paths(sockets)
     server = Server(app, config, listeners=sockets)

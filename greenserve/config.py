@@ -96,7 +96,17 @@ class Config:
         help="Open connections one worker handles at once (its greenlet pool size).")
     workers: int = setting(
         1, "-w", "--workers", parse=_positive_int, metavar="N",
-        help="Worker processes to fork (each runs its own gevent hub).")
+        help="Worker processes to fork (each runs its own gevent hub). More than 1 starts "
+             "a master process; WEB_CONCURRENCY is used when neither -w nor "
+             "GREENSERVE_WORKERS nor the config file sets it.")
+    supervise: bool = setting(
+        False, "--supervise", parse=_bool, flag=True,
+        help="Run a master process even with one worker: it restarts a worker that dies, "
+             "reloads on SIGHUP and scales on SIGTTIN/SIGTTOU.")
+    reuse_port: bool = setting(
+        False, "--reuse-port", parse=_bool, flag=True,
+        help="Give each worker its own SO_REUSEPORT listening socket per TCP address, so "
+             "the kernel spreads connections evenly (Linux).")
 
     # -- application ----------------------------------------------------------------------
     chdir: str = setting(
@@ -154,6 +164,21 @@ class Config:
         0.0, "--request-timeout", parse=_seconds, metavar="SECONDS",
         help="Interrupt an app still running this long after its request arrived: 503 if "
              "nothing was sent yet, else the connection is closed (0 = no deadline).")
+
+    # -- workers (under a master process) ---------------------------------------------------
+    timeout: float = setting(
+        30.0, "-t", "--timeout", parse=_seconds, metavar="SECONDS",
+        help="A worker whose gevent hub has not run for this long (a greenlet that never "
+             "yields, or an app that takes this long to load) gets every greenlet's stack "
+             "logged and is killed and replaced (0 = never).")
+    max_requests: int = setting(
+        0, "--max-requests", parse=_non_negative_int, metavar="N",
+        help="Replace a worker gracefully after it has served about this many requests "
+             "(0 = never); guards against slow memory leaks.")
+    max_requests_jitter: int = setting(
+        0, "--max-requests-jitter", parse=_non_negative_int, metavar="N",
+        help="Add a random 0..N to each worker's --max-requests, so workers do not all "
+             "restart at once.")
 
     # -- logging ----------------------------------------------------------------------------
     log_level: str = setting(

@@ -14,6 +14,10 @@ Accepted bind strings (``parse_bind`` returns the tuple on the right):
 A bare number (``8000``) is refused rather than guessed at: gunicorn would take it for a
 host name, and it is unclear whether all interfaces or only loopback were meant.
 
+Sockets passed by systemd socket activation (``LISTEN_FDS``/``LISTEN_PID``, descriptors from
+3 on) are taken by ``systemd_listeners``; ``reuse_port_copies`` binds one more set of
+``SO_REUSEPORT`` sockets on the addresses already bound, one set per worker.
+
 Sockets are plain ``socket.socket`` objects in blocking mode; the server decides how to use
 them. Every failure is a ``ConfigError`` with one line naming the bind string.
 """
@@ -93,13 +97,17 @@ def _malformed(text):
     return ConfigError(f"malformed address {text!r} ({_FORMS})")
 
 
-def create_listeners(binds, backlog):
-    """Bound, listening sockets for every bind string, or ``ConfigError`` (none left open)."""
+def create_listeners(binds, backlog, reuse_port=False):
+    """Bound, listening sockets for every bind string, or ``ConfigError`` (none left open).
+
+    ``reuse_port`` sets ``SO_REUSEPORT`` on TCP sockets, so that more can be bound to the
+    same address (see ``reuse_port_copies``).
+    """
     parsed = [(text, parse_bind(text)) for text in binds]
     sockets = []
     try:
         for text, address in parsed:
-            sockets.append(_create(text, address, backlog))
+            sockets.append(_create(text, address, backlog, reuse_port))
     except BaseException:
         for sock in sockets:
             sock.close()
@@ -107,11 +115,69 @@ def create_listeners(binds, backlog):
     return sockets
 
 
-def _create(text, address, backlog):
+def reuse_port_copies(sockets, backlog):
+    """Another listening socket on the address of each ``SO_REUSEPORT`` socket in ``sockets``.
+
+    Other sockets (unix, inherited, TCP without the option) are returned as they are: they
+    are shared. The kernel spreads new connections over all sockets bound to one address.
+    """
+    copies = []
+    try:
+        for sock in sockets:
+            if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.getsockopt(
+                    socket.SOL_SOCKET, socket.SO_REUSEPORT):
+                text = describe(sock)
+                try:
+                    copies.append(_tcp_socket(sock.family, sock.getsockname(), backlog, True))
+                except OSError as exc:
+                    reason = _REASONS.get(exc.errno) or (exc.strerror or str(exc)).lower()
+                    raise ConfigError(f"bind {text} (reuse-port): {reason}") from None
+            else:
+                copies.append(sock)
+    except BaseException:
+        for copy in copies:
+            if copy not in sockets:
+                copy.close()
+        raise
+    return copies
+
+
+def systemd_listeners(environ, pid):
+    """The sockets systemd passed to process ``pid`` (socket activation), or ``[]``.
+
+    systemd sets ``LISTEN_PID`` and ``LISTEN_FDS`` (descriptors 3, 4, ...). The variables
+    are removed from ``environ`` so that child processes the app starts do not take the
+    sockets for theirs; the descriptors are made close-on-exec for the same reason.
+    """
+    expected_pid, count = environ.get("LISTEN_PID"), environ.get("LISTEN_FDS")
+    for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        environ.pop(key, None)
+    if count is None or expected_pid != str(pid):
+        return []  # not socket-activated, or the variables were meant for another process
+    if not count.isdigit():
+        raise ConfigError(f"LISTEN_FDS={count!r}: expected a number of descriptors")
+    sockets = []
+    try:
+        for fd in range(3, 3 + int(count)):
+            try:
+                sock = _inherited(fd)
+            except OSError as exc:
+                reason = _REASONS.get(exc.errno) or (exc.strerror or str(exc)).lower()
+                raise ConfigError(f"systemd socket activation: fd {fd}: {reason}") from None
+            os.set_inheritable(fd, False)
+            sockets.append(sock)
+    except BaseException:
+        for sock in sockets:
+            sock.detach()
+        raise
+    return sockets
+
+
+def _create(text, address, backlog, reuse_port=False):
     kind = address[0]
     try:
         if kind == "tcp":
-            return _tcp(address[1], address[2], backlog)
+            return _tcp(address[1], address[2], backlog, reuse_port)
         if kind == "unix":
             return _unix(address[1], backlog)
         return _inherited(address[1])
@@ -123,15 +189,21 @@ def _create(text, address, backlog):
         raise ConfigError(f"bind {text}: {reason}") from None
 
 
-def _tcp(host, port, backlog):
+def _tcp(host, port, backlog, reuse_port=False):
     # AI_PASSIVE: a wildcard host means "every interface"; the first address found wins,
     # so "localhost" gives one socket, not one per address family.
-    family, kind, proto, _, sockaddr = socket.getaddrinfo(
+    family, _, _, _, sockaddr = socket.getaddrinfo(
         host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)[0]
-    sock = socket.socket(family, kind, proto)
+    return _tcp_socket(family, sockaddr, backlog, reuse_port)
+
+
+def _tcp_socket(family, sockaddr, backlog, reuse_port):
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         # Restarting must not wait out TIME_WAIT connections of the previous run.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             # [::]:8000 means IPv6 only; IPv4 is bound separately if wanted.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)

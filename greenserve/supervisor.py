@@ -1,0 +1,493 @@
+"""The pre-fork master: keeps N workers running on shared listeners; knows nothing of HTTP.
+
+The master is plain Python: no gevent, no monkey-patching, no application. It is given
+bound sockets and a ``boot`` function, forks workers that run ``boot`` (which patches,
+loads the app afresh and serves), and spends its life in one ``select`` loop: signal
+handlers only queue the signal, and the loop acts on it.
+
+Each worker has a pipe to the master and writes one-byte messages on it (``BEAT`` ...
+below): that is how the master learns that a worker has loaded the app, that its hub is
+still running (``--timeout``), and that it wants to be replaced (``--max-requests``).
+
+Workers live in *slots* 0..N-1. A slot is replaced worker by worker: a reload (SIGHUP) or
+a worker that asks to retire marks the slot's worker *outdated*; a new worker is forked
+for the slot, and the outdated one is told to drain only once the new one has booted. The
+listening sockets stay open in the master the whole time, so the kernel queues new
+connections while workers come and go: none is refused. With ``--reuse-port`` each slot
+has its own set of ``SO_REUSEPORT`` sockets, shared by the old and new worker of the slot.
+"""
+
+import errno
+import os
+import select
+import signal
+import sys
+import time
+import traceback
+
+from .errors import AppLoadError, ConfigError
+from .log import error_log
+
+# What a worker writes on its pipe to the master.
+BEAT = b"."     # its hub ran (the heartbeat)
+BOOTED = b"B"   # the app is loaded and it accepts connections
+RETIRE = b"R"   # it served --max-requests: start a replacement, then stop it
+DUMPED = b"D"   # it logged its stacks after SIGABRT: kill it now
+ERROR = b"E"    # followed by a one-line reason and b"\n": it cannot load the app
+
+BOOT_ERROR = 3  # a worker's exit status when the app cannot be loaded (as gunicorn's)
+
+HANDLED = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM,
+           signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
+
+TICK = 0.25            # the loop wakes at least this often (timeouts, back-off)
+FAST_STOP_WAIT = 2.0   # after SIGQUIT, workers still alive this long later are killed
+DUMP_WAIT = 2.0        # after SIGABRT, how long a blocked worker has to log its stacks
+SHORT_LIFE = 1.0       # a worker dying younger than this (or unbooted) failed to start
+MAX_BACKOFF = 30.0
+
+
+class WorkerInfo:
+    """What a worker is told about itself: its slot, pipe, master and the worker count."""
+
+    __slots__ = ("slot", "channel", "master_pid", "workers")
+
+    def __init__(self, slot, channel, master_pid, workers):
+        self.slot, self.channel, self.master_pid, self.workers = (
+            slot, channel, master_pid, workers)
+
+
+class Worker:
+    """The master's record of one child process."""
+
+    __slots__ = ("pid", "slot", "pipe", "started", "last_beat", "booted", "outdated",
+                 "stop_signal", "aborted", "dumped", "reason", "buffer")
+
+    def __init__(self, pid, slot, pipe):
+        self.pid, self.slot, self.pipe = pid, slot, pipe
+        self.started = self.last_beat = time.monotonic()
+        self.booted = False
+        self.outdated = False    # to be replaced: it drains once its successor has booted
+        self.stop_signal = None  # the signal we sent to end it, if we did
+        self.aborted = 0.0       # when SIGABRT was sent because its hub was blocked
+        self.dumped = False
+        self.reason = None       # the worker's own one-line reason for failing to boot
+        self.buffer = b""
+
+    @property
+    def current(self):
+        """Counts towards the slot being filled: not outdated, not being stopped."""
+        return not self.outdated and self.stop_signal is None
+
+
+class Supervisor:
+    """Forks ``config.workers`` workers running ``boot(sockets, WorkerInfo)``; see module doc.
+
+    ``boot`` runs in the child and returns its exit status (``BOOT_ERROR`` when the app
+    cannot be loaded, after writing ``ERROR`` and the reason on ``WorkerInfo.channel``).
+    ``run()`` returns the master's exit status, or raises ``AppLoadError`` when no worker
+    could load the app at start-up (rather than forking for ever).
+    """
+
+    def __init__(self, config, sockets, boot):
+        self.config = config
+        self.count = config.workers
+        self.sockets = list(sockets)
+        self.boot = boot
+        self.workers = {}          # pid -> Worker
+        self.slots = {}            # slot -> its sockets (the same list unless --reuse-port)
+        self.signals = []          # appended to by the handlers, emptied by the loop
+        self.ever_booted = False   # once a worker has booted, boot errors no longer halt
+        self.failures = 0          # consecutive start-up failures, for the back-off
+        self.spawn_after = 0.0     # monotonic time before which no worker is forked
+        self.stop_deadline = None  # set once stopping: kill what is left after it
+        self.exit_code = 0
+        self._wake_r = self._wake_w = None
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self):
+        """Fork the workers and supervise them until told to stop; the exit status."""
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+        previous = {signum: signal.signal(signum, self._queue) for signum in HANDLED}
+        old_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        try:
+            error_log.info("master (pid %d) starting %d worker(s)", os.getpid(), self.count)
+            while True:
+                self._reap()
+                self._act_on_signals()
+                if self.stop_deadline is not None:
+                    if not self.workers:
+                        error_log.info("master (pid %d) stopped", os.getpid())
+                        return self.exit_code
+                    self._enforce_stop_deadline()
+                else:
+                    self._check_liveness()
+                    self._fill_slots()
+                    self._retire_replaced()
+                self._wait()
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            for worker in list(self.workers.values()):
+                self._kill(worker, signal.SIGKILL)  # only on an error in the master itself
+            self._close_pipes()
+
+    def _queue(self, signum, frame):
+        # Only queue: the loop acts on it (set_wakeup_fd wakes the select up).
+        self.signals.append(signum)
+
+    def _wait(self):
+        """Sleep until a signal, a worker's message or the next tick; read the messages."""
+        timeout = TICK
+        if self.spawn_after > time.monotonic():
+            timeout = min(timeout, self.spawn_after - time.monotonic())
+        pipes = [worker.pipe for worker in self.workers.values() if worker.pipe is not None]
+        try:
+            readable, _, _ = select.select([self._wake_r, *pipes], [], [], timeout)
+        except OSError as exc:  # EINTR is retried by Python; anything else is a bug
+            if exc.errno != errno.EBADF:
+                raise
+            readable = []
+        if self._wake_r in readable:
+            _drain(self._wake_r)
+        by_pipe = {worker.pipe: worker for worker in self.workers.values()}
+        for fd in readable:
+            if fd in by_pipe:
+                self._read(by_pipe[fd])
+
+    # -- messages from workers -------------------------------------------------------------
+
+    def _read(self, worker):
+        """Read and act on what the worker wrote; False when there was nothing to read."""
+        try:
+            data = os.read(worker.pipe, 4096)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        if not data:  # the worker closed its end: it is exiting; _reap will say how
+            os.close(worker.pipe)
+            worker.pipe = None
+            return False
+        worker.last_beat = time.monotonic()  # any message proves the hub ran
+        worker.buffer += data
+        while worker.buffer:
+            if worker.buffer.startswith(ERROR):
+                line, newline, rest = worker.buffer[1:].partition(b"\n")
+                if not newline:
+                    break  # the rest of the reason is still on its way
+                worker.reason = line.decode("utf-8", "replace")
+                worker.buffer = rest
+                continue
+            message, worker.buffer = worker.buffer[:1], worker.buffer[1:]
+            if message == BOOTED:
+                worker.booted = self.ever_booted = True
+                error_log.info("worker %d (pid %d) booted", worker.slot, worker.pid)
+            elif message == RETIRE and not worker.outdated:
+                worker.outdated = True
+                error_log.info("worker (pid %d) served its --max-requests; starting its "
+                               "replacement", worker.pid)
+            elif message == DUMPED:
+                worker.dumped = True
+        return True
+
+    # -- signals ---------------------------------------------------------------------------
+
+    def _act_on_signals(self):
+        while self.signals:
+            signum = self.signals.pop(0)
+            if signum == signal.SIGCHLD:
+                continue  # it woke the loop; _reap does the work
+            name = signal.Signals(signum).name
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                if self.stop_deadline is None:
+                    error_log.info("%s received; stopping %d worker(s) gracefully (up to "
+                                   "%gs)", name, len(self.workers),
+                                   self.config.graceful_timeout)
+                    self._stop_all(fast=False)
+                else:
+                    error_log.warning("second signal (%s) received; stopping every worker "
+                                      "at once", name)
+                    self.exit_code = 1
+                    self._stop_all(fast=True)
+            elif signum == signal.SIGQUIT:
+                error_log.info("SIGQUIT received; stopping every worker at once")
+                self._stop_all(fast=True)
+            elif self.stop_deadline is not None:
+                error_log.info("%s ignored: stopping", name)
+            elif signum == signal.SIGHUP:
+                error_log.info("SIGHUP received; reloading: %d new worker(s) load the app, "
+                               "then the old ones drain", self.count)
+                for worker in self.workers.values():
+                    worker.outdated = True
+                self.failures, self.spawn_after = 0, 0.0
+            elif signum == signal.SIGTTIN:
+                self.count += 1
+                error_log.info("SIGTTIN received; %d worker(s) now", self.count)
+            elif signum == signal.SIGTTOU:
+                if self.count > 1:
+                    self.count -= 1
+                    error_log.info("SIGTTOU received; %d worker(s) now", self.count)
+                else:
+                    error_log.info("SIGTTOU ignored: one worker is the minimum")
+
+    # -- keeping the slots filled -------------------------------------------------------------
+
+    def _fill_slots(self):
+        """Fork a worker for every slot without a current one (unless backing off)."""
+        for slot in range(self.count):
+            if time.monotonic() < self.spawn_after:
+                return
+            if not any(w.slot == slot and w.current for w in self.workers.values()):
+                self._spawn(slot)
+        self.spawn_after = 0.0
+
+    def _retire_replaced(self):
+        """Stop workers whose slot is gone (TTOU) or whose successor has booted."""
+        for worker in list(self.workers.values()):
+            if worker.stop_signal is not None:
+                continue
+            if worker.slot >= self.count:
+                error_log.info("stopping worker (pid %d): one worker fewer", worker.pid)
+                self._stop(worker, fast=False)
+                self._release_slot(worker.slot)
+            elif worker.outdated and any(
+                    other.slot == worker.slot and other.current and other.booted
+                    for other in self.workers.values()):
+                self._stop(worker, fast=False)
+
+    def _spawn(self, slot):
+        try:
+            sockets = self._slot_sockets(slot)
+        except ConfigError as exc:
+            error_log.error("cannot start a worker: %s", exc)
+            self._back_off()
+            return
+        read_end, write_end = os.pipe()
+        os.set_blocking(read_end, False)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()  # or the child would write the buffered text a second time
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the master's loop
+            status = 1
+            try:
+                os.close(read_end)
+                self._become_worker(slot)
+                info = WorkerInfo(slot, write_end, os.getppid(), self.count)
+                status = self.boot(sockets, info)
+            except SystemExit as exc:
+                status = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                _flush_logs()
+                os._exit(status if isinstance(status, int) else 1)
+        os.close(write_end)
+        self.workers[pid] = Worker(pid, slot, read_end)
+        error_log.info("started worker %d (pid %d)", slot, pid)
+
+    def _become_worker(self, slot):
+        """In a fresh child: drop the master's signal handling and descriptors."""
+        signal.set_wakeup_fd(-1)
+        for signum in HANDLED:
+            signal.signal(signum, signal.SIG_DFL)
+        # Ctrl-C and a terminal hangup reach the whole process group: the master decides.
+        for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+            signal.signal(signum, signal.SIG_IGN)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        mine = self._slot_sockets(slot)
+        for worker in self.workers.values():
+            if worker.pipe is not None:
+                os.close(worker.pipe)
+        # Another slot's reuse-port socket held open here would keep getting connections.
+        for other, sockets in self.slots.items():
+            for sock in sockets:
+                if other != slot and all(sock is not own for own in mine):
+                    sock.close()
+
+    def _slot_sockets(self, slot):
+        """Slot 0 uses the sockets bound first; with --reuse-port other slots get copies."""
+        if not self.config.reuse_port or slot == 0:
+            return self.sockets
+        if slot not in self.slots:
+            from .listeners import reuse_port_copies  # binds sockets, nothing more
+            self.slots[slot] = reuse_port_copies(self.sockets, self.config.backlog)
+        return self.slots[slot]
+
+    def _release_slot(self, slot):
+        """Close the master's copies of a removed slot's own sockets (--reuse-port).
+
+        Closed now, each leaves the kernel's reuse-port group as soon as the draining worker
+        closes its copy too, instead of collecting connections that nobody accepts.
+        """
+        for sock in self.slots.pop(slot, ()):
+            if all(sock is not own for own in self.sockets):
+                sock.close()
+
+    # -- workers that end -------------------------------------------------------------------
+
+    def _reap(self):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self.workers.pop(pid, None)
+            if worker is not None:
+                self._exited(worker, status)
+
+    def _exited(self, worker, status):
+        if worker.pipe is not None:  # the last messages (a boot error's reason) first
+            self._read_all(worker)
+        code = os.waitstatus_to_exitcode(status)
+        how = (f"was killed by {signal.Signals(-code).name}" if code < 0
+               else f"exited with status {code}")
+        if worker.aborted:
+            error_log.error("worker (pid %d) %s after its hub was blocked for over %gs "
+                            "(--timeout)", worker.pid, how, self.config.timeout)
+            return
+        if worker.stop_signal is not None or self.stop_deadline is not None:
+            error_log.info("worker (pid %d) %s", worker.pid, how)
+            return
+        if code == BOOT_ERROR:
+            reason = worker.reason or "the application could not be loaded"
+            if not self.ever_booted:
+                # Every worker would fail the same way: stop instead of forking for ever.
+                self._stop_all(fast=True)
+                self._reap_all()
+                raise AppLoadError(reason)
+            self._abandon_reload(worker, reason)
+            self._back_off()
+            return
+        lived = time.monotonic() - worker.started
+        if not worker.booted or lived < SHORT_LIFE:
+            error_log.error("worker (pid %d) %s while starting", worker.pid, how)
+            self._back_off()
+        else:
+            self.failures = 0
+            error_log.warning("worker (pid %d) %s; starting a new one", worker.pid, how)
+
+    def _abandon_reload(self, failed, reason):
+        """A new worker cannot load the app: keep the outdated workers that still serve."""
+        keep = [w for w in self.workers.values() if w.outdated and w.booted
+                and w.stop_signal is None and w.slot == failed.slot]
+        error_log.error("worker (pid %d) cannot load the app: %s%s", failed.pid, reason,
+                        "; the previous worker keeps serving" if keep else "")
+        for worker in keep:
+            worker.outdated = False
+
+    def _back_off(self):
+        self.failures += 1
+        delay = 0.0 if self.failures < 2 else min(0.5 * 2 ** (self.failures - 2), MAX_BACKOFF)
+        if delay:
+            error_log.warning("workers keep failing to start; next attempt in %gs", delay)
+        self.spawn_after = time.monotonic() + delay
+
+    # -- liveness -------------------------------------------------------------------------------
+
+    def _check_liveness(self):
+        now = time.monotonic()
+        for worker in list(self.workers.values()):
+            if worker.stop_signal == signal.SIGKILL:
+                continue
+            if worker.aborted:
+                if worker.dumped or now - worker.aborted > DUMP_WAIT:
+                    self._kill(worker, signal.SIGKILL)
+            elif self.config.timeout and now - worker.last_beat > self.config.timeout:
+                what = ("its hub has been blocked" if worker.booted
+                        else "it has been loading the app")
+                error_log.error("worker (pid %d): %s for %.1fs (--timeout %g); logging its "
+                                "stacks, then killing it", worker.pid, what,
+                                now - worker.last_beat, self.config.timeout)
+                worker.aborted = now
+                _signal(worker.pid, signal.SIGABRT)
+
+    # -- stopping -------------------------------------------------------------------------------
+
+    def _stop_all(self, fast):
+        wait = FAST_STOP_WAIT if fast else self.config.graceful_timeout + FAST_STOP_WAIT
+        deadline = time.monotonic() + wait
+        if self.stop_deadline is None or deadline < self.stop_deadline:
+            self.stop_deadline = deadline
+        for worker in self.workers.values():
+            self._stop(worker, fast)
+
+    def _stop(self, worker, fast):
+        """TERM drains, QUIT exits at once; an unbooted worker has nothing to lose: KILL."""
+        signum = (signal.SIGKILL if not worker.booted
+                  else signal.SIGQUIT if fast else signal.SIGTERM)
+        order = (None, signal.SIGTERM, signal.SIGQUIT, signal.SIGKILL)
+        if order.index(signum) > order.index(worker.stop_signal):
+            self._kill(worker, signum)
+
+    def _kill(self, worker, signum):
+        worker.stop_signal = signum
+        _signal(worker.pid, signum)
+
+    def _enforce_stop_deadline(self):
+        if time.monotonic() < self.stop_deadline:
+            return
+        for worker in self.workers.values():
+            if worker.stop_signal != signal.SIGKILL:
+                error_log.warning("worker (pid %d) still running; killing it", worker.pid)
+                self._kill(worker, signal.SIGKILL)
+        self.stop_deadline = time.monotonic() + FAST_STOP_WAIT
+
+    def _reap_all(self):
+        deadline = time.monotonic() + FAST_STOP_WAIT
+        while self.workers and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.02)
+        for worker in list(self.workers.values()):
+            self._kill(worker, signal.SIGKILL)
+            try:
+                os.waitpid(worker.pid, 0)
+            except ChildProcessError:
+                pass
+            self.workers.pop(worker.pid, None)
+
+    def _read_all(self, worker):
+        while worker.pipe is not None and self._read(worker):
+            pass
+
+    def _close_pipes(self):
+        for worker in self.workers.values():
+            if worker.pipe is not None:
+                os.close(worker.pipe)
+                worker.pipe = None
+        for fd in (self._wake_r, self._wake_w):
+            if fd is not None:
+                os.close(fd)
+        self._wake_r = self._wake_w = None
+
+
+def _signal(pid, signum):
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass  # already gone; _reap will see it
+
+
+def _drain(fd):
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _flush_logs():
+    import logging
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    logging.shutdown()

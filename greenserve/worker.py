@@ -1,0 +1,132 @@
+"""One worker process under the master: load the app, serve the inherited listeners.
+
+It runs in a child the master forked (``supervisor.Supervisor``), after the entry point
+has monkey-patched. It obeys SIGTERM (graceful: stop accepting, finish in-flight requests
+with ``Connection: close``, close idle keep-alive connections, within --graceful-timeout)
+and SIGQUIT (exit at once); SIGINT, SIGHUP, SIGTTIN and SIGTTOU are the master's business
+and are ignored here. A heartbeat greenlet tells the master that the hub still runs.
+"""
+
+import dataclasses
+import gc
+import os
+import random
+import signal
+import sys
+import traceback
+
+import gevent
+import greenlet
+from gevent.event import Event
+
+from .appload import format_app_error, load_app
+from .errors import AppLoadError
+from .log import error_log, setup_logging
+from .server import Server
+from .supervisor import BEAT, BOOT_ERROR, BOOTED, DUMPED, ERROR, RETIRE
+
+# The most often the heartbeat greenlet wakes (it also checks --max-requests then).
+BEAT_INTERVAL = 0.25
+
+
+def run(spec, config, sockets, info, notes=()):
+    """Serve ``spec`` on ``sockets`` until the master says stop; returns the exit status.
+
+    ``info`` is the ``supervisor.WorkerInfo``; ``notes`` are warnings to log once logging
+    is set up (e.g. from monkey-patching).
+    """
+    # The master counts workers now; with more than one, wsgi.multiprocess is true.
+    config = dataclasses.replace(config, workers=info.workers)
+    setup_logging(config)  # again: the handlers' locks must be created after patching
+    for line in notes:
+        error_log.warning("%s", line)
+    channel = info.channel
+    os.set_blocking(channel, False)
+    signal.signal(signal.SIGABRT, _stack_dumper(channel))
+
+    try:
+        app = load_app(spec)
+    except AppLoadError as exc:
+        if exc.__cause__ is not None:
+            sys.stderr.write(format_app_error(exc))  # the app's own traceback
+        reason = " ".join(str(exc).split())  # one line, whatever the message holds
+        _send(channel, ERROR + reason.encode("utf-8", "replace") + b"\n")
+        return BOOT_ERROR
+
+    server = Server(app, config, listeners=sockets)
+    stop, fast = Event(), Event()
+    handlers = [gevent.signal_handler(signal.SIGTERM, stop.set),
+                gevent.signal_handler(signal.SIGQUIT, fast.set)]
+    try:
+        server.start()
+        _send(channel, BOOTED)
+        limit = 0
+        if config.max_requests:
+            limit = config.max_requests + random.randint(0, config.max_requests_jitter)
+        interval = min(BEAT_INTERVAL, config.timeout / 4) if config.timeout else BEAT_INTERVAL
+        beat = gevent.spawn(_heartbeat, server, channel, interval, limit, info.master_pid,
+                            stop)
+        gevent.wait([stop, fast], count=1)
+        beat.kill(block=False)
+        if fast.is_set():
+            return 0  # the caller's os._exit closes every connection at once
+        error_log.info("worker (pid %d) stopping gracefully (up to %gs)", os.getpid(),
+                       config.graceful_timeout)
+        stopping = gevent.spawn(server.stop, timeout=config.graceful_timeout)
+        gevent.wait([stopping, fast], count=1)
+        if stopping.ready():
+            stopping.get()
+        return 0
+    finally:
+        for handler in handlers:
+            handler.cancel()
+
+
+def _send(channel, message):
+    """Write to the master; a full pipe drops a heartbeat, which is harmless."""
+    try:
+        os.write(channel, message)
+    except BlockingIOError:
+        pass
+
+
+def _heartbeat(server, channel, interval, limit, master_pid, stop):
+    """Tell the master the hub runs; ask to be replaced after ``limit`` requests."""
+    retiring = False
+    while True:
+        gevent.sleep(interval)
+        message = BEAT
+        if limit and not retiring and server.requests_served >= limit:
+            retiring = True
+            message = RETIRE
+        try:
+            if os.getppid() != master_pid:
+                raise BrokenPipeError
+            _send(channel, message)
+        except BrokenPipeError:
+            error_log.warning("worker (pid %d): the master (pid %d) is gone; stopping",
+                              os.getpid(), master_pid)
+            stop.set()
+            return
+
+
+def _stack_dumper(channel):
+    """A SIGABRT handler that logs every greenlet's stack, then tells the master.
+
+    A plain ``signal.signal`` handler, not gevent's, and one that does real work: it runs
+    between two bytecodes of whatever Python code is hogging the hub, which is exactly when
+    gevent's own signal handling cannot run.
+    """
+    def dump(signum, frame):
+        current = greenlet.getcurrent()
+        parts = [f"worker (pid {os.getpid()}): the hub was blocked (--timeout); the stack "
+                 f"of every greenlet follows",
+                 f"--- {current!r} (running) ---\n" + "".join(traceback.format_stack(frame))]
+        for obj in gc.get_objects():
+            if (isinstance(obj, greenlet.greenlet) and obj is not current
+                    and obj.gr_frame is not None):
+                parts.append(f"--- {obj!r} ---\n" +
+                             "".join(traceback.format_stack(obj.gr_frame)))
+        error_log.critical("%s", "\n".join(part.rstrip("\n") for part in parts))
+        _send(channel, DUMPED)
+    return dump
