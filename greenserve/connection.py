@@ -42,11 +42,13 @@ class _Closing(Exception):
     """The server is shutting down and this connection is idle."""
 
 
-_EMPTY_INPUT_BODY = b""
+def _no_body(max_bytes):
+    return b""
 
 
-def _empty_receive(max_bytes):
-    return _EMPTY_INPUT_BODY
+# Stateless once at its end, so every bodiless request can share one.
+_EMPTY_INPUT = InputStream(_no_body)
+_EMPTY_INPUT.read()
 
 
 class Connection:
@@ -245,7 +247,7 @@ class Connection:
         self.environ = environ
         self.method = environ["REQUEST_METHOD"]
         has_body = request.chunked or request.content_length
-        environ["wsgi.input"] = InputStream(self._receive_body if has_body else _empty_receive)
+        environ["wsgi.input"] = InputStream(self._receive_body) if has_body else _EMPTY_INPUT
         self.disconnected = environ["greenserve.disconnected"] = Disconnected(self)
 
         result = None

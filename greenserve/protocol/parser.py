@@ -173,6 +173,11 @@ class RequestParser:
                 # Parse again carefully: it raises the error that comes first in byte order.
                 request, end = self._next_request_carefully()
         self._pos = end + 4
+        if self._pos == len(buf):
+            # All consumed: don't keep the received bytes alive while the app runs (a parked
+            # long poll would hold them for minutes).
+            self._buf = b""
+            self._pos = 0
         self.request = request
         if request.chunked:
             self._state = _CHUNK_SIZE
