@@ -38,7 +38,7 @@ ERROR = b"E"    # followed by a one-line reason and b"\n": it cannot load the ap
 BOOT_ERROR = 3  # a worker's exit status when the app cannot be loaded (as gunicorn's)
 
 HANDLED = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM,
-           signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
+           signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2)
 
 TICK = 0.25            # the loop wakes at least this often (timeouts, back-off)
 FAST_STOP_WAIT = 2.0   # after SIGQUIT, workers still alive this long later are killed
@@ -217,6 +217,10 @@ class Supervisor:
             elif signum == signal.SIGQUIT:
                 error_log.info("SIGQUIT received; stopping every worker at once")
                 self._stop_all(fast=True)
+            elif signum in (signal.SIGUSR1, signal.SIGUSR2):
+                # gunicorn habits (log reopening, binary upgrade) must not kill the master.
+                error_log.info("%s ignored: log files are reopened by themselves after "
+                               "rotation; SIGHUP reloads the app", name)
             elif self.stop_deadline is not None:
                 error_log.info("%s ignored: stopping", name)
             elif signum == signal.SIGHUP:
@@ -296,7 +300,8 @@ class Supervisor:
         for signum in HANDLED:
             signal.signal(signum, signal.SIG_DFL)
         # Ctrl-C and a terminal hangup reach the whole process group: the master decides.
-        for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+        for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU,
+                       signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(signum, signal.SIG_IGN)
         os.close(self._wake_r)
         os.close(self._wake_w)
@@ -358,6 +363,8 @@ class Supervisor:
             return
         if code == BOOT_ERROR:
             reason = worker.reason or "the application could not be loaded"
+            for other in self.workers.values():  # a BOOTED may be waiting in a pipe
+                self._read_all(other)
             if not self.ever_booted:
                 # Every worker would fail the same way: stop instead of forking for ever.
                 self._stop_all(fast=True)
