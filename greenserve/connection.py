@@ -305,7 +305,7 @@ class Connection:
         self.keep_alive = self.keep_alive and not self.continue_pending
         try:
             self._send(error_response(500, "The server could not complete the request.",
-                                      keep_alive=self.keep_alive))
+                                      keep_alive=self.keep_alive, head=self.method == "HEAD"))
         except ClientDisconnected:
             self.keep_alive = False
 
@@ -317,7 +317,8 @@ class Connection:
             self.status = "503 Service Unavailable"
             self.status_code = 503
             try:
-                self._send(error_response(503, "The request took too long."))
+                self._send(error_response(503, "The request took too long.",
+                                          head=self.method == "HEAD"))
             except ClientDisconnected:
                 pass
 

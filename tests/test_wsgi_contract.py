@@ -503,3 +503,20 @@ def test_serves_on_ipv6_loopback(serve):
             sock.sendall(b"GET / HTTP/1.1\r\nHost: [::1]\r\n\r\n")
             env = json.loads(read_response(sock)[2])
     assert env["REMOTE_ADDR"] == "::1" and env["HTTP_HOST"] == "[::1]"
+
+
+def test_500_for_head_has_no_body_and_keeps_the_connection_in_sync(serve):
+    def app(environ, start_response):
+        if environ["REQUEST_METHOD"] == "HEAD":
+            raise RuntimeError("HEAD broke")
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"after"]
+
+    from conftest import read_head
+    with serve(app) as srv, srv.connect() as sock:
+        reader = sock.makefile("rb")
+        sock.sendall(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        code, headers, _ = read_head(reader)
+        assert code == 500 and int(headers["content-length"]) > 0
+        # The next bytes must be the GET's response, not the 500's body.
+        assert read_response(reader)[2] == b"after"

@@ -78,14 +78,17 @@ def status_line(code):
         return f"{code} Unknown"
 
 
-def error_response(status_code, detail="", reason=None, keep_alive=False):
-    """A complete short text/plain error response; closes the connection by default."""
+def error_response(status_code, detail="", reason=None, keep_alive=False, head=False):
+    """A complete short text/plain error response; closes the connection by default.
+
+    ``head``: answering HEAD, so the same headers but no body (RFC 9110 §9.3.2).
+    """
     status = f"{status_code} {reason}" if reason else status_line(status_code)
     body = (status + ("\n" + detail if detail else "") + "\n").encode("latin-1", "replace")
     extra = (f"Date: {http_date()}\r\nServer: {SERVER_NAME}\r\n"
              f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
              f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n")
-    return format_head(status, (), extra) + body
+    return format_head(status, (), extra) + (b"" if head else body)
 
 
 CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
