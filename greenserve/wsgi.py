@@ -118,7 +118,12 @@ def check_status(status):
     match = _STATUS.fullmatch(status)
     if match is None:
         raise ValueError(f"status must look like '200 OK', got {status!r}")
-    return int(match.group(1))
+    code = int(match.group(1))
+    if code < 200:
+        # RFC 9110 §15.2: a 1xx is interim; the client would wait for a final response
+        # that a WSGI app has no way to send.
+        raise ValueError(f"status {status!r}: a WSGI app cannot send 1xx interim responses")
+    return code
 
 
 class ResponseHeaders:

@@ -124,6 +124,7 @@ def test_input_read_readline_readlines_iteration(serve):
 @pytest.mark.parametrize("status, headers", [
     ("200", [("Content-Type", "text/plain")]),                      # no reason phrase
     ("2000 OK", [("Content-Type", "text/plain")]),
+    ("103 Early Hints", [("Content-Type", "text/plain")]),          # interim: never final
     ("200 OK", [("Content-Type", "text/plain\r\nSet-Cookie: evil=1")]),  # response splitting
     ("200 OK", [("Content-Type", "text/plain"), ("X-Bad Name", "v")]),
     ("200 OK", [("Content-Type", "text/plain"), ("Transfer-Encoding", "chunked")]),  # hop-by-hop
