@@ -14,6 +14,7 @@ import random
 import signal
 import sys
 import traceback
+from time import monotonic
 
 import gevent
 import greenlet
@@ -27,6 +28,9 @@ from .supervisor import BEAT, BOOT_ERROR, BOOTED, DUMPED, ERROR, RETIRE
 
 # The most often the heartbeat greenlet wakes (it also checks --max-requests then).
 BEAT_INTERVAL = 0.25
+# On SIGTERM, how long busy keep-alive connections get to receive one more response
+# (with Connection: close) before idle ones are closed; see _drain.
+CLOSE_NOTICE = 1.0
 
 
 def run(spec, config, sockets, info, notes=()):
@@ -72,7 +76,7 @@ def run(spec, config, sockets, info, notes=()):
             return 0  # the caller's os._exit closes every connection at once
         error_log.info("worker (pid %d) stopping gracefully (up to %gs)", os.getpid(),
                        config.graceful_timeout)
-        stopping = gevent.spawn(server.stop, timeout=config.graceful_timeout)
+        stopping = gevent.spawn(_drain, server, config.graceful_timeout)
         gevent.wait([stopping, fast], count=1)
         if stopping.ready():
             stopping.get()
@@ -80,6 +84,22 @@ def run(spec, config, sockets, info, notes=()):
     finally:
         for handler in handlers:
             handler.cancel()
+
+
+def _drain(server, timeout):
+    """``server.stop(timeout)``, after telling busy keep-alive clients first.
+
+    Closing an idle keep-alive connection races with the client's next request, which may
+    already be on its way: that request would fail. So for up to CLOSE_NOTICE seconds
+    every response says ``Connection: close`` (``server.stopping``) and clients that are
+    active close cleanly; only connections idle all that time are then closed by stop().
+    """
+    notice = min(CLOSE_NOTICE, timeout / 2)
+    server.stopping = True
+    deadline = monotonic() + notice
+    while server.connections and monotonic() < deadline:
+        gevent.sleep(0.05)
+    server.stop(timeout=max(0.0, deadline - monotonic()) + timeout - notice)
 
 
 def _send(channel, message):
