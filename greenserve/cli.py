@@ -119,7 +119,6 @@ def _main(argv):
     patch_warnings = _monkey_patch() if config.monkey_patch else []
 
     # Only now is it safe to import things that touch threads, sockets or the app.
-    from . import listeners
     from .appload import format_app_error, load_app
     from .log import error_log, setup_logging
 
