@@ -59,7 +59,7 @@ class Connection:
                  "phase_seq", "request_deadline", "phase_started", "requests",
                  "reading_body", "disconnected", "request", "status", "headers_sent",
                  "environ", "listener_environ", "remote_addr", "remote_port", "keep_alive",
-                 "continue_pending", "body_error", "bytes_sent", "method", "status_code",
+                 "continue_pending", "body_error", "body_sent", "method", "status_code",
                  "response_info", "response_headers", "framing", "remaining")
 
     def __init__(self, server, sock, address, listener_environ):
@@ -238,7 +238,7 @@ class Connection:
         self.keep_alive = request.keep_alive and server.config.keep_alive > 0
         self.continue_pending = request.expect_continue
         self.body_error = None
-        self.bytes_sent = 0
+        self.body_sent = 0  # body bytes, as the access log's %(b)s reports (like gunicorn)
         started = perf_counter() if server.access_log else 0.0
         environ = build_environ(self.listener_environ, request, server.script_name,
                                 self.remote_addr, self.remote_port)
@@ -280,7 +280,7 @@ class Connection:
             return False
         if started:
             server.access_log(environ, self.status_code if self.status else 500,
-                              self.bytes_sent, perf_counter() - started)
+                              self.body_sent, perf_counter() - started)
         if not self.keep_alive:
             return False
         return self._finish_body()
@@ -448,10 +448,13 @@ class Connection:
                                 "the excess was dropped", self.method, self.environ["RAW_URI"])
                 data = data[:self.remaining]
             self.remaining -= len(data)
+            self.body_sent += len(data)
             return data
         if framing == CHUNKED:
+            self.body_sent += len(data)
             return frame_chunk(data)
         if framing == UNTIL_CLOSE:
+            self.body_sent += len(data)
             return data
         return b""
 
@@ -493,7 +496,6 @@ class Connection:
                 self._enter(APP, 0)
         except OSError as exc:
             self._lost(exc)
-        self.bytes_sent += size
 
     def _lost(self, exc):
         """A send failed: the peer is gone (or stopped reading past the send timeout)."""
@@ -598,7 +600,7 @@ class Connection:
                 offset += sent
                 length -= sent
                 self.remaining -= sent
-                self.bytes_sent += sent
+                self.body_sent += sent
                 self._enter(SEND, self.server.config.send_timeout)
         finally:
             self._enter(APP, 0)

@@ -97,7 +97,7 @@ FIELDS = {
     "q": ("query string", lambda e, s, b, d: _clean(e.get("QUERY_STRING"))),
     "H": ("protocol", lambda e, s, b, d: e.get("SERVER_PROTOCOL") or "-"),
     "s": ("status code", lambda e, s, b, d: s),
-    "b": ("bytes sent", lambda e, s, b, d: b),
+    "b": ("response body bytes sent", lambda e, s, b, d: b),
     "f": ("referer", lambda e, s, b, d: _clean(e.get("HTTP_REFERER"))),
     "a": ("user agent", lambda e, s, b, d: _clean(e.get("HTTP_USER_AGENT"))),
     "D": ("duration in microseconds", lambda e, s, b, d: int(d * 1_000_000)),

@@ -4,6 +4,7 @@
 """
 
 import logging
+import os
 import socket
 from time import monotonic
 
@@ -190,13 +191,22 @@ def serve(app, bind="127.0.0.1:8000", **options):
 
     from .log import setup_logging
 
+    from .listeners import describe
+
     server = Server(app, bind=bind, **options)
     setup_logging(server.config)
     server.start()
-    for address in server.addresses:
-        error_log.info("Listening at %s", address)
+    for sock in server._listeners:
+        error_log.info("Listening at %s (pid %d)", describe(sock), os.getpid())
     stop_requested = Event()
-    handlers = [gevent.signal_handler(sig, stop_requested.set)
+
+    def on_signal(signum):
+        # Only record it; the waiting greenlet below does the stopping.
+        error_log.info("%s received; stopping gracefully (up to %gs)",
+                       signal.Signals(signum).name, server.config.graceful_timeout)
+        stop_requested.set()
+
+    handlers = [gevent.signal_handler(sig, on_signal, sig)
                 for sig in (signal.SIGTERM, signal.SIGINT)]
     try:
         stop_requested.wait()
@@ -204,3 +214,4 @@ def serve(app, bind="127.0.0.1:8000", **options):
         for handler in handlers:
             handler.cancel()
         server.stop()
+        error_log.info("stopped")

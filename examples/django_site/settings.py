@@ -27,4 +27,6 @@ MIDDLEWARE = [
 ]
 
 USE_TZ = True
+# Django sets the process time zone (TZ) from this; UTC keeps the server log stamps in UTC.
+TIME_ZONE = "UTC"
 DEFAULT_CHARSET = "utf-8"
