@@ -174,6 +174,14 @@ class Connection:
         config = server.config
         parser = self.parser
         recv = self.sock.recv
+        # Between keep-alive requests the next one has almost never arrived yet: wait for
+        # readability first instead of paying a failing recv() (syscall + exception) each
+        # time. gevent's recv() does the same wait internally; older gevents lack the hook.
+        wait_readable = getattr(self.sock, "_wait", None)
+        read_event = getattr(self.sock, "_read_event", None)
+        if read_event is None:
+            wait_readable = None
+        between_requests = False
         keep_alive_timeout = config.keep_alive
         header_timeout = config.header_timeout
         request_timeout = config.request_timeout
@@ -184,6 +192,10 @@ class Connection:
                 # Usually nothing is buffered after a response: go straight to receiving.
                 request = parser.next_request() if parser.buffered else None
                 while request is None:
+                    if between_requests:
+                        between_requests = False
+                        if wait_readable is not None:
+                            wait_readable(read_event)
                     if parser.buffered and self.phase == IDLE:
                         # RFC 9112 has no head timer, but a slowloris client must not
                         # hold a greenlet forever: the head must arrive within the timer.
@@ -210,6 +222,7 @@ class Connection:
             if not keep or server.stopping:
                 return
             self._enter(IDLE, keep_alive_timeout)
+            between_requests = not parser.buffered
 
     def _reject(self, exc):
         """Answer a request we could not parse, then let the caller close."""
