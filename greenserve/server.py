@@ -94,9 +94,7 @@ class Server:
         """
         if timeout is None:
             timeout = self.config.graceful_timeout
-        self.stopping = True
-        for acceptor in self._acceptors:
-            acceptor.close()
+        self.stop_accepting()
         run_callback = gevent.get_hub().loop.run_callback
         for connection in list(self.connections):
             run_callback(connection.close_if_idle)
@@ -110,6 +108,13 @@ class Server:
         self._acceptors = []
         self._started = False
         self._stopped.set()
+
+    def stop_accepting(self):
+        """Close the listeners and mark the server stopping: every response from now on
+        says ``Connection: close``. Connections already open are left to finish."""
+        self.stopping = True
+        for acceptor in self._acceptors:
+            acceptor.close()
 
     # -- introspection ------------------------------------------------------------------------
 

@@ -95,7 +95,8 @@ def _drain(server, timeout):
     active close cleanly; only connections idle all that time are then closed by stop().
     """
     notice = min(CLOSE_NOTICE, timeout / 2)
-    server.stopping = True
+    # Stop accepting at once (the master and the other workers keep the listeners open).
+    server.stop_accepting()
     deadline = monotonic() + notice
     while server.connections and monotonic() < deadline:
         gevent.sleep(0.05)
