@@ -11,7 +11,7 @@ import dataclasses
 import os
 import sys
 
-from .config import ENV_PREFIX, SETTINGS, load_config, option_name
+from .config import ENV_PREFIX, SETTINGS, load_config
 from .errors import AppLoadError, ConfigError
 
 PROG = "greenserve"

@@ -30,8 +30,6 @@ IDLE, HEAD, APP, BODY, SEND = range(5)
 RECEIVE_SIZE = 65536
 # An unread request body up to this size is read and discarded to keep the connection.
 DRAIN_LIMIT = 1 << 20
-# Responses up to this size go out as one write with the head (DESIGN.md: one sendall).
-_COALESCE_LIMIT = 65536
 
 
 class IdleTimeout(Exception):

@@ -6,7 +6,6 @@ import threading
 import time
 
 import gevent
-import pytest
 from gevent.event import Event
 from conftest import read_response
 

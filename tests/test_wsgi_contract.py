@@ -480,7 +480,7 @@ def test_connection_cap_evicts_idle_keep_alive_connections_first(serve):
 def test_serves_on_a_unix_socket(tmp_path):
     from conftest import running_server
     path = tmp_path / "gs.sock"
-    with running_server(environ_dump, bind=f"unix:{path}") as srv:
+    with running_server(environ_dump, bind=f"unix:{path}"):
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(5)
             sock.connect(str(path))
