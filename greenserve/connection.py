@@ -8,9 +8,10 @@ sweeper greenlet throws the phase's named exception into it once the deadline ha
 import logging
 import os
 import socket
+from stat import S_ISREG
 from time import monotonic, perf_counter
 
-from gevent import getcurrent
+from gevent import Timeout, getcurrent
 from gevent.socket import wait_write
 
 from .disconnect import Disconnected
@@ -30,6 +31,10 @@ IDLE, HEAD, APP, BODY, SEND = range(5)
 RECEIVE_SIZE = 65536
 # An unread request body up to this size is read and discarded to keep the connection.
 DRAIN_LIMIT = 1 << 20
+# Closing with request bytes still arriving: read and discard this long (or this much)
+# first, so the kernel does not answer them with a reset that destroys our response.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 64 << 20
 
 
 class IdleTimeout(Exception):
@@ -58,7 +63,7 @@ class Connection:
                  "reading_body", "disconnected", "request", "status", "headers_sent",
                  "environ", "listener_environ", "remote_addr", "remote_port", "keep_alive",
                  "continue_pending", "body_error", "body_sent", "method", "status_code",
-                 "response_info", "response_headers", "framing", "remaining")
+                 "response_info", "response_headers", "framing", "remaining", "linger")
 
     def __init__(self, server, sock, address, listener_environ):
         self.server = server
@@ -76,6 +81,7 @@ class Connection:
         self.requests = 0
         self.reading_body = False
         self.disconnected = None
+        self.linger = False
         # Per-request response state (reset by _handle).
         self.request = None
         self.status = None
@@ -162,10 +168,28 @@ class Connection:
             server.connections.discard(self)
             self.phase = IDLE
             self.deadline = 0.0
+            if self.linger:
+                self._linger()
             try:
                 sock.close()
             except OSError:
                 pass
+
+    def _linger(self):
+        """RFC 9112 §9.6: half-close, then read and discard until the client closes or a
+        bound passes, so unread request bytes do not make the kernel reset the connection
+        (and destroy the response) before the client has read it."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            discarded = 0
+            with Timeout(LINGER_SECONDS, False):
+                while discarded < LINGER_BYTES:
+                    data = self.sock.recv(65536)
+                    if not data:
+                        break
+                    discarded += len(data)
+        except Exception:  # the peer reset or went away: nothing left to protect
+            pass
 
     def _serve(self):
         server = self.server
@@ -217,6 +241,8 @@ class Connection:
             finally:
                 self.request_deadline = 0.0
                 server.requests_served += 1
+            if not keep and not parser.body_done:
+                self.linger = True
             if not keep or server.stopping:
                 return
             self._enter(IDLE, keep_alive_timeout)
@@ -233,10 +259,10 @@ class Connection:
                             self.remote_addr, exc.detail)
         try:
             self.sock.sendall(error_response(exc.status, exc.detail, exc.reason))
-            # Let the client read the answer before the close resets the connection.
-            self.sock.shutdown(socket.SHUT_WR)
         except OSError:
-            pass
+            return
+        # Let the client read the answer before the close: see _linger.
+        self.linger = True
 
     # -- one request ---------------------------------------------------------------------------
 
@@ -362,9 +388,11 @@ class Connection:
             data = parser.read_body(max_bytes)
             while data is None:
                 if self.continue_pending:
-                    # RFC 9110 §10.1.1: the client waits for 100 Continue before sending.
+                    # RFC 9110 §10.1.1: the client waits for 100 Continue before sending;
+                    # RFC 9110 §15.2: but never a 1xx once the final response has begun.
                     self.continue_pending = False
-                    self._send(CONTINUE_RESPONSE)
+                    if not self.headers_sent:
+                        self._send(CONTINUE_RESPONSE)
                 previous = self.phase
                 self._enter(BODY, self.server.config.body_timeout)
                 self.reading_body = True
@@ -418,23 +446,33 @@ class Connection:
         code = self.status_code
         framing, keep_alive = choose_framing(self.method, code, self.request.version,
                                              content_length, self.keep_alive)
-        if info.close or self.server.stopping or (
-                self.continue_pending and not self.parser.body_done):
-            # A body the client was never invited to send cannot be skipped reliably.
+        unread = self.parser.body_unread
+        if info.close or self.server.stopping or (unread != 0 and (
+                self.continue_pending or unread is None or unread > DRAIN_LIMIT)):
+            # A body the client was never invited to send, or one too big to skip, cannot
+            # be kept in sync: say now that the connection will close (RFC 9112 §9.6).
             keep_alive = False
         self.keep_alive = keep_alive
         self.framing = framing
         self.remaining = content_length if framing == FIXED else 0
         headers = self.response_headers
         extra = []
-        if content_length is not None and info.content_length is None and (
-                framing == FIXED or (self.method == "HEAD" and code >= 200
-                                     and code != 204 and code != 304)):
+        if info.content_length is not None:
+            if code == 204 or code == 205 or info.rewrite_length:
+                # RFC 9110 §8.6: none in a 204, and a singleton: the app's duplicates or
+                # padded value become one plain field below.
+                headers = [h for h in headers if h[0].lower() != "content-length"]
+                if code != 204 and code != 205:
+                    extra.append(f"Content-Length: {info.content_length}\r\n")
+        elif content_length is not None and (
+                framing == FIXED or (self.method == "HEAD" and code != 204 and code != 304
+                                     and code != 205)):
             # RFC 9110 §9.3.2: a HEAD response carries the length a GET would have.
             extra.append(f"Content-Length: {content_length}\r\n")
-        elif info.content_length is not None and (code < 200 or code == 204):
-            # RFC 9110 §8.6: no Content-Length in a 1xx or 204 response.
-            headers = [h for h in headers if h[0].lower() != "content-length"]
+        if code == 205:
+            # RFC 9110 §15.3.6: no content in a 205, said with a length of 0 (unlike 204 a
+            # client would otherwise read until the connection closes).
+            extra.append("Content-Length: 0\r\n")
         if framing == CHUNKED:
             extra.append("Transfer-Encoding: chunked\r\n")
         if not info.has_date:
@@ -575,12 +613,18 @@ class Connection:
 
     def _send_file(self, wrapper):
         """Send a real file with os.sendfile; False if it is not one (then iterate)."""
+        if self.headers_sent:
+            return False  # write() already started the body: keep its framing, iterate
         filelike = wrapper.filelike
         try:
             fd = filelike.fileno()
             offset = filelike.tell()
-            size = os.fstat(fd).st_size
+            stat = os.fstat(fd)
         except (AttributeError, OSError, ValueError):
+            return False
+        size = stat.st_size
+        if not S_ISREG(stat.st_mode) or not size:
+            # Pipes, sockets and /proc files report no size: their length is found by reading.
             return False
         if self.sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX) or \
                 not hasattr(os, "sendfile") or offset > size:

@@ -99,8 +99,9 @@ class Disconnected:
         connection = self._connection
         if connection is None:
             return
-        if connection.reading_body:
-            # The request's own reader is on the socket and will see EOF itself.
+        if connection.reading_body or connection.parser.buffered >= WATCH_BUFFER_LIMIT:
+            # The request's own reader is on the socket and will see EOF itself; or we
+            # already hold as much early input as we are willing to.
             self._stop_watching()
             return
         try:

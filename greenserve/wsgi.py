@@ -16,7 +16,7 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # (response splitting) nor other controls.
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 # PEP 3333: status is "NNN reason", a three-digit code and a reason phrase after one space.
-_STATUS = re.compile(r"([1-9][0-9][0-9]) [\t\x20-\x7e\x80-\xff]*")
+_STATUS = re.compile(r"([1-5][0-9][0-9]) [\t\x20-\x7e\x80-\xff]*")  # RFC 9110 §15: 100-599
 _DIGITS = re.compile(r"[0-9]{1,19}")
 
 # RFC 9110 §7.6.1: hop-by-hop fields belong to the server's connection, not to the app.
@@ -108,6 +108,10 @@ def build_environ(base, request, script_name, remote_addr, remote_port):
         environ["HTTP_HOST"] = request.host.decode("latin-1")
     if request.chunked:
         environ.pop("CONTENT_LENGTH", None)
+    elif "CONTENT_LENGTH" in environ:
+        # RFC 9110 §8.6 lets "3, 3" (or two identical fields) stand for one value; the app
+        # gets that value as plain digits, as CGI defines CONTENT_LENGTH.
+        environ["CONTENT_LENGTH"] = str(request.content_length)
     return environ
 
 
@@ -129,7 +133,7 @@ def check_status(status):
 class ResponseHeaders:
     """What the server needs to know about an app's validated response headers."""
 
-    __slots__ = ("content_length", "close", "has_date", "has_server")
+    __slots__ = ("content_length", "rewrite_length", "close", "has_date", "has_server")
 
 
 _checked_names = {}
@@ -146,7 +150,7 @@ def check_headers(headers):
         raise TypeError(f"headers must be a list, not {type(headers).__name__}")
     info = ResponseHeaders()
     info.content_length = None
-    info.close = info.has_date = info.has_server = False
+    info.rewrite_length = info.close = info.has_date = info.has_server = False
     for item in headers:
         if type(item) is not tuple or len(item) != 2:
             raise TypeError(f"each header must be a (name, value) tuple, got {item!r}")
@@ -165,11 +169,14 @@ def check_headers(headers):
                              f"{name}: {value!r}")
         if lname in _SPECIAL_RESPONSE_FIELDS:
             if lname == "content-length":
-                value = value.strip()
-                if not _DIGITS.fullmatch(value) or (
-                        info.content_length is not None and int(value) != info.content_length):
+                digits = value.strip()
+                if not _DIGITS.fullmatch(digits) or (
+                        info.content_length is not None and int(digits) != info.content_length):
                     raise ValueError(f"invalid Content-Length {value!r}")
-                info.content_length = int(value)
+                if info.content_length is not None or digits != value or digits[0] == "0" \
+                        and len(digits) > 1:
+                    info.rewrite_length = True  # sent once, as plain digits
+                info.content_length = int(digits)
             elif lname == "date":
                 info.has_date = True
             elif lname == "server":
@@ -190,57 +197,64 @@ class InputStream:
 
     ``receive`` returns non-empty bytes, or b"" once the body is complete; it raises
     ClientDisconnected or BodyReadTimeout (IOError subclasses) when the body cannot arrive.
+    Pieces are joined once per call and consumed by moving an offset, so reading a large
+    body costs time in proportion to its size, however it is read.
     """
 
-    __slots__ = ("_receive", "_buffer", "_done")
+    __slots__ = ("_receive", "_buffer", "_pos", "_done")
 
     def __init__(self, receive):
         self._receive = receive
         self._buffer = b""
+        self._pos = 0
         self._done = False
 
-    def _fill(self, size):
-        """Receive one more piece into the buffer; False once the body is complete."""
-        if self._done:
-            return False
-        data = self._receive(size)
-        if not data:
-            self._done = True
-            return False
-        self._buffer = self._buffer + data if self._buffer else data
-        return True
-
     def read(self, size=-1):
-        if size is None or size < 0:
-            parts = [self._buffer]
-            self._buffer = b""
-            while not self._done:
+        buf, pos = self._buffer, self._pos
+        have = len(buf) - pos
+        unlimited = size is None or size < 0
+        if not unlimited and have >= size:
+            self._pos = pos + size
+            return buf[pos:pos + size]
+        parts = [buf[pos:]] if have else []
+        while (unlimited or have < size) and not self._done:
+            data = self._receive(65536 if unlimited else max(size - have, 8192))
+            if not data:
+                self._done = True
+                break
+            parts.append(data)
+            have += len(data)
+        joined = b"".join(parts)
+        if unlimited or len(joined) <= size:
+            self._buffer, self._pos = b"", 0
+            return joined
+        self._buffer, self._pos = joined, size
+        return joined[:size]
+
+    def readline(self, size=-1):
+        if size is None:
+            size = -1
+        buf, pos = self._buffer, self._pos
+        newline = buf.find(b"\n", pos)
+        if newline < 0 and not self._done and (size < 0 or len(buf) - pos < size):
+            parts = [buf[pos:]]
+            have = len(buf) - pos
+            while True:
                 data = self._receive(65536)
                 if not data:
                     self._done = True
                     break
                 parts.append(data)
-            return b"".join(parts)
-        while len(self._buffer) < size and self._fill(max(size - len(self._buffer), 8192)):
-            pass
-        data, self._buffer = self._buffer[:size], self._buffer[size:]
-        return data
-
-    def readline(self, size=-1):
-        if size is None:
-            size = -1
-        while True:
-            newline = self._buffer.find(b"\n")
-            if newline >= 0:
-                end = newline + 1
-                break
-            if 0 <= size <= len(self._buffer) or not self._fill(65536):
-                end = len(self._buffer)
-                break
-        if 0 <= size < end:
-            end = size
-        line, self._buffer = self._buffer[:end], self._buffer[end:]
-        return line
+                have += len(data)
+                if b"\n" in data or 0 <= size <= have:
+                    break
+            buf, pos = b"".join(parts), 0
+            newline = buf.find(b"\n")
+        end = newline + 1 if newline >= 0 else len(buf)
+        if 0 <= size < end - pos:
+            end = pos + size
+        self._buffer, self._pos = buf, end
+        return buf[pos:end]
 
     def readlines(self, hint=-1):
         lines = []

@@ -125,6 +125,7 @@ def test_input_read_readline_readlines_iteration(serve):
     ("200", [("Content-Type", "text/plain")]),                      # no reason phrase
     ("2000 OK", [("Content-Type", "text/plain")]),
     ("103 Early Hints", [("Content-Type", "text/plain")]),          # interim: never final
+    ("999 Beyond", [("Content-Type", "text/plain")]),               # RFC 9110 §15: 100-599
     ("200 OK", [("Content-Type", "text/plain\r\nSet-Cookie: evil=1")]),  # response splitting
     ("200 OK", [("Content-Type", "text/plain"), ("X-Bad Name", "v")]),
     ("200 OK", [("Content-Type", "text/plain"), ("Transfer-Encoding", "chunked")]),  # hop-by-hop
@@ -521,3 +522,106 @@ def test_500_for_head_has_no_body_and_keeps_the_connection_in_sync(serve):
         assert code == 500 and int(headers["content-length"]) > 0
         # The next bytes must be the GET's response, not the 500's body.
         assert read_response(reader)[2] == b"after"
+
+
+# -- found by review: each of these failed before its fix ---------------------------------
+
+def test_reading_a_large_body_in_one_read_n_is_linear(serve):
+    size = 48 * 1024 * 1024
+
+    def app(environ, start_response):
+        started = time.monotonic()
+        data = environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"]))
+        body = b"%d %.3f" % (len(data), time.monotonic() - started)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [body]
+
+    with serve(app) as srv, srv.connect(timeout=60) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+        chunk = b"x" * (1 << 20)
+        for _ in range(48):
+            sock.sendall(chunk)
+        length, seconds = read_response(sock, 60)[2].split()
+    # Copying the buffer per piece made this take ~12 s; linear reading takes well under 1.
+    assert int(length) == size and float(seconds) < 4
+
+
+def test_no_100_continue_after_the_response_started(serve):
+    def app(environ, start_response):
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"first;")
+        return [environ["wsgi.input"].read(3)]
+
+    with serve(app) as srv, srv.connect() as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        time.sleep(0.2)
+        sock.sendall(b"abc")
+        code, headers, body, raw = read_response(sock)
+    assert body == b"first;abc" and b"100 Continue" not in raw
+
+
+def test_write_then_file_wrapper_keeps_one_framing(serve, tmp_path):
+    path = tmp_path / "f.txt"
+    path.write_bytes(b"FILE" * 1000)
+
+    def app(environ, start_response):
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"PREFIX")
+        return environ["wsgi.file_wrapper"](open(path, "rb"))
+
+    with serve(app, validate=False) as srv, srv.connect() as sock:
+        reader = sock.makefile("rb")
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(reader)[2] == b"PREFIX" + b"FILE" * 1000
+        assert read_response(reader)[2] == b"PREFIX" + b"FILE" * 1000
+
+
+def test_file_wrapper_on_a_file_without_a_size(serve):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return environ["wsgi.file_wrapper"](open("/proc/self/status", "rb"))
+
+    with serve(app, validate=False) as srv:
+        assert b"VmRSS" in get(srv)[2]
+
+
+def test_client_that_sends_a_whole_oversized_body_still_reads_the_413(serve):
+    with serve(environ_dump, max_body_size=1000) as srv:
+        conn = http.client.HTTPConnection(srv.host, srv.port, timeout=10)
+        conn.request("POST", "/", body=b"x" * (5 << 20))  # written whole before reading
+        response = conn.getresponse()
+        assert response.status == 413
+        conn.close()
+
+
+def test_content_length_list_reaches_the_app_as_digits(serve):
+    with serve(environ_dump) as srv, srv.connect() as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\nabc")
+        env = json.loads(read_response(sock)[2])
+    assert env["CONTENT_LENGTH"] == "3"
+
+
+def test_duplicate_response_content_length_is_sent_once(serve):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2"),
+                                  ("Content-Length", " 2")])
+        return [b"ok"]
+
+    with serve(app, validate=False) as srv, srv.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        raw = recv_until_closed(sock)
+    assert raw.count(b"Content-Length") == 1 and b"\r\nContent-Length: 2\r\n" in raw
+
+
+def test_205_has_no_content(serve):
+    def app(environ, start_response):
+        start_response("205 Reset Content", [("Content-Type", "text/plain")])
+        return [b"BODYBYTES"]
+
+    with serve(app) as srv, srv.connect() as sock:
+        reader = sock.makefile("rb")
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        code, headers, body, raw = read_response(reader)
+        assert (code, headers["content-length"], body) == (205, "0", b"")
+        assert read_response(reader)[0] == 205  # no stray body bytes in between

@@ -151,6 +151,15 @@ class RequestParser:
         """True when the current request's body has been read completely."""
         return self._state == _NO_BODY
 
+    @property
+    def body_unread(self):
+        """Body bytes still to come: a number with Content-Length, None if unknown (chunked)."""
+        if self._state == _NO_BODY:
+            return 0
+        if self._state == _LENGTH:
+            return self._remaining
+        return None
+
     # -- request heads -------------------------------------------------------------------------
 
     def next_request(self):

@@ -29,9 +29,10 @@ def http_date():
 
 
 def body_allowed(method, status_code):
-    """RFC 9110 §6.4.1/§9.3.2: HEAD responses, 1xx, 204 and 304 never carry content."""
+    """RFC 9110 §6.4.1/§9.3.2/§15.3.6: HEAD responses, 1xx, 204, 205 and 304 carry no
+    content."""
     return not (method == "HEAD" or status_code < 200 or status_code == 204
-                or status_code == 304)
+                or status_code == 205 or status_code == 304)
 
 
 def choose_framing(method, status_code, version, content_length, keep_alive):
