@@ -17,12 +17,12 @@ Endpoints (the same set as flask_app.py and django_site/):
 
 import hashlib
 import json
-import shutil
-import tempfile
 import time
 
 import bottle
 from bottle import request, response
+
+from examples.chunked_bodies import with_length
 
 bottle_app = bottle.Bottle()
 
@@ -97,22 +97,5 @@ def to_text():
     bottle.redirect("/text", code=302)
 
 
-def app(environ, start_response):
-    """The WSGI entry point: Bottle, plus support for chunked request bodies.
-
-    greenserve decodes a chunked request body itself (wsgi.input then simply ends at the end
-    of the body, and wsgi.input_terminated is True) and sends no CONTENT_LENGTH. Bottle
-    0.13 predates wsgi.input_terminated: without CONTENT_LENGTH it reads no body at all, and
-    when it sees "Transfer-Encoding: chunked" it tries to decode the chunks a second time.
-    So spool such a body (in memory up to 1 MiB, then to a temporary file) and hand
-    Bottle an ordinary body with a length.
-    """
-    if (environ.get("wsgi.input_terminated") and "CONTENT_LENGTH" not in environ
-            and environ["REQUEST_METHOD"] not in ("GET", "HEAD")):
-        body = tempfile.SpooledTemporaryFile(max_size=1 << 20)
-        shutil.copyfileobj(environ["wsgi.input"], body)
-        environ["CONTENT_LENGTH"] = str(body.tell())
-        body.seek(0)
-        environ["wsgi.input"] = body
-        environ.pop("HTTP_TRANSFER_ENCODING", None)
-    return bottle_app(environ, start_response)
+# Bottle 0.13 cannot read a chunked body on its own: see examples/chunked_bodies.py.
+app = with_length(bottle_app)
