@@ -12,6 +12,8 @@ import logging
 from gevent import get_hub
 from gevent.socket import socket as GeventSocket
 
+from .gevent_private import accept_raw
+
 error_log = logging.getLogger("greenserve.error")
 
 # Connections taken per readiness event, so one busy listener cannot starve the others.
@@ -60,13 +62,14 @@ class Acceptor:
 
     def _accept_ready(self):
         sock = self.sock
+        accept = accept_raw(sock)
         for _ in range(ACCEPT_BATCH):
             if self.full():
                 # The spawner's cap is reached; the server restarts us when a slot frees.
                 self.pause()
                 return
             try:
-                fd, address = sock._accept()
+                fd, address = accept()
             except BlockingIOError:
                 return  # another worker sharing the listener took it
             except OSError as exc:

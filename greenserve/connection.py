@@ -1,5 +1,9 @@
 """One client connection: receive -> parse -> run the app -> send, for as long as it persists.
 
+Only I/O and orchestration live here; what the bytes mean is the protocol core's job
+(``protocol/parser.py`` for requests, ``protocol/response.py`` for the framing of responses)
+and the PEP 3333 rules are the bridge's (``wsgi.py``).
+
 Timers are not gevent Timeouts (a timer object per blocking call costs on every request):
 the connection only records which phase it is in and when that phase expires; the server's
 sweeper greenlet throws the phase's named exception into it once the deadline has passed.
@@ -8,29 +12,27 @@ sweeper greenlet throws the phase's named exception into it once the deadline ha
 import logging
 import os
 import socket
-from stat import S_ISREG
 from time import monotonic, perf_counter
 
 from gevent import Timeout, getcurrent
 from gevent.socket import wait_write
 
-from .disconnect import Disconnected
-from .errors import (BodyReadTimeout, ClientDisconnected, ProtocolError,
+from .disconnect import PEER_GONE, STOP_WATCHING, WATCH_BUFFER_LIMIT, Disconnected
+from .errors import (AppFailed, BodyReadTimeout, ClientDisconnected, ProtocolError,
                      RequestDeadlineExceeded, RequestTimeout)
+from .gevent_private import raw_socket, readable_waiter
 from .protocol.parser import RequestParser
-from .protocol.writer import (CHUNKED, CONTINUE_RESPONSE, FIXED, LAST_CHUNK, NO_BODY,
-                              SERVER_NAME, UNTIL_CLOSE, choose_framing, error_response,
-                              format_head, frame_chunk, http_date)
-from .wsgi import FileWrapper, InputStream, build_environ, check_headers, check_status
+from .protocol.response import DRAIN_LIMIT, NO_BODY, Response, unread_body_forces_close
+from .protocol.writer import CONTINUE_RESPONSE, error_response
+from .wsgi import (EMPTY_INPUT, FileWrapper, InputStream, build_environ, check_headers,
+                   check_status)
 
 error_log = logging.getLogger("greenserve.error")
 
 # Phases: what the connection is waiting for, and so which timer applies.
-IDLE, HEAD, APP, BODY, SEND = range(5)
+IDLE, READING_HEAD, APP, BODY, SEND = range(5)
 
 RECEIVE_SIZE = 65536
-# An unread request body up to this size is read and discarded to keep the connection.
-DRAIN_LIMIT = 1 << 20
 # Closing with request bytes still arriving: read and discard this long (or this much)
 # first, so the kernel does not answer them with a reset that destroys our response.
 LINGER_SECONDS = 2.0
@@ -45,31 +47,21 @@ class _Closing(Exception):
     """The server is shutting down and this connection is idle."""
 
 
-def _no_body(max_bytes):
-    return b""
-
-
-# Stateless once at its end, so every bodiless request can share one.
-_EMPTY_INPUT = InputStream(_no_body)
-_EMPTY_INPUT.read()
-
-
 class Connection:
     """Serves the requests of one accepted socket; ``run()`` is the greenlet body."""
 
     # Slots: thousands of parked long polls each hold one of these.
     __slots__ = ("server", "sock", "raw_send", "parser", "greenlet", "phase", "deadline",
-                 "phase_seq", "request_deadline", "phase_started", "requests",
-                 "reading_body", "disconnected", "request", "status", "headers_sent",
-                 "environ", "listener_environ", "remote_addr", "remote_port", "keep_alive",
-                 "continue_pending", "body_error", "body_sent", "method", "status_code",
-                 "response_info", "response_headers", "framing", "remaining", "linger")
+                 "phase_seq", "request_deadline", "phase_started", "reading_body",
+                 "disconnected", "linger", "listener_environ", "remote_addr", "remote_port",
+                 "request", "environ", "response", "must_close", "continue_pending",
+                 "body_error", "error_status")
 
     def __init__(self, server, sock, address, listener_environ):
         self.server = server
         self.sock = sock
-        # The raw, non-blocking socket under gevent's wrapper (see _send).
-        self.raw_send = sock._sock.send
+        # The raw, non-blocking socket's send (see _send).
+        self.raw_send = raw_socket(sock).send
         self.parser = RequestParser(server.limits)
         self.greenlet = None
         # Timer state, read by the server's sweeper.
@@ -78,15 +70,9 @@ class Connection:
         self.phase_seq = 0
         self.request_deadline = 0.0  # absolute; 0 = none
         self.phase_started = 0.0
-        self.requests = 0
         self.reading_body = False
         self.disconnected = None
         self.linger = False
-        # Per-request response state (reset by _handle).
-        self.request = None
-        self.status = None
-        self.headers_sent = False
-        self.environ = None
         # Not a per-connection environ copy: an idle connection should cost little.
         self.listener_environ = listener_environ
         if isinstance(address, tuple):
@@ -94,6 +80,8 @@ class Connection:
             self.remote_port = str(address[1])
         else:
             self.remote_addr = self.remote_port = ""
+        # Per-request state (reset by _handle).
+        self.request = self.environ = self.response = None
 
     # -- timers ------------------------------------------------------------------------------
 
@@ -116,23 +104,23 @@ class Connection:
         glet = self.greenlet
         if seq != self.phase_seq or glet is None or glet.dead:
             return
-        phase = self.phase
+        config = self.server.config
         self.deadline = 0.0
         if self.request_deadline and monotonic() >= self.request_deadline:
             self.request_deadline = 0.0
             glet.throw(RequestDeadlineExceeded(
-                f"request still running after {self.server.config.request_timeout} s"))
-        elif phase == IDLE:
+                f"request still running after {config.request_timeout} s"))
+            return
+        phase = self.phase
+        if phase == IDLE:
             glet.throw(IdleTimeout())
-        elif phase == HEAD:
+        elif phase == READING_HEAD:
             glet.throw(RequestTimeout(
-                f"request head not received within {self.server.config.header_timeout} s"))
+                f"request head not received within {config.header_timeout} s"))
         elif phase == BODY:
-            glet.throw(BodyReadTimeout(
-                f"request body stalled for {self.server.config.body_timeout} s"))
+            glet.throw(BodyReadTimeout(f"request body stalled for {config.body_timeout} s"))
         elif phase == SEND:
-            glet.throw(ClientDisconnected(
-                f"client read nothing for {self.server.config.send_timeout} s"))
+            glet.throw(ClientDisconnected(f"client read nothing for {config.send_timeout} s"))
 
     @property
     def idle(self):
@@ -197,12 +185,8 @@ class Connection:
         parser = self.parser
         recv = self.sock.recv
         # Between keep-alive requests the next one has almost never arrived yet: wait for
-        # readability first instead of paying a failing recv() (syscall + exception) each
-        # time. gevent's recv() does the same wait internally; older gevents lack the hook.
-        wait_readable = getattr(self.sock, "_wait", None)
-        read_event = getattr(self.sock, "_read_event", None)
-        if read_event is None:
-            wait_readable = None
+        # readability first instead of paying a failing recv() (syscall + exception).
+        wait_readable = readable_waiter(self.sock)
         between_requests = False
         keep_alive_timeout = config.keep_alive
         header_timeout = config.header_timeout
@@ -217,11 +201,11 @@ class Connection:
                     if between_requests:
                         between_requests = False
                         if wait_readable is not None:
-                            wait_readable(read_event)
+                            wait_readable()
                     if parser.buffered and self.phase == IDLE:
                         # RFC 9112 has no head timer, but a slowloris client must not
                         # hold a greenlet forever: the head must arrive within the timer.
-                        self._enter(HEAD, header_timeout)
+                        self._enter(READING_HEAD, header_timeout)
                     data = recv(RECEIVE_SIZE)
                     if not data:
                         if parser.buffered:
@@ -235,11 +219,11 @@ class Connection:
             if request_timeout:
                 self.request_deadline = monotonic() + request_timeout
             self._enter(APP, 0)
-            self.requests += 1
             try:
                 keep = self._handle(request)
             finally:
                 self.request_deadline = 0.0
+                self.request = self.environ = self.response = None
                 server.requests_served += 1
             if not keep and not parser.body_done:
                 self.linger = True
@@ -248,18 +232,26 @@ class Connection:
             self._enter(IDLE, keep_alive_timeout)
             between_requests = not parser.buffered
 
+    # -- errors --------------------------------------------------------------------------------
+
+    def _send_error(self, exc, keep_alive=False):
+        """The one writer of error responses: ``exc`` carries ``status``, ``reason`` and
+        ``detail`` (a ProtocolError, a timeout of ours, AppFailed)."""
+        request = self.request
+        self.error_status = exc.status
+        self._send(error_response(exc.status, exc.detail, exc.reason, keep_alive,
+                                  head=request is not None and request.method == b"HEAD"))
+
     def _reject(self, exc):
-        """Answer a request we could not parse, then let the caller close."""
-        self._enter(SEND, self.server.config.send_timeout)
+        """Answer an error with ``Connection: close``, then let the caller close."""
+        self.must_close = True
         if exc.status >= 500 or exc.status == 408:
-            error_log.info("%s from %s: %s", exc.status,
-                           self.remote_addr, exc.detail)
+            error_log.info("%s from %s: %s", exc.status, self.remote_addr, exc.detail)
         else:
-            error_log.debug("%s from %s: %s", exc.status,
-                            self.remote_addr, exc.detail)
+            error_log.debug("%s from %s: %s", exc.status, self.remote_addr, exc.detail)
         try:
-            self.sock.sendall(error_response(exc.status, exc.detail, exc.reason))
-        except OSError:
+            self._send_error(exc)
+        except ClientDisconnected:
             return
         # Let the client read the answer before the close: see _linger.
         self.linger = True
@@ -270,94 +262,96 @@ class Connection:
         """Run the app for one request; True if the connection may carry another."""
         server = self.server
         self.request = request
-        self.status = None
-        self.headers_sent = False
-        self.keep_alive = request.keep_alive and server.config.keep_alive > 0
+        self.response = None
+        self.must_close = not request.keep_alive or server.config.keep_alive <= 0
         self.continue_pending = request.expect_continue
         self.body_error = None
-        self.body_sent = 0  # body bytes, as the access log's %(b)s reports (like gunicorn)
+        self.error_status = 0
         started = perf_counter() if server.access_log else 0.0
         environ = build_environ(self.listener_environ, request, server.script_name,
                                 self.remote_addr, self.remote_port)
         # The environ has the headers now; a parked long poll should not hold them twice.
         request.headers = None
         self.environ = environ
-        self.method = environ["REQUEST_METHOD"]
         has_body = request.chunked or request.content_length
-        environ["wsgi.input"] = InputStream(self._receive_body) if has_body else _EMPTY_INPUT
-        self.disconnected = environ["greenserve.disconnected"] = Disconnected(self)
+        environ["wsgi.input"] = InputStream(self._receive_body) if has_body else EMPTY_INPUT
+        disconnected = self.disconnected = environ["greenserve.disconnected"] = \
+            Disconnected(self)
 
         result = None
         try:
             result = server.app(environ, self._start_response)
             self._send_result(result)
-        except ClientDisconnected:
-            self.keep_alive = False
-        except ProtocolError:
-            # The body's framing broke under the app's read; answered below.
-            self.keep_alive = False
-        except RequestDeadlineExceeded as exc:
-            self._deadline_exceeded(exc)
-        except BaseException as exc:
-            if not isinstance(exc, Exception):
-                raise
+        except (ClientDisconnected, ProtocolError):
+            # The peer left, or the body's framing broke under the app's read (answered
+            # below from body_error).
+            self.must_close = True
+        except (Exception, RequestDeadlineExceeded) as exc:
             self._app_failed(exc)
         finally:
             if result is not None and hasattr(result, "close"):
-                try:
-                    result.close()
-                except Exception:
-                    error_log.exception("error in close() of the app's iterable for %s %s",
-                                        self.method, environ["RAW_URI"])
-            self.disconnected.finish(not self.keep_alive)
+                self._close_result(result)
+            keep = self._keep_alive()
+            disconnected.finish(not keep)
         if self.body_error is not None:
             # The body's framing broke while the app read it: answer it if we still can.
-            if not self.headers_sent:
+            if self.response is None or not self.response.started:
                 self._reject(self.body_error)
             return False
         if started:
-            server.access_log(environ, self.status_code if self.status else 500,
-                              self.body_sent, perf_counter() - started)
-        if not self.keep_alive:
-            return False
-        return self._finish_body()
+            response = self.response
+            status = self.error_status or (response.code if response is not None else 500)
+            server.access_log(environ, status, response.body_sent if response else 0,
+                              perf_counter() - started)
+        return keep and self._finish_body()
+
+    def _keep_alive(self):
+        """The verdict after a request: may the connection carry another?"""
+        response = self.response
+        return not self.must_close and (response is None or response.keep_alive)
+
+    def _close_result(self, result):
+        """PEP 3333: the iterable's close() runs once the response is over, whatever
+        happened; a failure in it is logged, never lost."""
+        try:
+            result.close()
+        except (Exception, RequestDeadlineExceeded) as exc:
+            if isinstance(exc, RequestDeadlineExceeded):
+                self.must_close = True
+            error_log.error("error in close() of the app's iterable for %s %s",
+                            self.environ["REQUEST_METHOD"], self.environ["RAW_URI"],
+                            exc_info=exc)
 
     def _app_failed(self, exc):
-        """The app raised: 500 if nothing was sent yet, else cut the connection."""
+        """The app raised (or outlived --request-timeout): an error response if nothing was
+        sent yet, else cut the connection (a partial response must not pass as whole)."""
         environ = self.environ
-        if isinstance(exc, BodyReadTimeout):
-            self.keep_alive = False
-            if not self.headers_sent:
-                self._reject(RequestTimeout(str(exc)))
+        response = self.response
+        if isinstance(exc, RequestDeadlineExceeded):
+            error_log.error("%s %s: %s; interrupted", environ["REQUEST_METHOD"],
+                            environ["RAW_URI"], exc)
+            self.must_close = True
+            answer = exc
+        elif isinstance(exc, BodyReadTimeout):
+            answer = exc
+        else:
+            error_log.error("Error handling %s %s", environ["REQUEST_METHOD"],
+                            environ["RAW_URI"], exc_info=exc)
+            answer = AppFailed()
+        if response is not None and response.started:
+            self.must_close = True
             return
-        error_log.error("Error handling %s %s", self.method, environ["RAW_URI"],
-                        exc_info=exc)
-        if self.headers_sent:
-            # The client has a partial response; closing is the only honest signal.
-            self.keep_alive = False
+        self.response = None
+        if isinstance(answer, BodyReadTimeout):
+            self._reject(answer)
             return
-        self.status = "500 Internal Server Error"
-        self.status_code = 500
-        # The connection stays usable if the request body can still be skipped.
-        self.keep_alive = self.keep_alive and not self.continue_pending
+        # The connection stays usable only if the request body can still be skipped.
+        keep = not self.must_close and not self._must_say_close()
         try:
-            self._send(error_response(500, "The server could not complete the request.",
-                                      keep_alive=self.keep_alive, head=self.method == "HEAD"))
+            self._send_error(answer, keep)
         except ClientDisconnected:
-            self.keep_alive = False
-
-    def _deadline_exceeded(self, exc):
-        """--request-timeout: 503 if nothing was sent, else cut; the worker lives on."""
-        error_log.error("%s %s: %s; interrupted", self.method, self.environ["RAW_URI"], exc)
-        self.keep_alive = False
-        if not self.headers_sent:
-            self.status = "503 Service Unavailable"
-            self.status_code = 503
-            try:
-                self._send(error_response(503, "The request took too long.",
-                                          head=self.method == "HEAD"))
-            except ClientDisconnected:
-                pass
+            keep = False
+        self.must_close = not keep
 
     def _finish_body(self):
         """Skip what the app did not read of the request body; True if the connection lives."""
@@ -391,7 +385,7 @@ class Connection:
                     # RFC 9110 §10.1.1: the client waits for 100 Continue before sending;
                     # RFC 9110 §15.2: but never a 1xx once the final response has begun.
                     self.continue_pending = False
-                    if not self.headers_sent:
+                    if self.response is None or not self.response.started:
                         self._send(CONTINUE_RESPONSE)
                 previous = self.phase
                 self._enter(BODY, self.server.config.body_timeout)
@@ -411,140 +405,161 @@ class Connection:
                 data = parser.read_body(max_bytes)
         except ProtocolError as exc:
             self.body_error = exc
-            self.keep_alive = False
+            self.must_close = True
             raise
         except ClientDisconnected:
-            self.keep_alive = False
+            self.must_close = True
             self.disconnected.set()
             raise
         except BodyReadTimeout:
-            self.keep_alive = False
+            self.must_close = True
             raise
         return data
+
+    # -- for the disconnect watcher ------------------------------------------------------------
+
+    def fileno(self):
+        """The socket's descriptor, for a watcher that waits on it."""
+        return self.sock.fileno()
+
+    def poll_peer(self):
+        """Read what the client sent while its request runs (kept for the parser).
+
+        Returns PEER_GONE on EOF or a socket error, STOP_WATCHING when the request's own
+        body reader is on the socket or enough early input is held, else None.
+        """
+        parser = self.parser
+        if self.reading_body or parser.buffered >= WATCH_BUFFER_LIMIT:
+            return STOP_WATCHING
+        try:
+            data = raw_socket(self.sock).recv(WATCH_BUFFER_LIMIT)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return PEER_GONE
+        if not data:
+            return PEER_GONE
+        parser.feed(data)
+        return STOP_WATCHING if parser.buffered >= WATCH_BUFFER_LIMIT else None
 
     # -- response ------------------------------------------------------------------------------
 
     def _start_response(self, status, headers, exc_info=None):
+        response = self.response
         if exc_info is not None:
             try:
-                if self.headers_sent:
+                if response is not None and response.started:
                     # PEP 3333: too late to change the status; re-raise the app's error.
                     raise exc_info[1].with_traceback(exc_info[2])
             finally:
                 exc_info = None
-        elif self.status is not None:
+        elif response is not None:
             raise AssertionError("start_response() called twice without exc_info (PEP 3333)")
-        self.status_code = check_status(status)
-        self.response_info = check_headers(headers)
-        self.status = status
-        self.response_headers = headers
+        code = check_status(status)
+        info = check_headers(headers)
+        request = self.request
+        self.response = Response(status, code, headers, info, request.method == b"HEAD",
+                                 request.version, not self.must_close)
         return self._write
 
-    def _head_bytes(self, content_length):
-        """Decide the framing and format the status line and headers."""
-        info = self.response_info
-        code = self.status_code
-        framing, keep_alive = choose_framing(self.method, code, self.request.version,
-                                             content_length, self.keep_alive)
-        unread = self.parser.body_unread
-        if info.close or self.server.stopping or (unread != 0 and (
-                self.continue_pending or unread is None or unread > DRAIN_LIMIT)):
-            # A body the client was never invited to send, or one too big to skip, cannot
-            # be kept in sync: say now that the connection will close (RFC 9112 §9.6).
-            keep_alive = False
-        self.keep_alive = keep_alive
-        self.framing = framing
-        self.remaining = content_length if framing == FIXED else 0
-        headers = self.response_headers
-        extra = []
-        if info.content_length is not None:
-            if code == 204 or code == 205 or info.rewrite_length:
-                # RFC 9110 §8.6: none in a 204, and a singleton: the app's duplicates or
-                # padded value become one plain field below.
-                headers = [h for h in headers if h[0].lower() != "content-length"]
-                if code != 204 and code != 205:
-                    extra.append(f"Content-Length: {info.content_length}\r\n")
-        elif content_length is not None and (
-                framing == FIXED or (self.method == "HEAD" and code != 204 and code != 304
-                                     and code != 205)):
-            # RFC 9110 §9.3.2: a HEAD response carries the length a GET would have.
-            extra.append(f"Content-Length: {content_length}\r\n")
-        if code == 205:
-            # RFC 9110 §15.3.6: no content in a 205, said with a length of 0 (unlike 204 a
-            # client would otherwise read until the connection closes).
-            extra.append("Content-Length: 0\r\n")
-        if framing == CHUNKED:
-            extra.append("Transfer-Encoding: chunked\r\n")
-        if not info.has_date:
-            extra.append(f"Date: {http_date()}\r\n")
-        if not info.has_server:
-            extra.append(f"Server: {SERVER_NAME}\r\n")
-        if not keep_alive:
-            extra.append("Connection: close\r\n")
-        elif not self.request.version:
-            extra.append("Connection: keep-alive\r\n")
-        if info.close:
-            headers = [h for h in headers if h[0].lower() != "connection"]
-        self.headers_sent = True
-        return format_head(self.status, headers, "".join(extra))
+    def _must_say_close(self):
+        """Reasons outside the response to announce ``Connection: close``: a draining
+        server, or a request body we cannot skip (RFC 9112 §9.6)."""
+        return self.server.stopping or unread_body_forces_close(
+            self.parser.body_unread, self.continue_pending)
 
-    def _frame(self, data):
-        """Body bytes as they go on the wire under the chosen framing."""
-        framing = self.framing
-        if framing == FIXED:
-            if len(data) > self.remaining:
-                error_log.error("%s %s: the app sent more than its Content-Length; "
-                                "the excess was dropped", self.method, self.environ["RAW_URI"])
-                data = data[:self.remaining]
-            self.remaining -= len(data)
-            self.body_sent += len(data)
-            return data
-        if framing == CHUNKED:
-            self.body_sent += len(data)
-            return frame_chunk(data)
-        if framing == UNTIL_CLOSE:
-            self.body_sent += len(data)
-            return data
-        return b""
+    def _started_response(self):
+        response = self.response
+        if response is None:
+            raise AssertionError("the app returned a body before calling start_response()")
+        return response
 
     def _write(self, data):
         """The ``write()`` callable of PEP 3333: send at once."""
-        if self.status is None:
+        response = self.response
+        if response is None:
             raise AssertionError("write() called before start_response()")
         if type(data) is not bytes:
             raise TypeError(f"write() takes bytes, not {type(data).__name__}")
         if not data:
             return
-        if self.headers_sent:
-            self._send(self._frame(data))
+        if response.started:
+            self._send(response.body(data))
         else:
-            head = self._head_bytes(self.response_info.content_length)
-            self._send(head + self._frame(data))
+            self._send(response.head(None, self._must_say_close()) + response.body(data))
+
+    def _send_result(self, result):
+        """Send the app's iterable; the head leaves with the first non-empty piece."""
+        if isinstance(result, FileWrapper) and self._send_file(result):
+            return
+        response = self.response
+        if type(result) in (list, tuple) and len(result) == 1 and (
+                response is None or not response.started):
+            # A single-piece body has a known length: one send, with Content-Length.
+            data = result[0]
+            if type(data) is not bytes:
+                raise TypeError(f"the app yielded {type(data).__name__}, not bytes")
+            response = self._started_response()
+            self._send(response.whole(data, self._must_say_close()))
+            self._log_framing_errors(response)
+            return
+        for data in result:
+            if type(data) is not bytes:
+                raise TypeError(f"the app yielded {type(data).__name__}, not bytes")
+            if not data:
+                continue
+            response = self._started_response()
+            if response.started:
+                self._send(response.body(data))
+            else:
+                self._send(response.head(None, self._must_say_close()) + response.body(data))
+        response = self._started_response()
+        if response.started:
+            self._send(response.end())
+        else:
+            # The body was empty: say so with a length rather than chunked framing.
+            self._send(response.whole(b"", self._must_say_close()))
+        self._log_framing_errors(response)
+
+    def _log_framing_errors(self, response):
+        environ = self.environ
+        if response.excess:
+            error_log.error("%s %s: the app sent %d bytes more than its Content-Length; "
+                            "the excess was dropped", environ["REQUEST_METHOD"],
+                            environ["RAW_URI"], response.excess)
+        if response.short:
+            error_log.error("%s %s: the app sent %d bytes less than its Content-Length; "
+                            "closing the connection", environ["REQUEST_METHOD"],
+                            environ["RAW_URI"], response.short)
 
     def _send(self, data):
+        """Send all of ``data``; ClientDisconnected if the peer is gone or stalls."""
         if not data:
             return
-        size = len(data)
         try:
             # Usually the kernel takes it all at once: one syscall on the raw non-blocking
             # socket, no timer phase, no gevent wrapper. Only a full buffer waits below.
             sent = self.raw_send(data)
-            if sent < size:
-                self._enter(SEND, self.server.config.send_timeout)
-                try:
-                    self.sock.sendall(memoryview(data)[sent:])
-                finally:
-                    self._enter(APP, 0)
         except BlockingIOError:
-            self._enter(SEND, self.server.config.send_timeout)
-            try:
-                self.sock.sendall(data)
-            except OSError as exc:
-                self._lost(exc)
-            finally:
-                self._enter(APP, 0)
+            sent = 0
         except OSError as exc:
             self._lost(exc)
+        if sent < len(data):
+            self._send_slowly(memoryview(data)[sent:])
+
+    def _send_slowly(self, view):
+        """Wait for room in the kernel's buffer, re-arming the send timer on every bit of
+        progress: --send-timeout bounds a stalled reader, not a slow steady one."""
+        send = self.sock.send
+        send_timeout = self.server.config.send_timeout
+        try:
+            while view:
+                self._enter(SEND, send_timeout)
+                view = view[send(view):]
+        except OSError as exc:
+            self._lost(exc)
+        finally:
+            self._enter(APP, 0)
 
     def _lost(self, exc):
         """A send failed: the peer is gone (or stopped reading past the send timeout)."""
@@ -554,91 +569,28 @@ class Connection:
             raise exc
         raise ClientDisconnected(f"connection lost while sending: {exc}") from None
 
-    def _send_result(self, result):
-        """Send the app's iterable, coalescing the head with the first non-empty chunk."""
-        if isinstance(result, FileWrapper) and self._send_file(result):
-            return
-        if type(result) in (list, tuple) and len(result) == 1 and not self.headers_sent:
-            # A single-chunk body has a known length: send it with Content-Length.
-            self._require_status()
-            data = result[0]
-            if type(data) is not bytes:
-                raise TypeError(f"the app yielded {type(data).__name__}, not bytes")
-            info = self.response_info
-            length = info.content_length
-            if length is None and (data or self.method != "HEAD"):
-                length = len(data)
-            self._send(self._head_bytes(length) + self._frame(data))
-            self._finish_response()
-            return
-        for data in result:
-            if type(data) is not bytes:
-                raise TypeError(f"the app yielded {type(data).__name__}, not bytes")
-            if not data:
-                continue
-            if self.headers_sent:
-                self._send(self._frame(data))
-            else:
-                self._require_status()
-                self._send(self._head_bytes(self.response_info.content_length)
-                           + self._frame(data))
-        self._require_status()
-        if not self.headers_sent:
-            # The body was empty: say so with a length rather than chunked framing.
-            info = self.response_info
-            length = info.content_length
-            if length is None and self.method != "HEAD":
-                # An empty HEAD body says nothing about the GET's length, so no "0" for it.
-                length = 0
-            self._send(self._head_bytes(length))
-        self._finish_response()
-
-    def _require_status(self):
-        if self.status is None:
-            raise AssertionError("the app returned a body before calling start_response()")
-
-    def _finish_response(self):
-        framing = self.framing
-        if framing == CHUNKED:
-            self._send(LAST_CHUNK)
-        elif framing == FIXED and self.remaining:
-            # Fewer bytes than promised: the client would wait forever for the rest or read
-            # the next response as body; only a close tells it the response is incomplete.
-            error_log.error("%s %s: the app sent %d bytes less than its Content-Length; "
-                            "closing the connection", self.method, self.environ["RAW_URI"],
-                            self.remaining)
-            self.keep_alive = False
-        elif framing == UNTIL_CLOSE:
-            self.keep_alive = False
-
     def _send_file(self, wrapper):
         """Send a real file with os.sendfile; False if it is not one (then iterate)."""
-        if self.headers_sent:
+        response = self.response
+        if response is not None and response.started:
             return False  # write() already started the body: keep its framing, iterate
-        filelike = wrapper.filelike
-        try:
-            fd = filelike.fileno()
-            offset = filelike.tell()
-            stat = os.fstat(fd)
-        except (AttributeError, OSError, ValueError):
+        source = wrapper.sendfile_source()
+        if source is None or not hasattr(os, "sendfile") or \
+                self.sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
             return False
-        size = stat.st_size
-        if not S_ISREG(stat.st_mode) or not size:
-            # Pipes, sockets and /proc files report no size: their length is found by reading.
-            return False
-        if self.sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX) or \
-                not hasattr(os, "sendfile") or offset > size:
-            return False
-        self._require_status()
-        info = self.response_info
-        length = size - offset if info.content_length is None \
-            else min(info.content_length, size - offset)
-        self._send(self._head_bytes(length if info.content_length is None
-                                    else info.content_length))
-        if self.framing == NO_BODY:
-            return True
+        fd, offset, available = source
+        response = self._started_response()
+        self._send(response.head(available, self._must_say_close()))
+        if response.framing != NO_BODY:
+            self._sendfile(fd, offset, min(available, response.remaining), response)
+        self._send(response.end())
+        self._log_framing_errors(response)
+        return True
+
+    def _sendfile(self, fd, offset, length, response):
         sock_fd = self.sock.fileno()
-        self._enter(SEND, self.server.config.send_timeout)
+        send_timeout = self.server.config.send_timeout
+        self._enter(SEND, send_timeout)
         try:
             while length > 0:
                 try:
@@ -647,17 +599,12 @@ class Connection:
                     wait_write(sock_fd)
                     continue
                 except OSError as exc:
-                    if isinstance(exc, ClientDisconnected):
-                        raise
-                    raise ClientDisconnected(f"connection lost while sending a file: {exc}")
+                    self._lost(exc)
                 if sent == 0:
                     break  # the file shrank under us
                 offset += sent
                 length -= sent
-                self.remaining -= sent
-                self.body_sent += sent
-                self._enter(SEND, self.server.config.send_timeout)
+                response.sent_directly(sent)
+                self._enter(SEND, send_timeout)
         finally:
             self._enter(APP, 0)
-        self._finish_response()
-        return True

@@ -12,6 +12,10 @@ from gevent.event import Event
 # past this much, watching stops rather than buffering without bound.
 WATCH_BUFFER_LIMIT = 65536
 
+# What the connection's poll_peer() reports (None: nothing new, keep watching).
+PEER_GONE = 1
+STOP_WATCHING = 2
+
 
 class Disconnected:
     """Becomes set when the peer closes the connection while its request is handled.
@@ -80,7 +84,7 @@ class Disconnected:
         connection = self._connection
         if self._watcher is None and connection is not None and not self._event.is_set():
             try:
-                fileno = connection.sock.fileno()
+                fileno = connection.fileno()
             except OSError:
                 self.set()
                 return
@@ -95,24 +99,14 @@ class Disconnected:
             watcher.close()
 
     def _check(self):
-        """Readable (or asked): read what is there; EOF or an error means the peer left."""
+        """Readable (or asked): the connection reads what is there and tells us."""
         connection = self._connection
         if connection is None:
             return
-        if connection.reading_body or connection.parser.buffered >= WATCH_BUFFER_LIMIT:
-            # The request's own reader is on the socket and will see EOF itself; or we
-            # already hold as much early input as we are willing to.
-            self._stop_watching()
-            return
-        try:
-            data = connection.sock._sock.recv(WATCH_BUFFER_LIMIT)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
+        verdict = connection.poll_peer()
+        if verdict == PEER_GONE:
             self.set()
-            return
-        connection.parser.feed(data)
-        if connection.parser.buffered > WATCH_BUFFER_LIMIT:
+        elif verdict == STOP_WATCHING:
+            # The request's own reader is on the socket and will see EOF itself; or the
+            # connection already holds as much early input as it is willing to.
             self._stop_watching()

@@ -7,11 +7,9 @@ class ProtocolError(Exception):
     status = 400
     reason = "Bad Request"
 
-    def __init__(self, detail="", status=None):
+    def __init__(self, detail=""):
         super().__init__(detail)
         self.detail = detail
-        if status is not None:
-            self.status = status
 
 
 class BadRequest(ProtocolError):
@@ -53,12 +51,28 @@ class ClientDisconnected(IOError):
 class BodyReadTimeout(IOError):
     """The request body stalled longer than the body timeout (the client gets 408)."""
 
+    status, reason = 408, "Request Timeout"
+
+    @property
+    def detail(self):
+        return str(self)
+
 
 class RequestDeadlineExceeded(BaseException):
-    """Thrown into an app that outlived --request-timeout.
+    """Thrown into an app that outlived --request-timeout (the client gets 503).
 
     A BaseException, like gevent.Timeout, so an app's ``except Exception`` cannot swallow it.
     """
+
+    status, reason = 503, "Service Unavailable"
+    detail = "The request took too long."
+
+
+class AppFailed(Exception):
+    """The app raised before its response began (the client gets 500; the cause is logged)."""
+
+    status, reason = 500, "Internal Server Error"
+    detail = "The server could not complete the request."
 
 
 class ConfigError(Exception):

@@ -4,8 +4,10 @@ No sockets and no gevent here: the connection hands in a ``receive(max_bytes)`` 
 the body and sends whatever these helpers decide.
 """
 
+import os
 import re
 import sys
+from stat import S_ISREG
 from urllib.parse import unquote_to_bytes
 
 
@@ -278,6 +280,15 @@ class InputStream:
         return line
 
 
+def _no_body(max_bytes):
+    return b""
+
+
+# Stateless once at its end, so every bodiless request can share one.
+EMPTY_INPUT = InputStream(_no_body)
+EMPTY_INPUT.read()
+
+
 class FileWrapper:
     """``wsgi.file_wrapper``: the server sends a real file with os.sendfile when it can."""
 
@@ -286,6 +297,21 @@ class FileWrapper:
     def __init__(self, filelike, blksize=65536):
         self.filelike = filelike
         self.blksize = blksize
+
+    def sendfile_source(self):
+        """``(fd, offset, bytes available)`` when the wrapped object is a regular file with
+        a descriptor, else None (then the server iterates)."""
+        filelike = self.filelike
+        try:
+            fd = filelike.fileno()
+            offset = filelike.tell()
+            stat = os.fstat(fd)
+        except (AttributeError, OSError, ValueError):
+            return None
+        # Pipes, sockets and /proc files report no size: their length is found by reading.
+        if not S_ISREG(stat.st_mode) or not stat.st_size or offset > stat.st_size:
+            return None
+        return fd, offset, stat.st_size - offset
 
     def __iter__(self):
         read = self.filelike.read

@@ -1,16 +1,13 @@
-"""Sans-IO response framing (RFC 9112 §6, RFC 9110 §6.4): head bytes, body encoding, errors."""
+"""Sans-IO response bytes (RFC 9112 §4-§7): Date, status line and head, chunks, errors.
+
+The framing rules of an app's response live in ``response.py``; these are the pieces it
+and the connection's error answers are made of."""
 
 import time
 from email.utils import formatdate
 from http import HTTPStatus
 
 SERVER_NAME = "greenserve"
-
-# How the body of a response is delimited on the wire.
-NO_BODY = 0       # HEAD, 1xx, 204, 304: headers only
-FIXED = 1         # Content-Length
-CHUNKED = 2       # Transfer-Encoding: chunked (HTTP/1.1 only)
-UNTIL_CLOSE = 3   # the end of the connection marks the end of the body (HTTP/1.0)
 
 LAST_CHUNK = b"0\r\n\r\n"
 
@@ -26,28 +23,6 @@ def http_date():
         _date_value = formatdate(now, usegmt=True)
         _date_second = now
     return _date_value
-
-
-def body_allowed(method, status_code):
-    """RFC 9110 §6.4.1/§9.3.2/§15.3.6: HEAD responses, 1xx, 204, 205 and 304 carry no
-    content."""
-    return not (method == "HEAD" or status_code < 200 or status_code == 204
-                or status_code == 205 or status_code == 304)
-
-
-def choose_framing(method, status_code, version, content_length, keep_alive):
-    """Pick how to delimit the body; returns (framing, keep_alive).
-
-    ``content_length`` is the app's value or None; ``version`` is 1 for HTTP/1.1, 0 for 1.0.
-    """
-    if not body_allowed(method, status_code):
-        return NO_BODY, keep_alive
-    if content_length is not None:
-        return FIXED, keep_alive
-    if version:
-        return CHUNKED, keep_alive
-    # RFC 9112 §6.3: without a length an HTTP/1.0 body ends when the connection closes.
-    return UNTIL_CLOSE, False
 
 
 def format_head(status, headers, extra):

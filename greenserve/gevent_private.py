@@ -1,0 +1,34 @@
+"""The private gevent attributes greenserve relies on, in one place.
+
+Each saves work on the hot path that gevent's public API would redo per call. A gevent
+release may move them; ``tests/test_gevent_private.py`` fails loudly when it does, and the
+functions here are the only code that needs to change.
+"""
+
+from functools import partial
+
+
+def raw_socket(sock):
+    """The non-blocking ``_socket.socket`` under a gevent socket: its ``send``/``recv``
+    are single syscalls, without gevent's wait-and-retry wrapper."""
+    return sock._sock
+
+
+def readable_waiter(sock):
+    """A callable that parks the current greenlet until ``sock`` is readable, or None.
+
+    gevent's ``recv()`` does this wait internally after a failed attempt; calling it first
+    saves a failing syscall and an exception when the data has almost surely not arrived
+    (between keep-alive requests).
+    """
+    wait = getattr(sock, "_wait", None)
+    event = getattr(sock, "_read_event", None)
+    if wait is None or event is None:
+        return None
+    return partial(wait, event)
+
+
+def accept_raw(listener):
+    """``listener``'s accept returning ``(fd, address)``, without making a socket object
+    we would only replace with a gevent one."""
+    return listener._accept
