@@ -12,10 +12,14 @@ def patch():
     """Monkey-patch the standard library for gevent.
 
     Call it first, before importing anything else (``ssl``, ``threading``, database drivers):
-    modules imported earlier keep references to the blocking originals.
+    modules imported earlier keep references to the blocking originals. It also makes
+    ``gevent.sleep`` and ``gevent.Timeout`` refuse NaN (ValueError), which would otherwise
+    stop every timer of the process.
     """
     from gevent import monkey
     monkey.patch_all()
+    from .timers import guard_gevent_timers
+    guard_gevent_timers()
 
 
 def __getattr__(name):

@@ -117,6 +117,7 @@ def _main(argv):
         return _supervise(spec, config)
 
     patch_warnings = _monkey_patch() if config.monkey_patch else []
+    _guard_timers()
 
     # Only now is it safe to import things that touch threads, sockets or the app.
     from .appload import format_app_error, load_app
@@ -192,6 +193,7 @@ def _supervise(spec, config):
 
     def boot(worker_sockets, info):  # runs in each forked worker
         notes = _monkey_patch() if config.monkey_patch else []
+        _guard_timers()
         from .worker import run
         return run(spec, config, worker_sockets, info, notes)
 
@@ -240,6 +242,12 @@ def _monkey_patch():
     return lines
 
 
+def _guard_timers():
+    """gevent.sleep/Timeout refuse NaN: one bad sleep would stop every timer of the hub."""
+    from .timers import guard_gevent_timers
+    guard_gevent_timers()
+
+
 def _setup_import_path(config):
     """--chdir, then make the working directory and --pythonpath importable (like gunicorn)."""
     if config.chdir:
@@ -261,46 +269,12 @@ def _setup_import_path(config):
 
 def _serve(app, spec, config, sockets):
     """Run the one process (no master) until SIGTERM/SIGINT; stop gracefully; the exit code."""
-    import signal
-
-    import gevent
-    from gevent.event import Event
-
     from . import listeners
-    from .log import error_log
-    from .server import Server
+    from .server import Server, run_until_signalled
 
     unix_files = listeners.unix_paths(sockets)
     server = Server(app, config, listeners=sockets)
-    stop_requested, force = Event(), Event()
-
-    def on_signal(signum):
-        # Handlers only record the request; the main greenlet below does the work.
-        if stop_requested.is_set():
-            force.set()
-        else:
-            error_log.info("%s received; stopping gracefully (up to %gs)",
-                           signal.Signals(signum).name, config.graceful_timeout)
-            stop_requested.set()
-
-    handlers = [gevent.signal_handler(signum, on_signal, signum)
-                for signum in (signal.SIGTERM, signal.SIGINT)]
     try:
-        server.start()
-        error_log.info("greenserve %s serving %s", version(), spec)
-        for sock in sockets:
-            error_log.info("Listening at %s (pid %d)", listeners.describe(sock), os.getpid())
-        stop_requested.wait()
-        stopping = gevent.spawn(server.stop, timeout=config.graceful_timeout)
-        gevent.wait([stopping, force], count=1)
-        if not stopping.ready():
-            error_log.warning("second signal received; exiting without waiting for "
-                              "in-flight requests")
-            return 1
-        stopping.get()  # re-raise whatever stop() raised, it would be a bug worth seeing
-        error_log.info("stopped")
-        return 0
+        return run_until_signalled(server, f"greenserve {version()} serving {spec}")
     finally:
-        for handler in handlers:
-            handler.cancel()
         listeners.remove_unix_files(unix_files)

@@ -4,9 +4,7 @@ Only I/O and orchestration live here; what the bytes mean is the protocol core's
 (``protocol/parser.py`` for requests, ``protocol/response.py`` for the framing of responses)
 and the PEP 3333 rules are the bridge's (``wsgi.py``).
 
-Timers are not gevent Timeouts (a timer object per blocking call costs on every request):
-the connection only records which phase it is in and when that phase expires; the server's
-sweeper greenlet throws the phase's named exception into it once the deadline has passed.
+Timers are phases and deadlines fired by the server's sweeper (see ``timers.py``).
 """
 
 import logging
@@ -14,33 +12,27 @@ import os
 import socket
 from time import monotonic, perf_counter
 
-from gevent import Timeout, getcurrent
+from gevent import getcurrent
 from gevent.socket import wait_write
 
 from .disconnect import PEER_GONE, STOP_WATCHING, WATCH_BUFFER_LIMIT, Disconnected
 from .errors import (AppFailed, BodyReadTimeout, ClientDisconnected, ProtocolError,
-                     RequestDeadlineExceeded, RequestTimeout)
+                     RequestDeadlineExceeded)
 from .gevent_private import raw_socket, readable_waiter
 from .protocol.parser import RequestParser
 from .protocol.response import DRAIN_LIMIT, NO_BODY, Response, unread_body_forces_close
 from .protocol.writer import CONTINUE_RESPONSE, error_response
+from .timers import APP, BODY, IDLE, LINGER, READING_HEAD, SEND, IdleTimeout, phase_timeout
 from .wsgi import (EMPTY_INPUT, FileWrapper, InputStream, build_environ, check_headers,
                    check_status)
 
 error_log = logging.getLogger("greenserve.error")
-
-# Phases: what the connection is waiting for, and so which timer applies.
-IDLE, READING_HEAD, APP, BODY, SEND = range(5)
 
 RECEIVE_SIZE = 65536
 # Closing with request bytes still arriving: read and discard this long (or this much)
 # first, so the kernel does not answer them with a reset that destroys our response.
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 64 << 20
-
-
-class IdleTimeout(Exception):
-    """A keep-alive connection stayed idle too long; it is closed without a response."""
 
 
 class _Closing(Exception):
@@ -111,16 +103,9 @@ class Connection:
             glet.throw(RequestDeadlineExceeded(
                 f"request still running after {config.request_timeout} s"))
             return
-        phase = self.phase
-        if phase == IDLE:
-            glet.throw(IdleTimeout())
-        elif phase == READING_HEAD:
-            glet.throw(RequestTimeout(
-                f"request head not received within {config.header_timeout} s"))
-        elif phase == BODY:
-            glet.throw(BodyReadTimeout(f"request body stalled for {config.body_timeout} s"))
-        elif phase == SEND:
-            glet.throw(ClientDisconnected(f"client read nothing for {config.send_timeout} s"))
+        exc = phase_timeout(self.phase, config)
+        if exc is not None:
+            glet.throw(exc)
 
     @property
     def idle(self):
@@ -153,11 +138,11 @@ class Connection:
         except OSError as exc:
             error_log.debug("connection error: %s", exc)
         finally:
+            if self.linger:
+                self._linger()
             server.connections.discard(self)
             self.phase = IDLE
             self.deadline = 0.0
-            if self.linger:
-                self._linger()
             try:
                 sock.close()
             except OSError:
@@ -167,16 +152,16 @@ class Connection:
         """RFC 9112 §9.6: half-close, then read and discard until the client closes or a
         bound passes, so unread request bytes do not make the kernel reset the connection
         (and destroy the response) before the client has read it."""
+        self._enter(LINGER, LINGER_SECONDS)
         try:
             self.sock.shutdown(socket.SHUT_WR)
             discarded = 0
-            with Timeout(LINGER_SECONDS, False):
-                while discarded < LINGER_BYTES:
-                    data = self.sock.recv(65536)
-                    if not data:
-                        break
-                    discarded += len(data)
-        except Exception:  # the peer reset or went away: nothing left to protect
+            while discarded < LINGER_BYTES:
+                data = self.sock.recv(65536)
+                if not data:
+                    break
+                discarded += len(data)
+        except Exception:  # the bound passed, or the peer reset or left: nothing to protect
             pass
 
     def _serve(self):

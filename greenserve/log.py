@@ -154,3 +154,17 @@ def make_access_log(config):
     if config.access_log is None:
         return None
     return AccessLog(config.access_log_format)
+
+
+def reopen_log_files():
+    """Reopen the log files greenserve writes (SIGUSR1, e.g. after logrotate moved them)."""
+    for logger in (error_log, access_logger):
+        for handler in logger.handlers:
+            if getattr(handler, _OURS, False) and isinstance(handler, logging.FileHandler):
+                handler.acquire()
+                try:
+                    if handler.stream is not None:
+                        handler.stream.close()
+                    handler.stream = handler._open()
+                finally:
+                    handler.release()

@@ -17,12 +17,10 @@ from .connection import Connection
 from .log import make_access_log
 from .protocol.parser import Limits
 from .spawner import Spawner
+from .timers import Sweeper
 from .wsgi import base_environ
 
 error_log = logging.getLogger("greenserve.error")
-
-# How often the sweeper checks the connections' deadlines; timers are this coarse.
-SWEEP_INTERVAL = 0.25
 
 
 class Server:
@@ -51,7 +49,7 @@ class Server:
         self.spawner = Spawner(config.max_connections, self._resume_accepting)
         self._listeners = list(listeners) if listeners is not None else None
         self._acceptors = []
-        self._sweeper = None
+        self._sweeper = Sweeper(self.connections)
         self._stopped = Event()
         self._started = False
 
@@ -77,7 +75,7 @@ class Server:
                                 spawn(handler, client, address), self._full)
             acceptor.start()
             self._acceptors.append(acceptor)
-        self._sweeper = gevent.spawn(self._sweep)
+        self._sweeper.start()
         self._started = True
         self._stopped.clear()
 
@@ -102,9 +100,7 @@ class Server:
             error_log.warning("graceful timeout: %d connection(s) still busy are cut off",
                               len(self.spawner))
             self.spawner.kill(timeout=1)
-        if self._sweeper is not None:
-            self._sweeper.kill(block=False)
-            self._sweeper = None
+        self._sweeper.stop()
         self._acceptors = []
         self._started = False
         self._stopped.set()
@@ -166,19 +162,6 @@ class Server:
             for acceptor in self._acceptors:
                 acceptor.start()
 
-    def _sweep(self):
-        """Fire the connections' phase timers (header, keep-alive, body, send)."""
-        run_callback = gevent.get_hub().loop.run_callback
-        while True:
-            gevent.sleep(SWEEP_INTERVAL)
-            now = monotonic()
-            for connection in self.connections:
-                deadline = connection.deadline
-                if deadline and deadline <= now:
-                    connection.deadline = 0.0
-                    run_callback(connection.expire, connection.phase_seq)
-
-
 def _server_name_port(sock):
     """SERVER_NAME and SERVER_PORT for requests arriving on ``sock``."""
     if sock.family == socket.AF_UNIX:
@@ -187,36 +170,73 @@ def _server_name_port(sock):
     return host, str(port)
 
 
-def serve(app, bind="127.0.0.1:8000", **options):
-    """Serve ``app`` until interrupted (Ctrl-C / SIGTERM stop gracefully). Blocks.
+def serve(app, **options):
+    """Serve ``app`` until SIGTERM/SIGINT (a graceful stop; a second signal stops at once).
 
-    Call ``greenserve.patch()`` first, before other imports, for blocking code to cooperate.
+    Blocks. ``options`` are the command line's settings (``bind="127.0.0.1:8000"`` is the
+    default, as there). Call ``greenserve.patch()`` first, before other imports, for
+    blocking code to cooperate. Returns the exit status the command would have.
+    """
+    from .log import setup_logging
+
+    server = Server(app, **options)
+    setup_logging(server.config)
+    return run_until_signalled(server)
+
+
+def run_until_signalled(server, banner=None):
+    """Start ``server``, log where it listens, and serve until SIGTERM or SIGINT; then stop
+    gracefully (up to --graceful-timeout). A second signal stops at once.
+
+    SIGHUP and SIGUSR2 are logged and ignored (reloading needs a master process: run with
+    --supervise); SIGUSR1 reopens the log files. Returns 0, or 1 after a second signal.
     """
     import signal
 
-    from .log import setup_logging
-
     from .listeners import describe
+    from .log import reopen_log_files
 
-    server = Server(app, bind=bind, **options)
-    setup_logging(server.config)
-    server.start()
-    for sock in server._listeners:
-        error_log.info("Listening at %s (pid %d)", describe(sock), os.getpid())
-    stop_requested = Event()
+    stop_requested, force = Event(), Event()
 
-    def on_signal(signum):
-        # Only record it; the waiting greenlet below does the stopping.
-        error_log.info("%s received; stopping gracefully (up to %gs)",
-                       signal.Signals(signum).name, server.config.graceful_timeout)
-        stop_requested.set()
+    def on_stop(signum):
+        # Handlers only record the request; the waiting greenlet below does the work.
+        if stop_requested.is_set():
+            force.set()
+        else:
+            error_log.info("%s received; stopping gracefully (up to %gs)",
+                           signal.Signals(signum).name, server.config.graceful_timeout)
+            stop_requested.set()
 
-    handlers = [gevent.signal_handler(sig, on_signal, sig)
-                for sig in (signal.SIGTERM, signal.SIGINT)]
+    def on_reopen(signum):
+        error_log.info("SIGUSR1 received; reopening log files")
+        gevent.spawn(reopen_log_files)
+
+    def on_ignored(signum):
+        error_log.warning("%s received and ignored: without a master process there is "
+                          "nothing to reload (run with --supervise for reloads)",
+                          signal.Signals(signum).name)
+
+    handlers = [gevent.signal_handler(signum, on_stop, signum)
+                for signum in (signal.SIGTERM, signal.SIGINT)]
+    handlers.append(gevent.signal_handler(signal.SIGUSR1, on_reopen, signal.SIGUSR1))
+    handlers += [gevent.signal_handler(signum, on_ignored, signum)
+                 for signum in (signal.SIGHUP, signal.SIGUSR2)]
     try:
+        server.start()
+        if banner:
+            error_log.info("%s", banner)
+        for sock in server._listeners:
+            error_log.info("Listening at %s (pid %d)", describe(sock), os.getpid())
         stop_requested.wait()
+        stopping = gevent.spawn(server.stop)
+        gevent.wait([stopping, force], count=1)
+        if not stopping.ready():
+            error_log.warning("second signal received; exiting without waiting for "
+                              "in-flight requests")
+            return 1
+        stopping.get()  # re-raise whatever stop() raised: it would be a bug worth seeing
+        error_log.info("stopped")
+        return 0
     finally:
         for handler in handlers:
             handler.cancel()
-        server.stop()
-        error_log.info("stopped")

@@ -600,28 +600,3 @@ def test_content_length_list_reaches_the_app_as_digits(serve):
         sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\nabc")
         env = json.loads(read_response(sock)[2])
     assert env["CONTENT_LENGTH"] == "3"
-
-
-def test_duplicate_response_content_length_is_sent_once(serve):
-    def app(environ, start_response):
-        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2"),
-                                  ("Content-Length", " 2")])
-        return [b"ok"]
-
-    with serve(app, validate=False) as srv, srv.connect() as sock:
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        raw = recv_until_closed(sock)
-    assert raw.count(b"Content-Length") == 1 and b"\r\nContent-Length: 2\r\n" in raw
-
-
-def test_205_has_no_content(serve):
-    def app(environ, start_response):
-        start_response("205 Reset Content", [("Content-Type", "text/plain")])
-        return [b"BODYBYTES"]
-
-    with serve(app) as srv, srv.connect() as sock:
-        reader = sock.makefile("rb")
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        code, headers, body, raw = read_response(reader)
-        assert (code, headers["content-length"], body) == (205, "0", b"")
-        assert read_response(reader)[0] == 205  # no stray body bytes in between
