@@ -8,6 +8,7 @@ long poll (measured with ``python -m loadtests.longpoll_scale``), and the loop i
 
 import errno
 import logging
+import select
 
 from gevent import get_hub
 from gevent.socket import socket as GeventSocket
@@ -24,7 +25,11 @@ _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
 class Acceptor:
-    """Calls ``on_connection(sock, address)`` for each accepted client while not ``full()``."""
+    """Calls ``on_connection(sock, address)`` for each accepted client while not ``full()``.
+
+    At the cap it pauses; ``full(acceptor)`` is told which acceptor asked, so the server can
+    check ``client_waiting()`` and make room only when somebody actually waits.
+    """
 
     def __init__(self, sock, on_connection, full):
         self.sock = sock
@@ -33,7 +38,24 @@ class Acceptor:
         self._loop = get_hub().loop
         self._watcher = None
         self._retry = None
+        self._poll = None
         self.closed = False
+
+    @property
+    def paused(self):
+        return self._watcher is None and not self.closed
+
+    def client_waiting(self):
+        """True if a connection waits in the listener's accept queue (a zero-timeout poll)."""
+        if self.closed:
+            return False
+        if self._poll is None:
+            self._poll = select.poll()
+            self._poll.register(self.sock.fileno(), select.POLLIN)
+        try:
+            return bool(self._poll.poll(0))
+        except OSError:
+            return False
 
     def start(self):
         """(Re)start watching the listener; idempotent."""
@@ -64,7 +86,7 @@ class Acceptor:
         sock = self.sock
         accept = accept_raw(sock)
         for _ in range(ACCEPT_BATCH):
-            if self.full():
+            if self.full(self):
                 # The spawner's cap is reached; the server restarts us when a slot frees.
                 self.pause()
                 return

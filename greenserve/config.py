@@ -65,6 +65,15 @@ def _str(text):
     return str(text)
 
 
+def _field_value(text):
+    text = str(text)
+    # RFC 9110 §5.5: visible characters, spaces and tabs; never CR, LF or other controls.
+    if text != text.strip() or any(ord(c) < 0x20 and c != "\t" or ord(c) == 0x7f or
+                                   ord(c) > 0xff for c in text):
+        raise ValueError("must be printable latin-1 text without leading or trailing spaces")
+    return text
+
+
 def _optional_str(text):
     return None if text in (None, "") else str(text)
 
@@ -122,6 +131,10 @@ class Config:
         True, "--monkey-patch", parse=_bool, flag=True,
         help="Run gevent.monkey.patch_all() before loading anything "
              "(--no-monkey-patch turns it off).")
+    server_header: str = setting(
+        "greenserve", "--server-header", parse=_field_value, metavar="TEXT",
+        help="The Server header greenserve adds to responses that lack one, and to its own "
+             "error responses ('' = none).")
     url_scheme: str = setting(
         "http", "--url-scheme", metavar="SCHEME",
         help="wsgi.url_scheme for requests (set to https behind a TLS-terminating proxy).")
@@ -157,6 +170,11 @@ class Config:
     body_timeout: float = setting(
         30.0, "--body-timeout", parse=_seconds, metavar="SECONDS",
         help="Longest pause while reading a request body (408 otherwise).")
+    body_min_rate: int = setting(
+        500, "--body-min-rate", parse=_non_negative_int, metavar="BYTES",
+        help="Slowest request body allowed, in bytes per second: the whole body must arrive "
+             "within --body-timeout plus one second per this many bytes (408 otherwise; "
+             "0 = no rate limit, only the pause limit).")
     send_timeout: float = setting(
         30.0, "--send-timeout", parse=_seconds, metavar="SECONDS",
         help="Drop a client that accepts no response bytes for this long.")

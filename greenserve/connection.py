@@ -15,9 +15,10 @@ from time import monotonic, perf_counter
 from gevent import getcurrent
 from gevent.socket import wait_write
 
-from .disconnect import PEER_GONE, STOP_WATCHING, WATCH_BUFFER_LIMIT, Disconnected
+from .disconnect import (HALF_CLOSED, PEER_GONE, STOP_WATCHING, WATCH_BUFFER_LIMIT,
+                         Disconnected)
 from .errors import (AppFailed, BodyReadTimeout, ClientDisconnected, ProtocolError,
-                     RequestDeadlineExceeded)
+                     RequestDeadlineExceeded, RequestTimeout)
 from .gevent_private import raw_socket, readable_waiter
 from .protocol.parser import RequestParser
 from .protocol.response import DRAIN_LIMIT, NO_BODY, Response, unread_body_forces_close
@@ -29,6 +30,11 @@ from .wsgi import (EMPTY_INPUT, FileWrapper, InputStream, build_environ, check_h
 error_log = logging.getLogger("greenserve.error")
 
 RECEIVE_SIZE = 65536
+# Waiting this long for a client's bytes makes a connection a candidate for eviction when
+# the server is full and a newcomer waits (see eviction_rank).
+EVICTABLE_STALL = 1.0
+# An unread request body is discarded for at most this long after the response.
+DRAIN_SECONDS = 5.0
 # Closing with request bytes still arriving: read and discard this long (or this much)
 # first, so the kernel does not answer them with a reset that destroys our response.
 LINGER_SECONDS = 2.0
@@ -46,8 +52,9 @@ class Connection:
     __slots__ = ("server", "sock", "raw_send", "parser", "greenlet", "phase", "deadline",
                  "phase_seq", "request_deadline", "phase_started", "reading_body",
                  "disconnected", "linger", "listener_environ", "remote_addr", "remote_port",
-                 "request", "environ", "response", "must_close", "continue_pending",
-                 "body_error", "error_status")
+                 "served", "evicted", "request", "environ", "response", "must_close",
+                 "continue_pending", "body_error", "error_status", "body_started",
+                 "body_received", "body_cap")
 
     def __init__(self, server, sock, address, listener_environ):
         self.server = server
@@ -72,13 +79,16 @@ class Connection:
             self.remote_port = str(address[1])
         else:
             self.remote_addr = self.remote_port = ""
+        self.served = False   # answered a request: from then on idle means kept alive
+        self.evicted = False  # closed to make room for a newcomer (see Server._make_room)
         # Per-request state (reset by _handle).
         self.request = self.environ = self.response = None
 
     # -- timers ------------------------------------------------------------------------------
 
-    def _enter(self, phase, timeout):
-        """Start a phase whose timer expires ``timeout`` seconds from now (0 = never).
+    def _enter(self, phase, timeout, cap=0.0):
+        """Start a phase whose timer expires ``timeout`` seconds from now (0 = never), or at
+        the absolute time ``cap`` if that is sooner.
 
         While a request runs, its own deadline (--request-timeout) caps every phase's.
         """
@@ -86,6 +96,8 @@ class Connection:
         self.phase_seq += 1
         now = self.phase_started = monotonic()
         deadline = now + timeout if timeout else 0.0
+        if cap and (not deadline or cap < deadline):
+            deadline = cap
         request_deadline = self.request_deadline
         if request_deadline and (not deadline or request_deadline < deadline):
             deadline = request_deadline
@@ -111,6 +123,37 @@ class Connection:
     def idle(self):
         """Waiting for a request with nothing of it received: safe to close."""
         return self.phase == IDLE and not self.parser.buffered
+
+    def eviction_rank(self, now):
+        """How readily this connection gives up its slot to a newcomer (lower first), or
+        None if it must not: (0, since) for an idle keep-alive connection, (1, since) for
+        one stalled at least a second waiting for its client's bytes."""
+        if self.evicted or self.greenlet is None:
+            return None
+        phase = self.phase
+        if phase == IDLE and self.served and not self.parser.buffered:
+            return (0, self.phase_started)
+        if (phase == IDLE or phase == READING_HEAD or (phase == BODY and self.reading_body)) \
+                and now - self.phase_started >= EVICTABLE_STALL:
+            return (1, self.phase_started)
+        return None
+
+    def evict(self):
+        """Give up the slot (the server is at its cap and a client waits)."""
+        glet = self.greenlet
+        if glet is None or glet.dead:
+            return
+        phase = self.phase
+        if phase == IDLE:
+            glet.throw(IdleTimeout())
+        elif phase == READING_HEAD:
+            glet.throw(RequestTimeout("the server is at its connection limit and the "
+                                      "request head is too slow"))
+        elif phase == BODY and self.reading_body:
+            glet.throw(BodyReadTimeout("the server is at its connection limit and the "
+                                       "request body is too slow"))
+        else:
+            self.evicted = False  # it got busy meanwhile: keep it
 
     def close_if_idle(self):
         """Graceful stop: close now if waiting between requests; True if it did."""
@@ -138,7 +181,7 @@ class Connection:
         except OSError as exc:
             error_log.debug("connection error: %s", exc)
         finally:
-            if self.linger:
+            if self.linger and not self.evicted:
                 self._linger()
             server.connections.discard(self)
             self.phase = IDLE
@@ -214,6 +257,7 @@ class Connection:
                 self.linger = True
             if not keep or server.stopping:
                 return
+            self.served = True
             self._enter(IDLE, keep_alive_timeout)
             between_requests = not parser.buffered
 
@@ -225,15 +269,16 @@ class Connection:
         request = self.request
         self.error_status = exc.status
         self._send(error_response(exc.status, exc.detail, exc.reason, keep_alive,
-                                  head=request is not None and request.method == b"HEAD"))
+                                  request is not None and request.method == b"HEAD",
+                                  self.server.server_line))
 
     def _reject(self, exc):
         """Answer an error with ``Connection: close``, then let the caller close."""
         self.must_close = True
-        if exc.status >= 500 or exc.status == 408:
-            error_log.info("%s from %s: %s", exc.status, self.remote_addr, exc.detail)
-        else:
-            error_log.debug("%s from %s: %s", exc.status, self.remote_addr, exc.detail)
+        # Slow and broken clients are the client's business (and a flood of them must not
+        # flood the log): debug. Our own failures are worth an operator's eye.
+        level = logging.INFO if exc.status >= 500 else logging.DEBUG
+        error_log.log(level, "%s from %s: %s", exc.status, self.remote_addr, exc.detail)
         try:
             self._send_error(exc)
         except ClientDisconnected:
@@ -252,6 +297,8 @@ class Connection:
         self.continue_pending = request.expect_continue
         self.body_error = None
         self.error_status = 0
+        self.body_started = self.body_cap = 0.0
+        self.body_received = 0
         started = perf_counter() if server.access_log else 0.0
         environ = build_environ(self.listener_environ, request, server.script_name,
                                 self.remote_addr, self.remote_port)
@@ -347,6 +394,8 @@ class Connection:
             # RFC 9110 §10.1.1: we never said 100 Continue, so the client may not send the
             # body at all; closing is the only way to stay in sync.
             return False
+        # Bounded in time too: a client dripping an unread body must not hold the slot.
+        self.body_cap = monotonic() + DRAIN_SECONDS
         drained = 0
         try:
             while drained <= DRAIN_LIMIT:
@@ -373,7 +422,7 @@ class Connection:
                     if self.response is None or not self.response.started:
                         self._send(CONTINUE_RESPONSE)
                 previous = self.phase
-                self._enter(BODY, self.server.config.body_timeout)
+                self._enter(BODY, self.server.config.body_timeout, self._body_deadline())
                 self.reading_body = True
                 try:
                     chunk = self.sock.recv(RECEIVE_SIZE)
@@ -386,6 +435,7 @@ class Connection:
                     self._enter(previous, 0)
                 if not chunk:
                     raise ClientDisconnected("client closed the connection mid-body")
+                self.body_received += len(chunk)
                 parser.feed(chunk)
                 data = parser.read_body(max_bytes)
         except ProtocolError as exc:
@@ -401,6 +451,20 @@ class Connection:
             raise
         return data
 
+    def _body_deadline(self):
+        """When the whole body must have arrived, at --body-min-rate: --body-timeout of
+        grace plus a second for every ``rate`` bytes received (0 = no such deadline)."""
+        config = self.server.config
+        if not self.body_started:
+            self.body_started = monotonic()
+        cap = self.body_cap
+        rate = config.body_min_rate
+        if rate:
+            by_rate = self.body_started + config.body_timeout + self.body_received / rate
+            if not cap or by_rate < cap:
+                cap = by_rate
+        return cap
+
     # -- for the disconnect watcher ------------------------------------------------------------
 
     def fileno(self):
@@ -410,8 +474,9 @@ class Connection:
     def poll_peer(self):
         """Read what the client sent while its request runs (kept for the parser).
 
-        Returns PEER_GONE on EOF or a socket error, STOP_WATCHING when the request's own
-        body reader is on the socket or enough early input is held, else None.
+        Returns PEER_GONE on a socket error (a reset), HALF_CLOSED on EOF, STOP_WATCHING
+        when the request's own body reader is on the socket or enough early input is held,
+        else None.
         """
         parser = self.parser
         if self.reading_body or parser.buffered >= WATCH_BUFFER_LIMIT:
@@ -423,7 +488,7 @@ class Connection:
         except OSError:
             return PEER_GONE
         if not data:
-            return PEER_GONE
+            return HALF_CLOSED
         parser.feed(data)
         return STOP_WATCHING if parser.buffered >= WATCH_BUFFER_LIMIT else None
 
@@ -444,7 +509,8 @@ class Connection:
         info = check_headers(headers)
         request = self.request
         self.response = Response(status, code, headers, info, request.method == b"HEAD",
-                                 request.version, not self.must_close)
+                                 request.version, not self.must_close,
+                                 self.server.server_line)
         return self._write
 
     def _must_say_close(self):

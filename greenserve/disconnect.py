@@ -15,22 +15,31 @@ WATCH_BUFFER_LIMIT = 65536
 # What the connection's poll_peer() reports (None: nothing new, keep watching).
 PEER_GONE = 1
 STOP_WATCHING = 2
+HALF_CLOSED = 3
 
 
 class Disconnected:
-    """Becomes set when the peer closes the connection while its request is handled.
+    """Becomes set when the client is known to be gone while its request is handled: the
+    connection was reset or broke, or a send failed.
+
+    A client that only stops sending (a TCP half-close, ``shutdown(SHUT_WR)``, after a
+    complete request) may still be reading: RFC 9112 §9.6 lets it. That sets
+    ``half_closed`` but not the event. A plain ``close()`` by the client looks the same on
+    the wire until the server writes to it, so an app that must notice such clients before
+    its own timeout sends something (a heartbeat chunk) now and then.
 
     ``wait(timeout=None)`` -> True once set (False on timeout), ``is_set()``, truth value,
     and ``rawlink``/``unlink`` so it works with ``gevent.wait([event, disconnected])``.
     """
 
-    __slots__ = ("_connection", "_event", "_watcher", "_links")
+    __slots__ = ("_connection", "_event", "_watcher", "_links", "half_closed")
 
     def __init__(self, connection):
         self._connection = connection
         self._event = None
         self._watcher = None
         self._links = None
+        self.half_closed = False
 
     def is_set(self):
         self._watch()
@@ -106,6 +115,10 @@ class Disconnected:
         verdict = connection.poll_peer()
         if verdict == PEER_GONE:
             self.set()
+        elif verdict == HALF_CLOSED:
+            # Readable for ever from now on: stop watching; only a failed send will tell.
+            self.half_closed = True
+            self._stop_watching()
         elif verdict == STOP_WATCHING:
             # The request's own reader is on the socket and will see EOF itself; or the
             # connection already holds as much early input as it is willing to.

@@ -16,6 +16,7 @@ from .config import Config, load_config
 from .connection import Connection
 from .log import make_access_log
 from .protocol.parser import Limits
+from .protocol.writer import server_line
 from .spawner import Spawner
 from .timers import Sweeper
 from .wsgi import base_environ
@@ -43,13 +44,14 @@ class Server:
         self.limits = Limits.from_config(config)
         self.script_name = config.root_path
         self.access_log = make_access_log(config)
+        self.server_line = server_line(config.server_header)
         self.connections = set()
         self.requests_served = 0  # read by a supervised worker for --max-requests
         self.stopping = False
         self.spawner = Spawner(config.max_connections, self._resume_accepting)
         self._listeners = list(listeners) if listeners is not None else None
         self._acceptors = []
-        self._sweeper = Sweeper(self.connections)
+        self._sweeper = Sweeper(self.connections, on_tick=self._check_cap)
         self._stopped = Event()
         self._started = False
 
@@ -139,22 +141,43 @@ class Server:
             Connection(self, sock, address, listener_environ).run()
         return handle
 
-    def _full(self):
-        """At the connection cap, make room by closing the longest-idle keep-alive connection.
-
-        Called by an acceptor with a client waiting. Idle keep-alive clients must not lock
-        new ones out; only when every connection is busy do new clients wait in the backlog.
-        """
+    def _full(self, acceptor=None):
+        """At the connection cap? Then, if a client is waiting, make room for it."""
         if not self.spawner.full():
             return False
-        oldest = None
-        for connection in self.connections:
-            if connection.idle and (oldest is None or
-                                    connection.phase_started < oldest.phase_started):
-                oldest = connection
-        if oldest is not None:
-            gevent.get_hub().loop.run_callback(oldest.close_if_idle)
+        if acceptor is not None and acceptor.client_waiting():
+            self._make_room()
         return True
+
+    def _make_room(self):
+        """Close the connection that costs others the most for holding its slot.
+
+        First the longest-idle keep-alive connection (it served a request and sends
+        nothing); else the one that has waited longest for its client's bytes (a slow head
+        or body, or a connection that never sent anything). Busy connections (an app
+        running, a response being sent) are never closed for a newcomer. Returns True if
+        one was chosen; the acceptors resume when its slot frees.
+        """
+        now = monotonic()
+        best, best_rank = None, None
+        for connection in self.connections:
+            rank = connection.eviction_rank(now)
+            if rank is not None and (best_rank is None or rank < best_rank):
+                best, best_rank = connection, rank
+        if best is None:
+            return False
+        best.evicted = True
+        gevent.get_hub().loop.run_callback(best.evict)
+        return True
+
+    def _check_cap(self):
+        """Every sweep: while paused at the cap, make room if a client has come since."""
+        if self.stopping or not self.spawner.full():
+            return
+        for acceptor in self._acceptors:
+            if acceptor.paused and acceptor.client_waiting():
+                self._make_room()
+                return
 
     def _resume_accepting(self):
         """A slot freed after the cap was hit: the acceptors paused, so restart them."""

@@ -44,7 +44,8 @@ def phase_timeout(phase, config):
     if phase == READING_HEAD:
         return RequestTimeout(f"request head not received within {config.header_timeout} s")
     if phase == BODY:
-        return BodyReadTimeout(f"request body stalled for {config.body_timeout} s")
+        rate = f" or slower than {config.body_min_rate} bytes/s" if config.body_min_rate else ""
+        return BodyReadTimeout(f"request body stalled for {config.body_timeout} s{rate}")
     if phase == SEND:
         return ClientDisconnected(f"client read nothing for {config.send_timeout} s")
     if phase == LINGER:
@@ -54,11 +55,13 @@ def phase_timeout(phase, config):
 
 class Sweeper:
     """Fires the deadlines of ``connections`` (objects with ``deadline``, ``phase_seq`` and
-    ``expire(seq)``) from the hub, woken every ``interval`` by a ticker thread."""
+    ``expire(seq)``) from the hub, woken every ``interval`` by a ticker thread; then calls
+    ``on_tick()``, for other periodic checks that must not depend on gevent timers."""
 
-    def __init__(self, connections, interval=SWEEP_INTERVAL):
+    def __init__(self, connections, interval=SWEEP_INTERVAL, on_tick=None):
         self.connections = connections
         self.interval = interval
+        self.on_tick = on_tick
         self._hub = get_hub()
         self._wakeup = None
         self._running = False
@@ -98,6 +101,11 @@ class Sweeper:
             if deadline and deadline <= now:
                 connection.deadline = 0.0
                 run_callback(connection.expire, connection.phase_seq)
+        if self.on_tick is not None:
+            try:
+                self.on_tick()
+            except Exception:  # a bug here must not reach the hub and end the worker
+                error_log.exception("error in a periodic server check")
 
 
 def _check_seconds(seconds):

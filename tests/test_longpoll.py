@@ -10,56 +10,6 @@ from gevent.event import Event
 from conftest import read_response
 
 
-def test_disconnect_signal_fires_when_a_waiting_client_closes(serve):
-    results = []
-    closed = threading.Event()
-
-    class Body:
-        def __iter__(self):
-            return iter([b"late"])
-
-        def close(self):
-            closed.set()
-
-    def app(environ, start_response):
-        gone = environ["greenserve.disconnected"]
-        assert not gone.is_set()
-        started = time.monotonic()
-        results.append((gone.wait(10), time.monotonic() - started))
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return Body()
-
-    with serve(app) as srv:
-        sock = srv.connect()
-        sock.sendall(b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n")
-        time.sleep(0.3)
-        sock.close()
-        assert closed.wait(5), "the iterable's close() did not run"
-    fired, waited = results[0]
-    assert fired and 0.2 < waited < 1.3
-
-
-def test_disconnect_signal_works_with_gevent_wait(serve):
-    outcome = []
-
-    def app(environ, start_response):
-        message = Event()  # nobody sets it: only the disconnect can end the wait
-        ready = gevent.wait([message, environ["greenserve.disconnected"]], count=1, timeout=10)
-        outcome.append(len(ready))
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return [b""]
-
-    with serve(app) as srv:
-        sock = srv.connect()
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        time.sleep(0.2)
-        sock.close()
-        deadline = time.monotonic() + 5
-        while not outcome and time.monotonic() < deadline:
-            time.sleep(0.05)
-    assert outcome == [1]
-
-
 def test_pipelined_request_does_not_count_as_disconnect(serve):
     def app(environ, start_response):
         fired = None

@@ -13,7 +13,7 @@ for bytes and sends them; nothing here touches a socket or a clock other than ``
 case), which the connection sends in one write.
 """
 
-from .writer import LAST_CHUNK, SERVER_NAME, format_head, frame_chunk, http_date
+from .writer import LAST_CHUNK, SERVER_LINE, format_head, frame_chunk, http_date
 
 # How the body of a response is delimited on the wire.
 NO_BODY = 0       # HEAD, 204, 205, 304: headers only
@@ -48,12 +48,14 @@ class Response:
     """The framing state of one response; see the module docstring."""
 
     __slots__ = ("status", "code", "headers", "info", "head_request", "version",
-                 "keep_alive", "framing", "remaining", "body_sent", "excess", "short",
-                 "started")
+                 "keep_alive", "server", "framing", "remaining", "body_sent", "excess",
+                 "short", "started")
 
-    def __init__(self, status, code, headers, info, head_request, version, keep_alive):
+    def __init__(self, status, code, headers, info, head_request, version, keep_alive,
+                 server=SERVER_LINE):
         """``info`` is the ``wsgi.ResponseHeaders`` summary of ``headers``; ``version`` is 1
-        for HTTP/1.1, 0 for 1.0; ``keep_alive`` is whether the request allows another."""
+        for HTTP/1.1, 0 for 1.0; ``keep_alive`` is whether the request allows another;
+        ``server`` the preformatted Server field added when the app sends none."""
         self.status = status
         self.code = code
         self.headers = headers
@@ -61,6 +63,7 @@ class Response:
         self.head_request = head_request
         self.version = version
         self.keep_alive = keep_alive and not info.close
+        self.server = server
         self.framing = NO_BODY
         self.remaining = 0
         self.body_sent = 0    # body bytes sent (the access log's %(b)s)
@@ -116,8 +119,8 @@ class Response:
         if not info.has_date:
             # RFC 9110 §6.6.1: an origin server with a clock sends Date.
             extra.append(f"Date: {http_date()}\r\n")
-        if not info.has_server:
-            extra.append(f"Server: {SERVER_NAME}\r\n")
+        if not info.has_server and self.server:
+            extra.append(self.server)
         if not keep_alive:
             # RFC 9112 §9.6: a server that will close says so in the response.
             extra.append("Connection: close\r\n")

@@ -8,6 +8,13 @@ from email.utils import formatdate
 from http import HTTPStatus
 
 SERVER_NAME = "greenserve"
+SERVER_LINE = f"Server: {SERVER_NAME}\r\n"
+
+
+def server_line(text):
+    """The preformatted ``Server`` field for ``text`` ('' = send none). The caller has
+    validated it as a field value (RFC 9110 §10.2.4)."""
+    return f"Server: {text}\r\n" if text else ""
 
 LAST_CHUNK = b"0\r\n\r\n"
 
@@ -54,14 +61,16 @@ def status_line(code):
         return f"{code} Unknown"
 
 
-def error_response(status_code, detail="", reason=None, keep_alive=False, head=False):
+def error_response(status_code, detail="", reason=None, keep_alive=False, head=False,
+                   server=SERVER_LINE):
     """A complete short text/plain error response; closes the connection by default.
 
     ``head``: answering HEAD, so the same headers but no body (RFC 9110 §9.3.2).
+    ``server``: the preformatted Server field (see ``server_line``).
     """
     status = f"{status_code} {reason}" if reason else status_line(status_code)
     body = (status + ("\n" + detail if detail else "") + "\n").encode("latin-1", "replace")
-    extra = (f"Date: {http_date()}\r\nServer: {SERVER_NAME}\r\n"
+    extra = (f"Date: {http_date()}\r\n{server}"
              f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
              f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n")
     return format_head(status, (), extra) + (b"" if head else body)
