@@ -434,8 +434,7 @@ def test_nginx_seed_deployment():
     ("for=10.0.0.5;proto=https, for=10.0.0.2;proto=http",
      https(REMOTE_ADDR="10.0.0.5", REMOTE_PORT="")),
     ("proto=https, for=198.51.100.7", client("198.51.100.7")),
-    ("for=garbage-is-fine-left, for=198.51.100.7".replace("garbage-is-fine-left", "_x"),
-     client("198.51.100.7")),
+    ("for=_hidden, for=198.51.100.7", client("198.51.100.7")),
 ])
 def test_forwarded(value, expected):
     changed, reasons = forward([("Forwarded", value)])
