@@ -81,3 +81,9 @@ class ConfigError(Exception):
 
 class AppLoadError(Exception):
     """The WSGI application could not be found or loaded; the CLI exits 2."""
+
+
+class ProxyProtocolError(ProtocolError):
+    """A missing or bad PROXY protocol header; the connection is closed without an answer."""
+
+    status, reason = 400, "Bad Request"
