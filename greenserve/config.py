@@ -8,6 +8,7 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field
 
+from .accessformat import ATOMS, JSON_PRESET, compile_format
 from .errors import ConfigError
 
 ENV_PREFIX = "GREENSERVE_"
@@ -71,6 +72,21 @@ def _field_value(text):
     if text != text.strip() or any(ord(c) < 0x20 and c != "\t" or ord(c) == 0x7f or
                                    ord(c) > 0xff for c in text):
         raise ValueError("must be printable latin-1 text without leading or trailing spaces")
+    return text
+
+
+def _access_log_format(text):
+    text = str(text)
+    compile_format(text)  # a ConfigError names an unknown atom or a broken field
+    return text
+
+
+def _log_config_file(text):
+    if text in (None, ""):
+        return None
+    text = str(text)
+    if not text.lower().endswith((".toml", ".json")):
+        raise ValueError("must be a .toml or .json file")
     return text
 
 
@@ -210,10 +226,22 @@ class Config:
         help="Write an access log to FILE ('-' = stdout). Off by default.")
     access_log_format: str = setting(
         '%(h)s - - %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(D)s', "--access-log-format",
-        metavar="FORMAT",
-        help="Access log line; keys: h remote address, t time, r request line, m method, "
-             "U path, q query, H protocol, s status, b bytes sent, f referer, a user agent, "
-             "D duration in microseconds, L duration in seconds, p pid.")
+        parse=_access_log_format, metavar="FORMAT",
+        help="Access log line, as in gunicorn: %(h)s etc. with "
+             + ", ".join(f"{key} {what}" for key, (what, *_) in ATOMS.items())
+             + "; %({Header}i)s a request header, %({Header}o)s a response header, "
+             f"%({{VARIABLE}}e)s an environ variable. '{JSON_PRESET}' writes one JSON "
+             "object per line instead.")
+    log_config: str = setting(
+        None, "--log-config", parse=_log_config_file, metavar="FILE",
+        help="Configure logging from this file (Python's logging.config.dictConfig, as "
+             "TOML or JSON), e.g. to send logs to syslog or as JSON. The greenserve.error "
+             "and greenserve.access loggers it configures follow the file; the others "
+             "still follow --error-log and --access-log.")
+    capture_output: bool = setting(
+        False, "--capture-output", parse=_bool, flag=True,
+        help="Send the app's stdout and stderr (print(), stray tracebacks) to the "
+             "--error-log file.")
 
     config: str = setting(
         None, "-c", "--config", parse=_optional_str, metavar="FILE", cli_only=True,

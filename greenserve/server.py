@@ -232,7 +232,8 @@ def run_until_signalled(server, banner=None):
 
     def on_reopen(signum):
         error_log.info("SIGUSR1 received; reopening log files")
-        gevent.spawn(reopen_log_files)
+        for problem in reopen_log_files():
+            error_log.warning("%s", problem)
 
     def on_ignored(signum):
         error_log.warning("%s received and ignored: without a master process there is "
