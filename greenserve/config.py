@@ -75,6 +75,13 @@ def _field_value(text):
     return text
 
 
+def _trusted_peers(text):
+    from .protocol.proxy import TrustedProxies
+    text = ",".join(str(text).replace(",", " ").split())
+    TrustedProxies.parse(text)  # ValueError names the bad entry
+    return text
+
+
 def _access_log_format(text):
     text = str(text)
     compile_format(text)  # a ConfigError names an unknown atom or a broken field
@@ -151,6 +158,21 @@ class Config:
         "greenserve", "--server-header", parse=_field_value, metavar="TEXT",
         help="The Server header greenserve adds to responses that lack one, and to its own "
              "error responses ('' = none).")
+    forwarded_allow_ips: str = setting(
+        "127.0.0.1,::1", "--forwarded-allow-ips", parse=_trusted_peers, metavar="ADDRESSES",
+        help="Proxies whose X-Forwarded-For/-Proto/-Host/-Port/-Prefix and Forwarded "
+             "headers are applied (client address, scheme, host): comma-separated "
+             "addresses and CIDR networks, 'unix' for peers on a unix socket, '*' for any "
+             "peer, '' for none. From other peers the headers reach the app untouched.")
+    proxy_protocol: bool = setting(
+        False, "--proxy-protocol", parse=_bool, flag=True,
+        help="Expect a PROXY protocol header (HAProxy v1 or v2) before each connection's "
+             "first request, from the peers in --proxy-allow-ips; it sets the client "
+             "address. Connections without a valid one are closed.")
+    proxy_allow_ips: str = setting(
+        "127.0.0.1,::1", "--proxy-allow-ips", parse=_trusted_peers, metavar="ADDRESSES",
+        help="Peers allowed to send a PROXY protocol header (same forms as "
+             "--forwarded-allow-ips); others are closed at once.")
     url_scheme: str = setting(
         "http", "--url-scheme", metavar="SCHEME",
         help="wsgi.url_scheme for requests (set to https behind a TLS-terminating proxy).")

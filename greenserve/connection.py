@@ -21,6 +21,7 @@ from .errors import (AppFailed, BodyReadTimeout, ClientDisconnected, ProtocolErr
                      RequestDeadlineExceeded, RequestTimeout)
 from .gevent_private import raw_socket, readable_waiter
 from .protocol.parser import RequestParser
+from .protocol.proxy import ProxyProtocolParser, apply_forwarded
 from .protocol.response import DRAIN_LIMIT, NO_BODY, Response, unread_body_forces_close
 from .protocol.writer import CONTINUE_RESPONSE, error_response
 from .timers import APP, BODY, IDLE, LINGER, READING_HEAD, SEND, IdleTimeout, phase_timeout
@@ -52,6 +53,7 @@ class Connection:
     __slots__ = ("server", "sock", "raw_send", "parser", "greenlet", "phase", "deadline",
                  "phase_seq", "request_deadline", "phase_started", "reading_body",
                  "disconnected", "linger", "listener_environ", "remote_addr", "remote_port",
+                 "proxied",
                  "served", "evicted", "request", "environ", "response", "must_close",
                  "continue_pending", "body_error", "error_status", "body_started",
                  "body_received", "body_cap")
@@ -79,6 +81,8 @@ class Connection:
             self.remote_port = str(address[1])
         else:
             self.remote_addr = self.remote_port = ""
+        # A trusted proxy's forwarded headers are applied (decided once per connection).
+        self.proxied = server.forwarded_trust.trusts(self.remote_addr)
         self.served = False   # answered a request: from then on idle means kept alive
         self.evicted = False  # closed to make room for a newcomer (see Server._make_room)
         # Per-request state (reset by _handle).
@@ -219,6 +223,8 @@ class Connection:
         keep_alive_timeout = config.keep_alive
         header_timeout = config.header_timeout
         request_timeout = config.request_timeout
+        if server.proxy_allow is not None and not self._read_proxy_header():
+            return
         # A fresh connection gets the header timer for its first request.
         self._enter(IDLE, header_timeout)
         while True:
@@ -243,6 +249,10 @@ class Connection:
                     request = parser.next_request()
             except ProtocolError as exc:
                 self._reject(exc)
+                if server.access_log:
+                    server.access_log.rejected(self.remote_addr, exc.status,
+                                               0, None, monotonic() - self.phase_started,
+                                               self.remote_port)
                 return
             if request_timeout:
                 self.request_deadline = monotonic() + request_timeout
@@ -260,6 +270,34 @@ class Connection:
             self.served = True
             self._enter(IDLE, keep_alive_timeout)
             between_requests = not parser.buffered
+
+    def _read_proxy_header(self):
+        """--proxy-protocol: read the PROXY header (HAProxy spec v1/v2) that precedes the
+        first request; take the client address from it. False: close the connection."""
+        server = self.server
+        peer = self.remote_addr
+        if not server.proxy_allow.trusts(peer):
+            error_log.debug("closing %s: not allowed to send a PROXY header", peer or "unix")
+            return False
+        proxy = ProxyProtocolParser()
+        # The whole header must come within the head timer, like a request head.
+        self._enter(READING_HEAD, server.config.header_timeout)
+        try:
+            header = None
+            while header is None:
+                data = self.sock.recv(RECEIVE_SIZE)
+                if not data:
+                    return False
+                header = proxy.feed(data)
+        except ProtocolError as exc:  # malformed, or RequestTimeout from the timer
+            error_log.debug("closing %s: %s", peer or "unix", exc.detail or exc)
+            return False
+        if header.client is not None:
+            self.remote_addr, self.remote_port = header.client
+            self.proxied = server.forwarded_trust.trusts(self.remote_addr)
+        if proxy.rest:
+            self.parser.feed(proxy.rest)
+        return True
 
     # -- errors --------------------------------------------------------------------------------
 
@@ -305,6 +343,9 @@ class Connection:
         # The environ has the headers now; a parked long poll should not hold them twice.
         request.headers = None
         self.environ = environ
+        if self.proxied:
+            for reason in apply_forwarded(environ, server.forwarded_trust):
+                error_log.debug("forwarded headers from %s: %s", self.remote_addr, reason)
         has_body = request.chunked or request.content_length
         environ["wsgi.input"] = InputStream(self._receive_body) if has_body else EMPTY_INPUT
         disconnected = self.disconnected = environ["greenserve.disconnected"] = \
@@ -325,17 +366,17 @@ class Connection:
                 self._close_result(result)
             keep = self._keep_alive()
             disconnected.finish(not keep)
-        if self.body_error is not None:
+        response = self.response
+        if self.body_error is not None and (response is None or not response.started):
             # The body's framing broke while the app read it: answer it if we still can.
-            if self.response is None or not self.response.started:
-                self._reject(self.body_error)
-            return False
+            self.response = response = None
+            self._reject(self.body_error)
         if started:
-            response = self.response
             status = self.error_status or (response.code if response is not None else 500)
             server.access_log(environ, status, response.body_sent if response else 0,
-                              perf_counter() - started)
-        return keep and self._finish_body()
+                              perf_counter() - started,
+                              response.headers if response is not None else ())
+        return keep and self.body_error is None and self._finish_body()
 
     def _keep_alive(self):
         """The verdict after a request: may the connection carry another?"""

@@ -14,8 +14,9 @@ from gevent.event import Event
 from .acceptor import Acceptor
 from .config import Config, load_config
 from .connection import Connection
-from .log import make_access_log
+from .log import ErrorStream, make_access_log
 from .protocol.parser import Limits
+from .protocol.proxy import TrustedProxies
 from .protocol.writer import server_line
 from .spawner import Spawner
 from .timers import Sweeper
@@ -45,6 +46,11 @@ class Server:
         self.script_name = config.root_path
         self.access_log = make_access_log(config)
         self.server_line = server_line(config.server_header)
+        self.forwarded_trust = TrustedProxies.parse(config.forwarded_allow_ips)
+        self.proxy_allow = (TrustedProxies.parse(config.proxy_allow_ips)
+                            if config.proxy_protocol else None)
+        # wsgi.errors: what apps write there reaches the error log (and --error-log FILE).
+        self._errors = ErrorStream()
         self.connections = set()
         self.requests_served = 0  # read by a supervised worker for --max-requests
         self.stopping = False
@@ -70,7 +76,8 @@ class Server:
             # must not block its hub in accept().
             sock.setblocking(False)
             name, port = _server_name_port(sock)
-            base = base_environ(self.config, name, port, multiprocess)
+            base = base_environ(self.config, name, port, multiprocess,
+                                errors=self._errors)
             handler = self._connection_handler(base)
             spawn = self.spawner.spawn
             acceptor = Acceptor(sock, lambda client, address, handler=handler:

@@ -49,7 +49,8 @@ def environ_key(name):
     return key
 
 
-def base_environ(config, server_name, server_port, multiprocess, file_wrapper=None):
+def base_environ(config, server_name, server_port, multiprocess, file_wrapper=None,
+                 errors=None):
     """The per-listener part of every environ, copied for each request.
 
     It also holds every key a request always sets (placeholders, overwritten each time), so
@@ -68,7 +69,7 @@ def base_environ(config, server_name, server_port, multiprocess, file_wrapper=No
         "SCRIPT_NAME": config.root_path,
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": config.url_scheme,
-        "wsgi.errors": sys.stderr,
+        "wsgi.errors": errors if errors is not None else sys.stderr,
         "wsgi.multithread": False,
         "wsgi.multiprocess": multiprocess,
         "wsgi.run_once": False,
