@@ -5,9 +5,9 @@ bound sockets and a ``boot`` function, forks workers that run ``boot`` (which pa
 loads the app afresh and serves), and spends its life in one ``select`` loop: signal
 handlers only queue the signal, and the loop acts on it.
 
-Each worker has a pipe to the master and writes one-byte messages on it (``BEAT`` ...
-below): that is how the master learns that a worker has loaded the app, that its hub is
-still running (``--timeout``), and that it wants to be replaced (``--max-requests``).
+Each worker has a pipe to the master and writes short messages on it (``ipc``): that is
+how the master learns that a worker has loaded the app, that its hub is still running
+(``--timeout``), and that it wants to be replaced (``--max-requests``).
 
 Workers live in *slots* 0..N-1. A slot is replaced worker by worker: a reload (SIGHUP) or
 a worker that asks to retire marks the slot's worker *outdated*; a new worker is forked
@@ -15,6 +15,11 @@ for the slot, and the outdated one is told to drain only once the new one has bo
 listening sockets stay open in the master the whole time, so the kernel queues new
 connections while workers come and go: none is refused. With ``--reuse-port`` each slot
 has its own set of ``SO_REUSEPORT`` sockets, shared by the old and new worker of the slot.
+
+Stopping is the opposite: the master closes its listening sockets as soon as it tells the
+workers to stop, and each worker closes its own when it stops accepting. The kernel then
+refuses new connections at once (a load balancer retries a refused connection elsewhere)
+instead of queueing them for nobody and resetting them when the last process exits.
 """
 
 import errno
@@ -25,20 +30,11 @@ import sys
 import time
 import traceback
 
+from . import ipc
 from .errors import AppLoadError, ConfigError
 from .log import error_log
 
-# What a worker writes on its pipe to the master.
-BEAT = b"."     # its hub ran (the heartbeat)
-BOOTED = b"B"   # the app is loaded and it accepts connections
-RETIRE = b"R"   # it served --max-requests: start a replacement, then stop it
-DUMPED = b"D"   # it logged its stacks after SIGABRT: kill it now
-ERROR = b"E"    # followed by a one-line reason and b"\n": it cannot load the app
-
 BOOT_ERROR = 3  # a worker's exit status when the app cannot be loaded (as gunicorn's)
-
-HANDLED = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM,
-           signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2)
 
 TICK = 0.25            # the loop wakes at least this often (timeouts, back-off)
 FAST_STOP_WAIT = 2.0   # after SIGQUIT, workers still alive this long later are killed
@@ -48,7 +44,8 @@ MAX_BACKOFF = 30.0
 
 
 class WorkerInfo:
-    """What a worker is told about itself: its slot, pipe, master and the worker count."""
+    """What a worker is told about itself: its slot, its ``ipc.Writer`` to the master
+    (``channel``), the master's pid and the worker count."""
 
     __slots__ = ("slot", "channel", "master_pid", "workers")
 
@@ -60,11 +57,12 @@ class WorkerInfo:
 class Worker:
     """The master's record of one child process."""
 
-    __slots__ = ("pid", "slot", "pipe", "started", "last_beat", "booted", "outdated",
-                 "stop_signal", "aborted", "dumped", "reason", "buffer")
+    __slots__ = ("pid", "slot", "channel", "started", "last_beat", "booted", "outdated",
+                 "stop_signal", "aborted", "dumped", "reason")
 
-    def __init__(self, pid, slot, pipe):
-        self.pid, self.slot, self.pipe = pid, slot, pipe
+    def __init__(self, pid, slot, channel):
+        self.pid, self.slot = pid, slot
+        self.channel = channel   # the ipc.Reader of its pipe
         self.started = self.last_beat = time.monotonic()
         self.booted = False
         self.outdated = False    # to be replaced: it drains once its successor has booted
@@ -72,7 +70,6 @@ class Worker:
         self.aborted = 0.0       # when SIGABRT was sent because its hub was blocked
         self.dumped = False
         self.reason = None       # the worker's own one-line reason for failing to boot
-        self.buffer = b""
 
     @property
     def current(self):
@@ -83,17 +80,24 @@ class Worker:
 class Supervisor:
     """Forks ``config.workers`` workers running ``boot(sockets, WorkerInfo)``; see module doc.
 
-    ``boot`` runs in the child and returns its exit status (``BOOT_ERROR`` when the app
-    cannot be loaded, after writing ``ERROR`` and the reason on ``WorkerInfo.channel``).
-    ``run()`` returns the master's exit status, or raises ``AppLoadError`` when no worker
-    could load the app at start-up (rather than forking for ever).
+    ``boot`` runs in the child and returns its exit status. It sends ``ipc.BOOTED`` on
+    ``WorkerInfo.channel`` once it accepts connections, heartbeats while it runs when
+    ``config.timeout`` is set, and stops on SIGTERM (gracefully) or SIGQUIT (at once). When
+    the app cannot be loaded it sends ``ipc.ERROR`` with the reason and returns
+    ``BOOT_ERROR``. ``run()`` returns the master's exit status, or raises ``AppLoadError``
+    when no worker could load the app at start-up (rather than forking for ever).
+
+    ``keep_listening`` are sockets among ``sockets`` that stay open until the master exits
+    (systemd's, from socket activation: systemd holds them and hands what queues there to
+    the next start, so our copy is not ours to close early).
     """
 
-    def __init__(self, config, sockets, boot):
+    def __init__(self, config, sockets, boot, keep_listening=()):
         self.config = config
         self.count = config.workers
         self.sockets = list(sockets)
         self.boot = boot
+        self.keep_listening = list(keep_listening)
         self.workers = {}          # pid -> Worker
         self.slots = {}            # slot -> its sockets (the same list unless --reuse-port)
         self.signals = []          # appended to by the handlers, emptied by the loop
@@ -101,6 +105,7 @@ class Supervisor:
         self.failures = 0          # consecutive start-up failures, for the back-off
         self.spawn_after = 0.0     # monotonic time before which no worker is forked
         self.stop_deadline = None  # set once stopping: kill what is left after it
+        self.listening = True      # until stopping closes the master's listeners
         self.exit_code = 0
         self._wake_r = self._wake_w = None
 
@@ -134,7 +139,7 @@ class Supervisor:
                 signal.signal(signum, handler)
             for worker in list(self.workers.values()):
                 self._kill(worker, signal.SIGKILL)  # only on an error in the master itself
-            self._close_pipes()
+            self._close_channels()
 
     def _queue(self, signum, frame):
         # Only queue: the loop acts on it (set_wakeup_fd wakes the select up).
@@ -145,99 +150,108 @@ class Supervisor:
         timeout = TICK
         if self.spawn_after > time.monotonic():
             timeout = min(timeout, self.spawn_after - time.monotonic())
-        pipes = [worker.pipe for worker in self.workers.values() if worker.pipe is not None]
+        by_fd = {worker.channel.fd: worker for worker in self.workers.values()
+                 if not worker.channel.closed}
         try:
-            readable, _, _ = select.select([self._wake_r, *pipes], [], [], timeout)
+            readable, _, _ = select.select([self._wake_r, *by_fd], [], [], timeout)
         except OSError as exc:  # EINTR is retried by Python; anything else is a bug
             if exc.errno != errno.EBADF:
                 raise
             readable = []
         if self._wake_r in readable:
             _drain(self._wake_r)
-        by_pipe = {worker.pipe: worker for worker in self.workers.values()}
         for fd in readable:
-            if fd in by_pipe:
-                self._read(by_pipe[fd])
+            if fd in by_fd:
+                self._read(by_fd[fd])
 
     # -- messages from workers -------------------------------------------------------------
 
     def _read(self, worker):
-        """Read and act on what the worker wrote; False when there was nothing to read."""
-        try:
-            data = os.read(worker.pipe, 4096)
-        except BlockingIOError:
-            return False
-        except OSError:
-            data = b""
-        if not data:  # the worker closed its end: it is exiting; _reap will say how
-            os.close(worker.pipe)
-            worker.pipe = None
-            return False
-        worker.last_beat = time.monotonic()  # any message proves the hub ran
-        worker.buffer += data
-        while worker.buffer:
-            if worker.buffer.startswith(ERROR):
-                line, newline, rest = worker.buffer[1:].partition(b"\n")
-                if not newline:
-                    break  # the rest of the reason is still on its way
-                worker.reason = line.decode("utf-8", "replace")
-                worker.buffer = rest
-                continue
-            message, worker.buffer = worker.buffer[:1], worker.buffer[1:]
-            if message == BOOTED:
+        """Act on what the worker wrote. Its end closed means it is exiting (see _reap)."""
+        messages = worker.channel.read()
+        if messages:
+            worker.last_beat = time.monotonic()  # any message proves the hub ran
+        for kind, reason in messages:
+            if kind == ipc.BOOTED:
                 worker.booted = self.ever_booted = True
                 error_log.info("worker %d (pid %d) booted", worker.slot, worker.pid)
-            elif message == RETIRE and not worker.outdated:
+            elif kind == ipc.RETIRE and not worker.outdated:
                 worker.outdated = True
                 error_log.info("worker (pid %d) served its --max-requests; starting its "
                                "replacement", worker.pid)
-            elif message == DUMPED:
+            elif kind == ipc.DUMPED:
                 worker.dumped = True
-        return True
+            elif kind == ipc.ERROR:
+                worker.reason = reason
 
     # -- signals ---------------------------------------------------------------------------
 
     def _act_on_signals(self):
+        """Call ``handle_<name>`` for each queued signal, in the order they came."""
         while self.signals:
             signum = self.signals.pop(0)
-            if signum == signal.SIGCHLD:
-                continue  # it woke the loop; _reap does the work
-            name = signal.Signals(signum).name
-            if signum in (signal.SIGTERM, signal.SIGINT):
-                if self.stop_deadline is None:
-                    error_log.info("%s received; stopping %d worker(s) gracefully (up to "
-                                   "%gs)", name, len(self.workers),
-                                   self.config.graceful_timeout)
-                    self._stop_all(fast=False)
-                else:
-                    error_log.warning("second signal (%s) received; stopping every worker "
-                                      "at once", name)
-                    self.exit_code = 1
-                    self._stop_all(fast=True)
-            elif signum == signal.SIGQUIT:
-                error_log.info("SIGQUIT received; stopping every worker at once")
-                self._stop_all(fast=True)
-            elif signum in (signal.SIGUSR1, signal.SIGUSR2):
-                # gunicorn habits (log reopening, binary upgrade) must not kill the master.
-                error_log.info("%s ignored: log files are reopened by themselves after "
-                               "rotation; SIGHUP reloads the app", name)
-            elif self.stop_deadline is not None:
-                error_log.info("%s ignored: stopping", name)
-            elif signum == signal.SIGHUP:
-                error_log.info("SIGHUP received; reloading: %d new worker(s) load the app, "
-                               "then the old ones drain", self.count)
-                for worker in self.workers.values():
-                    worker.outdated = True
-                self.failures, self.spawn_after = 0, 0.0
-            elif signum == signal.SIGTTIN:
-                self.count += 1
-                error_log.info("SIGTTIN received; %d worker(s) now", self.count)
-            elif signum == signal.SIGTTOU:
-                if self.count > 1:
-                    self.count -= 1
-                    error_log.info("SIGTTOU received; %d worker(s) now", self.count)
-                else:
-                    error_log.info("SIGTTOU ignored: one worker is the minimum")
+            getattr(self, handler_name(signum))(signum)
+
+    def handle_chld(self, signum):
+        pass  # it woke the loop up; _reap does the work
+
+    def handle_term(self, signum):
+        """Graceful stop; a second TERM or INT stops at once (exit status 1)."""
+        name = signal.Signals(signum).name
+        if self.stop_deadline is None:
+            error_log.info("%s received; stopping %d worker(s) gracefully (up to %gs)",
+                           name, len(self.workers), self.config.graceful_timeout)
+            self._stop_all(fast=False)
+        else:
+            error_log.warning("second signal (%s) received; stopping every worker at once",
+                              name)
+            self.exit_code = 1
+            self._stop_all(fast=True)
+
+    handle_int = handle_term
+
+    def handle_quit(self, signum):
+        error_log.info("SIGQUIT received; stopping every worker at once")
+        self._stop_all(fast=True)
+
+    def handle_usr1(self, signum):
+        # gunicorn habits (log reopening, binary upgrade) must not kill the master.
+        error_log.info("%s ignored: log files are reopened by themselves after rotation; "
+                       "SIGHUP reloads the app", signal.Signals(signum).name)
+
+    handle_usr2 = handle_usr1
+
+    def handle_hup(self, signum):
+        """Reload: every worker is replaced by one that loads the app afresh."""
+        if self._ignored_while_stopping(signum):
+            return
+        error_log.info("SIGHUP received; reloading: %d new worker(s) load the app, then the "
+                       "old ones drain", self.count)
+        for worker in self.workers.values():
+            worker.outdated = True
+        self.failures, self.spawn_after = 0, 0.0
+
+    def handle_ttin(self, signum):
+        if self._ignored_while_stopping(signum):
+            return
+        self.count += 1
+        error_log.info("SIGTTIN received; %d worker(s) now", self.count)
+
+    def handle_ttou(self, signum):
+        if self._ignored_while_stopping(signum):
+            return
+        if self.count > 1:
+            self.count -= 1
+            error_log.info("SIGTTOU received; %d worker(s) now", self.count)
+        else:
+            error_log.info("SIGTTOU ignored: one worker is the minimum")
+
+    def _ignored_while_stopping(self, signum):
+        """While stopping, signals that would start workers are refused (and said so)."""
+        if self.stop_deadline is None:
+            return False
+        error_log.info("%s ignored: stopping", signal.Signals(signum).name)
+        return True
 
     # -- keeping the slots filled -------------------------------------------------------------
 
@@ -272,7 +286,6 @@ class Supervisor:
             self._back_off()
             return
         read_end, write_end = os.pipe()
-        os.set_blocking(read_end, False)
         for stream in (sys.stdout, sys.stderr):
             stream.flush()  # or the child would write the buffered text a second time
         pid = os.fork()
@@ -281,7 +294,7 @@ class Supervisor:
             try:
                 os.close(read_end)
                 self._become_worker(slot)
-                info = WorkerInfo(slot, write_end, os.getppid(), self.count)
+                info = WorkerInfo(slot, ipc.Writer(write_end), os.getppid(), self.count)
                 status = self.boot(sockets, info)
             except SystemExit as exc:
                 status = exc.code if isinstance(exc.code, int) else 1
@@ -291,7 +304,7 @@ class Supervisor:
                 _flush_logs()
                 os._exit(status if isinstance(status, int) else 1)
         os.close(write_end)
-        self.workers[pid] = Worker(pid, slot, read_end)
+        self.workers[pid] = Worker(pid, slot, ipc.Reader(read_end))
         error_log.info("started worker %d (pid %d)", slot, pid)
 
     def _become_worker(self, slot):
@@ -307,13 +320,12 @@ class Supervisor:
         os.close(self._wake_w)
         mine = self._slot_sockets(slot)
         for worker in self.workers.values():
-            if worker.pipe is not None:
-                os.close(worker.pipe)
-        # Another slot's reuse-port socket held open here would keep getting connections.
-        for other, sockets in self.slots.items():
-            for sock in sockets:
-                if other != slot and all(sock is not own for own in mine):
-                    sock.close()
+            worker.channel.close()
+        # Another slot's reuse-port socket held open here would keep getting connections
+        # (slot 0's too: the master's own sockets), and would outlive the master's close.
+        for sock in self._all_listeners():
+            if all(sock is not own for own in mine):
+                sock.close()
 
     def _slot_sockets(self, slot):
         """Slot 0 uses the sockets bound first; with --reuse-port other slots get copies."""
@@ -323,6 +335,10 @@ class Supervisor:
             from .listeners import reuse_port_copies  # binds sockets, nothing more
             self.slots[slot] = reuse_port_copies(self.sockets, self.config.backlog)
         return self.slots[slot]
+
+    def _all_listeners(self):
+        """Every listening socket the master holds: the first set and --reuse-port copies."""
+        return [*self.sockets, *(sock for copies in self.slots.values() for sock in copies)]
 
     def _release_slot(self, slot):
         """Close the master's copies of a removed slot's own sockets (--reuse-port).
@@ -349,8 +365,7 @@ class Supervisor:
                 self._exited(worker, status)
 
     def _exited(self, worker, status):
-        if worker.pipe is not None:  # the last messages (a boot error's reason) first
-            self._read_all(worker)
+        self._read_all(worker)  # its last messages (a boot error's reason) first
         code = os.waitstatus_to_exitcode(status)
         how = (f"was killed by {signal.Signals(-code).name}" if code < 0
                else f"exited with status {code}")
@@ -425,6 +440,27 @@ class Supervisor:
             self.stop_deadline = deadline
         for worker in self.workers.values():
             self._stop(worker, fast)
+        self._close_listeners()
+
+    def _close_listeners(self):
+        """Stop listening for good, so that the kernel refuses new connections.
+
+        Each worker closes its copies when it stops accepting; the socket is gone once the
+        last copy is. Kept open, the master's copy would let the kernel queue connections
+        that no one accepts, to be reset when the master exits.
+        """
+        if not self.listening:
+            return
+        self.listening = False
+        closed = 0
+        for sock in self._all_listeners():
+            if sock.fileno() != -1 and all(sock is not kept for kept in self.keep_listening):
+                sock.close()
+                closed += 1
+        if closed:
+            error_log.info("master (pid %d) closed its %d listening socket(s): new "
+                           "connections are refused while workers finish", os.getpid(),
+                           closed)
 
     def _stop(self, worker, fast):
         """TERM drains, QUIT exits at once; an unbooted worker has nothing to lose: KILL."""
@@ -461,18 +497,29 @@ class Supervisor:
             self.workers.pop(worker.pid, None)
 
     def _read_all(self, worker):
-        while worker.pipe is not None and self._read(worker):
-            pass
+        """Everything the worker's pipe still holds (it has exited or is about to)."""
+        while not worker.channel.closed:
+            self._read(worker)
+            if not _readable(worker.channel.fd):
+                return
 
-    def _close_pipes(self):
+    def _close_channels(self):
         for worker in self.workers.values():
-            if worker.pipe is not None:
-                os.close(worker.pipe)
-                worker.pipe = None
+            worker.channel.close()
         for fd in (self._wake_r, self._wake_w):
             if fd is not None:
                 os.close(fd)
         self._wake_r = self._wake_w = None
+
+
+def handler_name(signum):
+    """``handle_hup`` for SIGHUP: the Supervisor method that acts on ``signum``."""
+    return "handle_" + signal.Signals(signum).name[len("SIG"):].lower()
+
+
+# The signals the master handles: exactly those it has a handle_<name> method for.
+HANDLED = tuple(signum for signum in signal.Signals
+                if hasattr(Supervisor, handler_name(signum)))
 
 
 def _signal(pid, signum):
@@ -480,6 +527,10 @@ def _signal(pid, signum):
         os.kill(pid, signum)
     except ProcessLookupError:
         pass  # already gone; _reap will see it
+
+
+def _readable(fd):
+    return fd is not None and bool(select.select([fd], [], [], 0)[0])
 
 
 def _drain(fd):

@@ -20,11 +20,12 @@ import gevent
 import greenlet
 from gevent.event import Event
 
+from . import ipc
 from .appload import format_app_error, load_app
 from .errors import AppLoadError
 from .log import error_log, setup_logging
 from .server import Server
-from .supervisor import BEAT, BOOT_ERROR, BOOTED, DUMPED, ERROR, RETIRE
+from .supervisor import BOOT_ERROR
 
 # The most often the heartbeat greenlet wakes (it also checks --max-requests then).
 BEAT_INTERVAL = 0.25
@@ -45,7 +46,6 @@ def run(spec, config, sockets, info, notes=()):
     for line in notes:
         error_log.warning("%s", line)
     channel = info.channel
-    os.set_blocking(channel, False)
     signal.signal(signal.SIGABRT, _stack_dumper(channel))
 
     try:
@@ -53,8 +53,7 @@ def run(spec, config, sockets, info, notes=()):
     except AppLoadError as exc:
         if exc.__cause__ is not None:
             sys.stderr.write(format_app_error(exc))  # the app's own traceback
-        reason = " ".join(str(exc).split())  # one line, whatever the message holds
-        _send(channel, ERROR + reason.encode("utf-8", "replace") + b"\n")
+        channel.send(ipc.ERROR, str(exc))
         return BOOT_ERROR
 
     server = Server(app, config, listeners=sockets)
@@ -63,7 +62,7 @@ def run(spec, config, sockets, info, notes=()):
                 gevent.signal_handler(signal.SIGQUIT, fast.set)]
     try:
         server.start()
-        _send(channel, BOOTED)
+        channel.send(ipc.BOOTED)
         limit = 0
         if config.max_requests:
             limit = config.max_requests + random.randint(0, config.max_requests_jitter)
@@ -74,6 +73,10 @@ def run(spec, config, sockets, info, notes=()):
         beat.kill(block=False)
         if fast.is_set():
             return 0  # the caller's os._exit closes every connection at once
+        # Stop accepting at once: with the master's copies closed too, the kernel refuses
+        # new connections instead of queueing them for no one. Logged after, so that the
+        # line means the listeners are closed.
+        server.stop_accepting()
         error_log.info("worker (pid %d) stopping gracefully (up to %gs)", os.getpid(),
                        config.graceful_timeout)
         stopping = gevent.spawn(_drain, server, config.graceful_timeout)
@@ -87,7 +90,8 @@ def run(spec, config, sockets, info, notes=()):
 
 
 def _drain(server, timeout):
-    """``server.stop(timeout)``, after telling busy keep-alive clients first.
+    """``server.stop(timeout)`` once the server stopped accepting, after telling busy
+    keep-alive clients first.
 
     Closing an idle keep-alive connection races with the client's next request, which may
     already be on its way: that request would fail. So for up to CLOSE_NOTICE seconds
@@ -95,20 +99,10 @@ def _drain(server, timeout):
     active close cleanly; only connections idle all that time are then closed by stop().
     """
     notice = min(CLOSE_NOTICE, timeout / 2)
-    # Stop accepting at once (the master and the other workers keep the listeners open).
-    server.stop_accepting()
     deadline = monotonic() + notice
     while server.connections and monotonic() < deadline:
         gevent.sleep(0.05)
     server.stop(timeout=max(0.0, deadline - monotonic()) + timeout - notice)
-
-
-def _send(channel, message):
-    """Write to the master; a full pipe drops a heartbeat, which is harmless."""
-    try:
-        os.write(channel, message)
-    except BlockingIOError:
-        pass
 
 
 def _heartbeat(server, channel, interval, limit, master_pid, stop):
@@ -116,14 +110,15 @@ def _heartbeat(server, channel, interval, limit, master_pid, stop):
     retiring = False
     while True:
         gevent.sleep(interval)
-        message = BEAT
+        message = ipc.BEAT
         if limit and not retiring and server.requests_served >= limit:
-            retiring = True
-            message = RETIRE
+            message = ipc.RETIRE
         try:
             if os.getppid() != master_pid:
                 raise BrokenPipeError
-            _send(channel, message)
+            # A message dropped on a full pipe: RETIRE is asked again at the next beat.
+            if channel.send(message) and message == ipc.RETIRE:
+                retiring = True
         except BrokenPipeError:
             error_log.warning("worker (pid %d): the master (pid %d) is gone; stopping",
                               os.getpid(), master_pid)
@@ -149,5 +144,8 @@ def _stack_dumper(channel):
                 parts.append(f"--- {obj!r} ---\n" +
                              "".join(traceback.format_stack(obj.gr_frame)))
         error_log.critical("%s", "\n".join(part.rstrip("\n") for part in parts))
-        _send(channel, DUMPED)
+        try:
+            channel.send(ipc.DUMPED)
+        except BrokenPipeError:
+            pass  # the master is gone; nobody is waiting for the dump
     return dump
