@@ -157,6 +157,12 @@ def _platform_defaults(environ):
 
 def _bind(config):
     """The listening sockets: systemd's (socket activation) and then --bind's."""
+    inherited, created = _bind_split(config)
+    return inherited + created
+
+
+def _bind_split(config):
+    """(systemd's sockets, the ones --bind created)."""
     from . import listeners
     inherited = listeners.systemd_listeners(os.environ, os.getpid())
     binds = config.bind
@@ -166,7 +172,7 @@ def _bind(config):
         taken = {f"fd://{sock.fileno()}" for sock in inherited}
         binds = [b for b in binds if b not in default and b.strip() not in taken]
     try:
-        return inherited + listeners.create_listeners(binds, config.backlog, config.reuse_port)
+        return inherited, listeners.create_listeners(binds, config.backlog, config.reuse_port)
     except BaseException:
         for sock in inherited:
             sock.detach()
@@ -187,7 +193,8 @@ def _supervise(spec, config):
     try:
         _setup_import_path(config)
         setup_logging(config)
-        sockets = _bind(config)
+        inherited, created = _bind_split(config)
+        sockets = inherited + created
     except ConfigError as exc:
         return _fail(exc)
 
@@ -202,7 +209,8 @@ def _supervise(spec, config):
     for sock in sockets:
         error_log.info("Listening at %s (pid %d)", listeners.describe(sock), os.getpid())
     try:
-        return Supervisor(config, sockets, boot).run()
+        # systemd's sockets stay open through a stop: systemd queues for the next start.
+        return Supervisor(config, sockets, boot, keep_listening=inherited).run()
     except AppLoadError as exc:
         return _fail(exc)
     finally:
