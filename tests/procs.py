@@ -123,6 +123,14 @@ class Process:
         with self._changed:
             return "".join(self._lines[stream])
 
+    def output(self, stream="stderr", timeout=WAIT):
+        """Everything the child wrote to ``stream``, once the stream has ended."""
+        with self._changed:
+            ended = self._changed.wait_for(lambda: not self._open[stream], timeout)
+        if not ended:
+            self._fail(f"{stream} still open after {timeout} s")
+        return self.text(stream)
+
     def matches(self, pattern, stream="stderr"):
         """The first match of ``pattern`` in each line so far that has one."""
         regex = re.compile(pattern)
