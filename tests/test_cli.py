@@ -54,6 +54,7 @@ def assert_user_error(result, message):
 def test_serves_a_request_and_stops_on_sigterm(processes):
     server = processes.greenserve("webapp:app", "-b", "127.0.0.1:0", "--access-log", "-")
     address = server.address()
+    assert server.listening()["pid"] == str(server.pid)  # one process: it serves itself
     status, body = get(address, "/hello?x=1")
     assert (status, body) == (200, f"hello /hello from {server.pid}")
     # %(b)s is the body's length, headers not counted (as in gunicorn).
