@@ -17,8 +17,8 @@ from gevent.socket import wait_write
 
 from .disconnect import (HALF_CLOSED, PEER_GONE, STOP_WATCHING, WATCH_BUFFER_LIMIT,
                          Disconnected)
-from .errors import (AppFailed, BodyReadTimeout, ClientDisconnected, ProtocolError,
-                     RequestDeadlineExceeded, RequestTimeout)
+from .errors import (AppFailed, BodyReadTimeout, ClientDisconnected, ContentTooLarge,
+                     ProtocolError, RequestDeadlineExceeded, RequestTimeout)
 from .gevent_private import raw_socket, readable_waiter
 from .protocol.parser import RequestParser
 from .protocol.proxy import ProxyProtocolParser, apply_forwarded
@@ -44,6 +44,20 @@ LINGER_BYTES = 64 << 20
 
 class _Closing(Exception):
     """The server is shutting down and this connection is idle."""
+
+
+class _BufferedBody:
+    """A request body already read: served to wsgi.input in pieces of at most max_bytes."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data):
+        self.data, self.pos = data, 0
+
+    def read(self, max_bytes):
+        start = self.pos
+        self.pos = min(len(self.data), start + max_bytes)
+        return self.data[start:self.pos]
 
 
 class Connection:
@@ -354,6 +368,12 @@ class Connection:
         environ["wsgi.input"] = InputStream(self._receive_body) if has_body else EMPTY_INPUT
         disconnected = self.disconnected = environ["greenserve.disconnected"] = \
             Disconnected(self)
+        if request.chunked and server.config.buffer_chunked_bodies and \
+                not self._buffer_chunked_body(environ):
+            disconnected.finish(True)
+            if started and self.error_status:
+                server.access_log(environ, self.error_status, 0, perf_counter() - started)
+            return False
 
         result = None
         try:
@@ -396,6 +416,30 @@ class Connection:
                               perf_counter() - started,
                               response.headers if response is not None else ())
         return keep and self.body_error is None and self._finish_body()
+
+    def _buffer_chunked_body(self, environ):
+        """--buffer-chunked-bodies: read the whole chunked body first and give the app a
+        CONTENT_LENGTH (RFC 9112 §7.1.3 describes this decoding). False: answered already."""
+        limit = self.server.config.buffer_chunked_bodies
+        pieces, size = [], 0
+        try:
+            while True:
+                data = self._receive_body(RECEIVE_SIZE)
+                if not data:
+                    break
+                size += len(data)
+                if size > limit:
+                    raise ContentTooLarge(f"chunked request body larger than {limit} bytes")
+                pieces.append(data)
+        except (ProtocolError, BodyReadTimeout) as exc:
+            self._reject(exc)
+            return False
+        except ClientDisconnected:
+            return False
+        body = b"".join(pieces)
+        environ["CONTENT_LENGTH"] = str(size)
+        environ["wsgi.input"] = InputStream(_BufferedBody(body).read)
+        return True
 
     def _offer_socket(self, environ):
         """An Upgrade request (e.g. WebSocket): let the app take the connection over.
