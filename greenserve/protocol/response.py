@@ -82,7 +82,8 @@ class Response:
         if app_length is not None:
             content_length = app_length
         keep_alive = self.keep_alive and not close
-        if not body_allowed(self.head_request, code):
+        # body_allowed(), inlined: this runs for every response.
+        if self.head_request or code == 204 or code == 205 or code == 304:
             framing = NO_BODY
         elif content_length is not None:
             framing = FIXED
@@ -179,4 +180,8 @@ class Response:
             # An empty body answering HEAD says nothing of the GET's length: no "0" then.
             length = len(data)
         head = self.head(length, close)
+        if self.framing == FIXED and len(data) == length:
+            self.remaining = 0
+            self.body_sent = length
+            return head + data if data else head  # the usual case, framed in place
         return head + self.body(data) + self.end() if data else head + self.end()
