@@ -848,12 +848,9 @@ def _parse_tlvs(buf, pos, total):
 
 
 def _common_prefix(data, signature):
-    size = 0
-    for got, wanted in zip(data, signature):
-        if got != wanted:
-            break
-        size += 1
-    return size
+    """How many leading octets ``data`` shares with ``signature`` (the caller knows they
+    differ somewhere in their common length)."""
+    return next(i for i, (got, wanted) in enumerate(zip(data, signature)) if got != wanted)
 
 
 def _quote(data, limit=60):

@@ -149,10 +149,10 @@ class Response:
         return data
 
     def sent_directly(self, count):
-        """Account for ``count`` body bytes the connection sent itself (sendfile)."""
+        """Account for ``count`` body bytes the connection sent itself (sendfile, which it
+        uses only under Content-Length framing)."""
         self.body_sent += count
-        if self.framing == FIXED:
-            self.remaining -= count
+        self.remaining -= count
 
     def end(self):
         """The body is over: the bytes that end it (the last chunk) or b""."""
