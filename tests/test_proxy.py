@@ -949,7 +949,7 @@ def test_a_long_chain_is_applied_without_being_cached():
         assert changed["REMOTE_ADDR"] == "203.0.113.7"
 
 
-@pytest.mark.parametrize("host", ["[zz::1]", "[::1", "[::1]x"])
+@pytest.mark.parametrize("host", ["[zz::1]", "[::1", "[::1]x", "[1::2::3]", "[1::2::3]:80"])
 def test_malformed_ipv6_forwarded_host_is_not_applied(host):
     changed, reasons = forward([("X-Forwarded-Host", host)])
     assert "HTTP_HOST" not in changed and reasons

@@ -568,10 +568,11 @@ def _apply_host(environ, host, port, reasons):
 def _split_host(host):
     """("name", "port" or "") of a Host value; IPv6 literals keep their brackets."""
     if host.startswith("["):
-        close = host.find("]")
-        if close >= 0:
-            name, rest = host[:close + 1], host[close + 1:]
-            return name, rest[1:] if rest.startswith(":") else ""
+        # Hosts here were validated, so a literal has its "]"; were one missing, the whole
+        # text would be the name.
+        close = host.find("]") + 1 or len(host)
+        rest = host[close:]
+        return host[:close], rest[1:] if rest.startswith(":") else ""
     name, _, port = host.partition(":")
     return name, port
 
