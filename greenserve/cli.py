@@ -123,19 +123,32 @@ def _main(argv):
     from .appload import format_app_error, load_app
     from .log import error_log, setup_logging
 
+    from . import listeners, tls
+
+    sockets = []
     try:
         _setup_import_path(config)
         setup_logging(config)
         for line in patch_warnings:
             error_log.warning("%s", line)
+        identity = listeners.resolve_identity(config.user, config.group)
+        # A bad certificate stops the start before a slow app loads; read while still
+        # root, as the key may be readable by root only.
+        tls.server_context(config)
+        if identity is not None:
+            # Bind first (port 80, a socket in /run), then switch: the app never runs as root.
+            sockets = _bind(config, identity)
+            listeners.drop_privileges(identity)
         try:
             app = load_app(spec)
         except AppLoadError as exc:
             # The app's own exception (import error, raising factory) is shown in full.
             sys.stderr.write(format_app_error(exc))
             raise
-        sockets = _bind(config)
+        if identity is None:
+            sockets = _bind(config)
     except (ConfigError, AppLoadError) as exc:
+        _close(sockets)
         return _fail(exc)
 
     return _serve(app, spec, config, sockets)
@@ -155,14 +168,24 @@ def _platform_defaults(environ):
     return Config(workers=parse_value("workers", raw, "env WEB_CONCURRENCY"))
 
 
-def _bind(config):
+def _bind(config, identity=None):
     """The listening sockets: systemd's (socket activation) and then --bind's."""
-    inherited, created = _bind_split(config)
+    inherited, created = _bind_split(config, identity)
     return inherited + created
 
 
-def _bind_split(config):
-    """(systemd's sockets, the ones --bind created)."""
+def _close(sockets):
+    """Close sockets bound for a start that failed, and remove the unix socket files."""
+    from . import listeners
+    paths = listeners.unix_paths(sockets)
+    for sock in sockets:
+        sock.close()
+    listeners.remove_unix_files(paths)
+
+
+def _bind_split(config, identity=None):
+    """(systemd's sockets, the ones --bind created); unix sockets are given to
+    ``identity``, the user and group the server will run as."""
     from . import listeners
     inherited = listeners.systemd_listeners(os.environ, os.getpid())
     binds = config.bind
@@ -172,7 +195,9 @@ def _bind_split(config):
         taken = {f"fd://{sock.fileno()}" for sock in inherited}
         binds = [b for b in binds if b not in default and b.strip() not in taken]
     try:
-        return inherited, listeners.create_listeners(binds, config.backlog, config.reuse_port)
+        return inherited, listeners.create_listeners(
+            binds, config.backlog, config.reuse_port, listeners.unix_socket_mode(config),
+            identity)
     except BaseException:
         for sock in inherited:
             sock.detach()
@@ -186,14 +211,17 @@ def _supervise(spec, config):
     import the code as it is on disk (so SIGHUP picks up changes), and patch in a process
     with no threads and no hub yet.
     """
-    from . import listeners
+    from . import listeners, tls
     from .log import error_log, setup_logging
     from .supervisor import Supervisor
 
     try:
         _setup_import_path(config)
         setup_logging(config)
-        inherited, created = _bind_split(config)
+        identity = listeners.resolve_identity(config.user, config.group)
+        # Checked here, once: a bad certificate must not make every worker fail in turn.
+        tls.check_in_child(config)
+        inherited, created = _bind_split(config, identity)
         sockets = inherited + created
     except ConfigError as exc:
         return _fail(exc)
@@ -201,6 +229,9 @@ def _supervise(spec, config):
     def boot(worker_sockets, info):  # runs in each forked worker
         notes = _monkey_patch() if config.monkey_patch else []
         _guard_timers()
+        # The master keeps root (to bind --reuse-port copies, remove its unix sockets);
+        # the workers, which run the app, switch before loading it.
+        listeners.drop_privileges(identity)
         from .worker import run
         return run(spec, config, worker_sockets, info, notes)
 

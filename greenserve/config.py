@@ -101,6 +101,52 @@ def _optional_str(text):
     return None if text in (None, "") else str(text)
 
 
+def _octal_mode(text):
+    # Written as chmod and umask take it: octal digits, with or without a leading 0 or 0o.
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        digits = str(text).strip().lower()
+        digits = digits[2:] if digits.startswith("0o") else digits
+        if not digits or any(c not in "01234567" for c in digits):
+            raise ValueError("must be an octal mode such as 660 or 0o007")
+        value = int(digits, 8)
+    if not 0 <= value <= 0o777:
+        raise ValueError("must be an octal mode between 0 and 777")
+    return value
+
+
+def _optional_mode(text):
+    return None if text in (None, "") else _octal_mode(text)
+
+
+def _account(text):
+    # A user or group name, or a numeric id; looked up when the server starts.
+    if text in (None, ""):
+        return None
+    text = str(text).strip()
+    if not text or any(c.isspace() or c in ":/" for c in text):
+        raise ValueError("must be a user or group name, or a numeric id")
+    return text
+
+
+def _cert_reqs(text):
+    lowered = str(text).strip().lower()
+    # gunicorn takes ssl.CERT_* numbers; accept those too.
+    lowered = {"0": "none", "1": "optional", "2": "required"}.get(lowered, lowered)
+    if lowered not in ("none", "optional", "required"):
+        raise ValueError("must be none, optional or required")
+    return lowered
+
+
+def _tls_version(text):
+    value = str(text).strip()
+    value = {"1.2": "1.2", "1.3": "1.3", "tlsv1.2": "1.2", "tlsv1.3": "1.3"}.get(value.lower())
+    if value is None:
+        raise ValueError("must be 1.2 or 1.3")
+    return value
+
+
 def setting(default, *flags, help, parse=_str, metavar=None, multiple=False, flag=False,
             cli_only=False):
     """Declare one setting as a dataclass field carrying its CLI/env/file metadata."""
@@ -139,6 +185,52 @@ class Config:
         False, "--reuse-port", parse=_bool, flag=True,
         help="Give each worker its own SO_REUSEPORT listening socket per TCP address, so "
              "the kernel spreads connections evenly (Linux).")
+
+
+    # -- sockets and privileges -------------------------------------------------------------
+    umask: int = setting(
+        0, "--umask", parse=_octal_mode, metavar="MODE",
+        help="Permission bits (octal, as umask takes them) removed from the unix sockets "
+             "greenserve creates. The default 0 lets any local user connect (a reverse "
+             "proxy running as another user must be able to); 007 keeps other users out.")
+    socket_mode: int = setting(
+        None, "--socket-mode", parse=_optional_mode, metavar="MODE",
+        help="Exact permissions (octal, e.g. 660) of the unix sockets greenserve creates; "
+             "overrides --umask.")
+    user: str = setting(
+        None, "--user", parse=_account, metavar="USER",
+        help="After binding, switch to this user (name or id), with its groups: bind port "
+             "80 or a socket in /run as root, then serve as e.g. www-data. Needs root. "
+             "With workers, the master stays root and the workers switch.")
+    group: str = setting(
+        None, "--group", parse=_account, metavar="GROUP",
+        help="After binding, switch to this group (name or id); default: the --user's own "
+             "group. Needs root. Unix sockets greenserve creates belong to --user/--group.")
+
+    # -- TLS --------------------------------------------------------------------------------
+    certfile: str = setting(
+        None, "--certfile", parse=_optional_str, metavar="FILE",
+        help="Serve HTTPS with this PEM certificate (chain first, then intermediates; the "
+             "private key may follow in the same file).")
+    keyfile: str = setting(
+        None, "--keyfile", parse=_optional_str, metavar="FILE",
+        help="The PEM private key of --certfile, when it is not in that file. It is read "
+             "before --user takes effect, so it may stay readable by root only.")
+    ca_certs: str = setting(
+        None, "--ca-certs", parse=_optional_str, metavar="FILE",
+        help="PEM file of the certificate authorities whose client certificates are "
+             "accepted (with --cert-reqs).")
+    cert_reqs: str = setting(
+        "none", "--cert-reqs", parse=_cert_reqs, metavar="WHEN",
+        help="Client certificates: none (not asked for), optional (checked if sent) or "
+             "required (the handshake fails without a valid one).")
+    ciphers: str = setting(
+        None, "--ciphers", parse=_optional_str, metavar="LIST",
+        help="OpenSSL cipher list for TLS 1.2 (e.g. ECDHE+AESGCM:ECDHE+CHACHA20); TLS 1.3 "
+             "always uses its own strong suites. Default: Python's.")
+    tls_min_version: str = setting(
+        "1.2", "--tls-min-version", parse=_tls_version, metavar="VERSION",
+        help="Oldest TLS version accepted: 1.2 or 1.3.")
 
     # -- application ----------------------------------------------------------------------
     chdir: str = setting(

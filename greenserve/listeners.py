@@ -18,6 +18,15 @@ Sockets passed by systemd socket activation (``LISTEN_FDS``/``LISTEN_PID``, desc
 3 on) are taken by ``systemd_listeners``; ``reuse_port_copies`` binds one more set of
 ``SO_REUSEPORT`` sockets on the addresses already bound, one set per worker.
 
+``[::]:PORT`` is dual-stack: it takes IPv4 clients too (as ``::ffff:a.b.c.d``), unless the
+same list also binds the IPv4 wildcard on that port (``0.0.0.0:PORT`` or ``:PORT``), which
+then gets them. A specific IPv6 address (``[2001:db8::10]:PORT``, ``[::1]:PORT``) only ever
+takes IPv6.
+
+Unix sockets are created with the mode asked for (``unix_socket_mode``) and may be handed to
+the user the server will run as. ``resolve_identity`` and ``drop_privileges`` switch a root
+process to that user once the sockets are bound.
+
 Sockets are plain ``socket.socket`` objects in blocking mode; the server decides how to use
 them. Every failure is a ``ConfigError`` with one line naming the bind string.
 """
@@ -26,6 +35,7 @@ import errno
 import os
 import socket
 import stat
+from dataclasses import dataclass
 
 from .errors import ConfigError
 
@@ -97,22 +107,37 @@ def _malformed(text):
     return ConfigError(f"malformed address {text!r} ({_FORMS})")
 
 
-def create_listeners(binds, backlog, reuse_port=False):
+def create_listeners(binds, backlog, reuse_port=False, unix_mode=0o777, unix_owner=None):
     """Bound, listening sockets for every bind string, or ``ConfigError`` (none left open).
 
     ``reuse_port`` sets ``SO_REUSEPORT`` on TCP sockets, so that more can be bound to the
-    same address (see ``reuse_port_copies``).
+    same address (see ``reuse_port_copies``). Unix sockets get the permissions
+    ``unix_mode`` (see ``unix_socket_mode``) and, if ``unix_owner`` is an ``Identity``,
+    its user and group.
     """
     parsed = [(text, parse_bind(text)) for text in binds]
+    # Ports the IPv4 wildcard is bound to: "[::]" on the same port must leave IPv4 to it.
+    ipv4_wildcard_ports = {address[2] for _, address in parsed
+                           if address[0] == "tcp" and address[1] == "0.0.0.0" and address[2]}
     sockets = []
     try:
         for text, address in parsed:
-            sockets.append(_create(text, address, backlog, reuse_port))
+            sockets.append(_create(text, address, backlog, reuse_port, unix_mode, unix_owner,
+                                   ipv4_wildcard_ports))
     except BaseException:
         for sock in sockets:
             sock.close()
         raise
     return sockets
+
+
+def unix_socket_mode(config):
+    """The permissions of the unix sockets greenserve creates: --socket-mode if given, else
+    what --umask leaves of 0777 (gunicorn's meaning: umask 0 lets every local user connect,
+    as a reverse proxy running as another user must)."""
+    if config.socket_mode is not None:
+        return config.socket_mode
+    return 0o777 & ~config.umask
 
 
 def reuse_port_copies(sockets, backlog):
@@ -127,8 +152,11 @@ def reuse_port_copies(sockets, backlog):
             if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.getsockopt(
                     socket.SOL_SOCKET, socket.SO_REUSEPORT):
                 text = describe(sock)
+                v6only = (sock.family == socket.AF_INET6 and
+                          bool(sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)))
                 try:
-                    copies.append(_tcp_socket(sock.family, sock.getsockname(), backlog, True))
+                    copies.append(_tcp_socket(sock.family, sock.getsockname(), backlog, True,
+                                              v6only))
                 except OSError as exc:
                     reason = _REASONS.get(exc.errno) or (exc.strerror or str(exc)).lower()
                     raise ConfigError(f"bind {text} (reuse-port): {reason}") from None
@@ -173,13 +201,14 @@ def systemd_listeners(environ, pid):
     return sockets
 
 
-def _create(text, address, backlog, reuse_port=False):
+def _create(text, address, backlog, reuse_port, unix_mode, unix_owner, ipv4_wildcard_ports):
     kind = address[0]
     try:
         if kind == "tcp":
-            return _tcp(address[1], address[2], backlog, reuse_port)
+            return _tcp(address[1], address[2], backlog, reuse_port,
+                        address[2] in ipv4_wildcard_ports)
         if kind == "unix":
-            return _unix(address[1], backlog)
+            return _unix(address[1], backlog, unix_mode, unix_owner)
         return _inherited(address[1])
     except socket.gaierror as exc:
         raise ConfigError(f"bind {text}: cannot resolve host '{address[1]}' "
@@ -189,15 +218,19 @@ def _create(text, address, backlog, reuse_port=False):
         raise ConfigError(f"bind {text}: {reason}") from None
 
 
-def _tcp(host, port, backlog, reuse_port=False):
+def _tcp(host, port, backlog, reuse_port, ipv4_bound_apart):
     # AI_PASSIVE: a wildcard host means "every interface"; the first address found wins,
     # so "localhost" gives one socket, not one per address family.
     family, _, _, _, sockaddr = socket.getaddrinfo(
         host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)[0]
-    return _tcp_socket(family, sockaddr, backlog, reuse_port)
+    # The IPv6 wildcard serves IPv4 clients too (gunicorn's [::] does), unless the IPv4
+    # wildcard is bound on the same port: then both bind, one per family (as nginx does).
+    # Set either way, so the net.ipv6.bindv6only sysctl does not decide.
+    v6only = not (family == socket.AF_INET6 and sockaddr[0] == "::" and not ipv4_bound_apart)
+    return _tcp_socket(family, sockaddr, backlog, reuse_port, v6only)
 
 
-def _tcp_socket(family, sockaddr, backlog, reuse_port):
+def _tcp_socket(family, sockaddr, backlog, reuse_port, v6only=True):
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         # Restarting must not wait out TIME_WAIT connections of the previous run.
@@ -205,8 +238,7 @@ def _tcp_socket(family, sockaddr, backlog, reuse_port):
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
-            # [::]:8000 means IPv6 only; IPv4 is bound separately if wanted.
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
         sock.bind(sockaddr)
         sock.listen(backlog)
     except BaseException:
@@ -215,14 +247,30 @@ def _tcp_socket(family, sockaddr, backlog, reuse_port):
     return sock
 
 
-def _unix(path, backlog):
+def _unix(path, backlog, mode, owner):
     _remove_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    bound = False
     try:
-        sock.bind(path)
+        # Connecting needs write permission on the socket file (unix(7)), and the file is
+        # created by bind() with 0777 minus the umask. Binding under a umask that leaves
+        # exactly ``mode`` means there is no moment when the socket is more open than asked
+        # (a chmod afterwards would leave one).
+        previous = os.umask(0o777 & ~mode)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(previous)
+        bound = True
+        if owner is not None:
+            # Not listening yet, so nobody can connect before the owner is right;
+            # follow_symlinks=False: a link planted at the path must not redirect the chown.
+            os.chown(path, owner.uid, owner.gid, follow_symlinks=False)
         sock.listen(backlog)
     except BaseException:
         sock.close()
+        if bound:
+            remove_unix_files([path])
         raise
     return sock
 
@@ -288,3 +336,86 @@ def remove_unix_files(paths):
                 os.unlink(path)
         except OSError:
             pass
+
+
+# -- privileges ---------------------------------------------------------------------------------
+
+# uid_t and gid_t are 32 bits; (uid_t)-1 means "unchanged" to the system calls, not an id.
+_NO_ID = 2**32 - 1
+
+@dataclass(frozen=True)
+class Identity:
+    """Who the server becomes after binding: ``uid``, ``gid``, and the user ``name`` whose
+    supplementary groups it takes (None: the user has no passwd entry, so only ``gid``)."""
+
+    uid: int
+    gid: int
+    name: str = None
+
+
+def resolve_identity(user, group, euid=None):
+    """The ``Identity`` for --user/--group, or None when neither is given.
+
+    ``ConfigError`` (one line) for an unknown user or group, and when this process is not
+    root: only root can switch to another user, and silently serving as oneself would hide
+    a broken deployment.
+    """
+    if user is None and group is None:
+        return None
+    import grp
+    import pwd
+    euid = os.geteuid() if euid is None else euid
+    wanted = " and ".join(f"{kind} {name!r}" for kind, name in (("user", user), ("group", group))
+                          if name is not None)
+    if euid != 0:
+        raise ConfigError(f"--user/--group: switching to {wanted} needs root, and greenserve "
+                          f"runs as uid {euid} (start it as root, or leave --user and "
+                          f"--group out)")
+    uid, name, gid = os.getuid(), None, None
+    if user is not None:
+        entry = _lookup(pwd.getpwnam, pwd.getpwuid, user, "user")
+        if entry is None:
+            uid = int(user)  # an id without a passwd entry, as containers often run
+        else:
+            uid, name, gid = entry.pw_uid, entry.pw_name, entry.pw_gid
+    if group is not None:
+        entry = _lookup(grp.getgrnam, grp.getgrgid, group, "group")
+        gid = int(group) if entry is None else entry.gr_gid
+    if gid is None:  # --user given as a bare id: its group is the same number, as docker's
+        gid = uid
+    return Identity(uid, gid, name)
+
+
+def _lookup(by_name, by_id, text, kind):
+    """The passwd/group entry for a name or an id; None for an id that has none."""
+    if text.isdigit() and (not text.isascii() or int(text) >= _NO_ID):
+        raise ConfigError(f"--{kind} {text}: not a valid {kind} id")
+    try:
+        return by_id(int(text)) if text.isdigit() else by_name(text)
+    except KeyError:
+        if text.isdigit():
+            return None
+        raise ConfigError(f"--{kind} {text}: no such {kind} on this system") from None
+
+
+def drop_privileges(identity):
+    """Become ``identity`` for good: supplementary groups, then the group, then the user.
+
+    That order is forced: once the user id is no longer root, the groups cannot change
+    any more. Afterwards, getting root back must fail; if it does not, the switch did not
+    take and serving on would be unsafe, so ``RuntimeError``.
+    """
+    if identity is None:
+        return
+    if identity.name is not None and identity.uid != 0:
+        os.initgroups(identity.name, identity.gid)  # the user's groups, as a login has
+    else:
+        os.setgroups([identity.gid])  # drop root's own supplementary groups
+    os.setgid(identity.gid)  # real, effective and saved ids all change (we are root)
+    os.setuid(identity.uid)
+    if identity.uid != 0:
+        try:
+            os.setuid(0)
+        except PermissionError:
+            return
+        raise RuntimeError(f"could still become root after switching to uid {identity.uid}")
