@@ -134,7 +134,7 @@ def _main(argv):
         identity = listeners.resolve_identity(config.user, config.group)
         # A bad certificate stops the start before a slow app loads; read while still
         # root, as the key may be readable by root only.
-        tls.server_context(config)
+        tls_context = tls.server_context(config, cooperative=True)
         if identity is not None:
             # Bind first (port 80, a socket in /run), then switch: the app never runs as root.
             sockets = _bind(config, identity)
@@ -151,7 +151,7 @@ def _main(argv):
         _close(sockets)
         return _fail(exc)
 
-    return _serve(app, spec, config, sockets)
+    return _serve(app, spec, config, sockets, tls_context)
 
 
 def _platform_defaults(environ):
@@ -229,11 +229,13 @@ def _supervise(spec, config):
     def boot(worker_sockets, info):  # runs in each forked worker
         notes = _monkey_patch() if config.monkey_patch else []
         _guard_timers()
+        # Read while still root: the key may be readable by root only.
+        tls_context = tls.server_context(config, cooperative=True)
         # The master keeps root (to bind --reuse-port copies, remove its unix sockets);
         # the workers, which run the app, switch before loading it.
         listeners.drop_privileges(identity)
         from .worker import run
-        return run(spec, config, worker_sockets, info, notes)
+        return run(spec, config, worker_sockets, info, notes, tls_context)
 
     unix_files = listeners.unix_paths(sockets)
     error_log.info("greenserve %s serving %s", version(), spec)
@@ -306,13 +308,13 @@ def _setup_import_path(config):
         sys.path.insert(0, cwd)
 
 
-def _serve(app, spec, config, sockets):
+def _serve(app, spec, config, sockets, tls_context=None):
     """Run the one process (no master) until SIGTERM/SIGINT; stop gracefully; the exit code."""
     from . import listeners
     from .server import Server, run_until_signalled
 
     unix_files = listeners.unix_paths(sockets)
-    server = Server(app, config, listeners=sockets)
+    server = Server(app, config, listeners=sockets, tls_context=tls_context)
     try:
         return run_until_signalled(server, f"greenserve {version()} serving {spec}")
     finally:

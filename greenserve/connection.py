@@ -19,7 +19,7 @@ from .disconnect import (HALF_CLOSED, PEER_GONE, STOP_WATCHING, WATCH_BUFFER_LIM
                          Disconnected)
 from .errors import (AppFailed, BodyReadTimeout, ClientDisconnected, ContentTooLarge,
                      ProtocolError, RequestDeadlineExceeded, RequestTimeout)
-from .gevent_private import raw_socket, readable_waiter
+from .gevent_private import raw_socket, read_nowait, readable_waiter
 from .protocol.parser import RequestParser
 from .protocol.proxy import FORWARDED_KEYS, ProxyProtocolParser, apply_forwarded
 from .protocol.response import DRAIN_LIMIT, NO_BODY, Response, unread_body_forces_close
@@ -31,6 +31,8 @@ from .wsgi import (EMPTY_INPUT, FileWrapper, InputStream, build_environ, check_h
 error_log = logging.getLogger("greenserve.error")
 
 RECEIVE_SIZE = 65536
+# Linux's TCP_INFO tcpi_state for a connection the peer has reset (include/net/tcp_states.h).
+TCP_STATE_CLOSE = 7
 # Waiting this long for a client's bytes makes a connection a candidate for eviction when
 # the server is full and a newcomer waits (see eviction_rank).
 EVICTABLE_STALL = 1.0
@@ -67,7 +69,7 @@ class Connection:
     __slots__ = ("server", "sock", "raw_send", "parser", "greenlet", "phase", "deadline",
                  "phase_seq", "request_deadline", "phase_started", "reading_body",
                  "disconnected", "linger", "listener_environ", "remote_addr", "remote_port",
-                 "proxied",
+                 "proxied", "tls_subject",
                  "served", "evicted", "request", "environ", "response", "must_close",
                  "continue_pending", "body_error", "error_status", "body_started",
                  "body_received", "body_cap", "upgrade", "handed_over")
@@ -75,8 +77,9 @@ class Connection:
     def __init__(self, server, sock, address, listener_environ):
         self.server = server
         self.sock = sock
-        # The raw, non-blocking socket's send (see _send).
+        # The raw, non-blocking socket's send (see _send); None over TLS.
         self.raw_send = raw_socket(sock).send
+        self.tls_subject = None  # a TLS client certificate's subject, if one was given
         self.parser = RequestParser(server.limits)
         self.greenlet = None
         # Timer state, read by the server's sweeper.
@@ -229,16 +232,19 @@ class Connection:
         server = self.server
         config = server.config
         parser = self.parser
+        if server.proxy_allow is not None and not self._read_proxy_header():
+            return
+        if server.tls_context is not None and not self._start_tls():
+            return
         recv = self.sock.recv
         # Between keep-alive requests the next one has almost never arrived yet: wait for
-        # readability first instead of paying a failing recv() (syscall + exception).
-        wait_readable = readable_waiter(self.sock)
+        # readability first instead of paying a failing recv() (syscall + exception). Not
+        # over TLS: decrypted bytes may be waiting inside the SSL object.
+        wait_readable = readable_waiter(self.sock) if self.raw_send is not None else None
         between_requests = False
         keep_alive_timeout = config.keep_alive
         header_timeout = config.header_timeout
         request_timeout = config.request_timeout
-        if server.proxy_allow is not None and not self._read_proxy_header():
-            return
         # A fresh connection gets the header timer for its first request.
         self._enter(IDLE, header_timeout)
         while True:
@@ -313,6 +319,30 @@ class Connection:
             self.parser.feed(proxy.rest)
         return True
 
+    def _start_tls(self):
+        """TLS handshake in this greenlet, bounded by --header-timeout like a request head
+        (a client that connects and never speaks TLS is closed). False: close."""
+        import ssl
+        server = self.server
+        self._enter(READING_HEAD, server.config.header_timeout)
+        try:
+            sock = server.tls_context.wrap_socket(self.sock, server_side=True,
+                                                  do_handshake_on_connect=False)
+            self.sock = sock
+            sock.do_handshake()
+        except (ssl.SSLError, OSError, ProtocolError) as exc:
+            # A port scanner, an HTTP client on the HTTPS port, a slow or bad handshake:
+            # the client's business, so debug.
+            error_log.debug("TLS handshake with %s failed: %s", self.remote_addr or "unix",
+                            getattr(exc, "detail", None) or exc)
+            return False
+        self.raw_send = None
+        certificate = sock.getpeercert()
+        if certificate:
+            from .tls import subject_dn
+            self.tls_subject = subject_dn(certificate)
+        return True
+
     # -- errors --------------------------------------------------------------------------------
 
     def _send_error(self, exc, keep_alive=False):
@@ -361,6 +391,9 @@ class Connection:
         if self.proxied and not environ.keys().isdisjoint(FORWARDED_KEYS):
             for reason in apply_forwarded(environ, server.forwarded_trust):
                 error_log.debug("forwarded headers from %s: %s", self.remote_addr, reason)
+        if self.tls_subject is not None:
+            # mod_ssl's name for it, which apps behind Apache already read.
+            environ["SSL_CLIENT_S_DN"] = self.tls_subject
         self.upgrade = upgrade = "HTTP_UPGRADE" in environ and is_upgrade(environ)
         if upgrade:
             self._offer_socket(environ)
@@ -595,15 +628,24 @@ class Connection:
         if self.reading_body or parser.buffered >= WATCH_BUFFER_LIMIT:
             return STOP_WATCHING
         try:
-            data = raw_socket(self.sock).recv(WATCH_BUFFER_LIMIT)
-        except BlockingIOError:
-            return None
+            data = read_nowait(self.sock, WATCH_BUFFER_LIMIT)
         except OSError:
             return PEER_GONE
+        if data is None:
+            return None
         if not data:
-            return HALF_CLOSED
+            # Over TLS a reset also reads as the end of the stream: the TCP state tells.
+            return PEER_GONE if self._tcp_reset() else HALF_CLOSED
         parser.feed(data)
         return STOP_WATCHING if parser.buffered >= WATCH_BUFFER_LIMIT else None
+
+    def _tcp_reset(self):
+        """True if the kernel has seen the peer reset the connection (TCP state CLOSE)."""
+        try:
+            info = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
+        except (OSError, AttributeError):  # not TCP (a unix socket), or not Linux
+            return False
+        return bool(info) and info[0] == TCP_STATE_CLOSE
 
     # -- response ------------------------------------------------------------------------------
 
@@ -715,10 +757,14 @@ class Connection:
         """Send all of ``data``; ClientDisconnected if the peer is gone or stalls."""
         if not data:
             return
+        raw_send = self.raw_send
+        if raw_send is None:  # TLS: every send goes through the SSL object
+            self._send_slowly(memoryview(data))
+            return
         try:
             # Usually the kernel takes it all at once: one syscall on the raw non-blocking
             # socket, no timer phase, no gevent wrapper. Only a full buffer waits below.
-            sent = self.raw_send(data)
+            sent = raw_send(data)
         except BlockingIOError:
             sent = 0
         except OSError as exc:
@@ -754,7 +800,8 @@ class Connection:
         if response is not None and response.started:
             return False  # write() already started the body: keep its framing, iterate
         source = wrapper.sendfile_source()
-        if source is None or not hasattr(os, "sendfile") or \
+        # Over TLS the bytes must be encrypted on their way: read and send instead.
+        if source is None or self.raw_send is None or not hasattr(os, "sendfile") or \
                 self.sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
             return False
         fd, offset, available = source

@@ -30,10 +30,11 @@ class Server:
 
     ``Server(app, bind="127.0.0.1:0", keep_alive=2)`` takes the same settings as the command
     line (see ``greenserve --help``), or a ready ``config=Config(...)``. ``listeners`` may
-    pass already-bound sockets (the CLI binds before loading the app).
+    pass already-bound sockets (the CLI binds before loading the app), ``tls_context`` a
+    ready SSL context (else one is made from --certfile when set).
     """
 
-    def __init__(self, app, config=None, *, listeners=None, **options):
+    def __init__(self, app, config=None, *, listeners=None, tls_context=None, **options):
         if config is None:
             config = load_config(cli=options)
         elif options:
@@ -46,6 +47,8 @@ class Server:
         self.script_name = config.root_path
         self.access_log = make_access_log(config)
         self.server_line = server_line(config.server_header)
+        # Given by the CLI, which reads the key before dropping privileges.
+        self.tls_context = tls_context if tls_context is not None else _tls_context(config)
         self.forwarded_trust = TrustedProxies.parse(config.forwarded_allow_ips)
         self.proxy_allow = (TrustedProxies.parse(config.proxy_allow_ips)
                             if config.proxy_protocol else None)
@@ -79,6 +82,8 @@ class Server:
             name, port = _server_name_port(sock)
             base = base_environ(self.config, name, port, multiprocess,
                                 errors=self._errors)
+            if self.tls_context is not None:
+                base["wsgi.url_scheme"] = "https"
             handler = self._connection_handler(base)
             spawn = self.spawner.spawn
             acceptor = Acceptor(sock, lambda client, address, handler=handler:
@@ -192,6 +197,15 @@ class Server:
         if not self.stopping:
             for acceptor in self._acceptors:
                 acceptor.start()
+
+def _tls_context(config):
+    """The SSL context for --certfile, made of gevent's SSLContext so that the sockets it
+    wraps are cooperative even when the process is not monkey-patched."""
+    if not getattr(config, "certfile", None):
+        return None
+    from .tls import server_context
+    return server_context(config, cooperative=True)
+
 
 # Descriptors a worker needs beyond one per connection: listeners, log files, the app's own
 # files and database connections.

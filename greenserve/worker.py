@@ -34,7 +34,7 @@ BEAT_INTERVAL = 0.25
 CLOSE_NOTICE = 1.0
 
 
-def run(spec, config, sockets, info, notes=()):
+def run(spec, config, sockets, info, notes=(), tls_context=None):
     """Serve ``spec`` on ``sockets`` until the master says stop; returns the exit status.
 
     ``info`` is the ``supervisor.WorkerInfo``; ``notes`` are warnings to log once logging
@@ -56,7 +56,7 @@ def run(spec, config, sockets, info, notes=()):
         channel.send(ipc.ERROR, str(exc))
         return BOOT_ERROR
 
-    server = Server(app, config, listeners=sockets)
+    server = Server(app, config, listeners=sockets, tls_context=tls_context)
     stop, fast = Event(), Event()
     handlers = [gevent.signal_handler(signal.SIGTERM, stop.set),
                 gevent.signal_handler(signal.SIGQUIT, fast.set)]
