@@ -156,8 +156,10 @@ class Server:
 
     def _full(self, acceptor=None):
         """At the connection cap? Then, if a client is waiting, make room for it."""
-        if not self.spawner.full():
+        spawner = self.spawner
+        if not spawner.full():
             return False
+        spawner.note_full()
         if acceptor is not None and acceptor.client_waiting():
             self._make_room()
         return True
