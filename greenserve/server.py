@@ -11,7 +11,7 @@ from time import monotonic
 import gevent
 from gevent.event import Event
 
-from .acceptor import Acceptor
+from .acceptor import ACCEPT_BATCH, SHARED_ACCEPT_BATCH, Acceptor
 from .config import Config, load_config
 from .connection import Connection
 from .log import ErrorStream, make_access_log
@@ -75,6 +75,9 @@ class Server:
             from .listeners import create_listeners
             self._listeners = create_listeners(self.config.bind, self.config.backlog)
         multiprocess = self.config.workers > 1
+        # Several workers on one listener (no --reuse-port copies): take turns fairly.
+        batch = SHARED_ACCEPT_BATCH if multiprocess and not self.config.reuse_port \
+            else ACCEPT_BATCH
         for sock in self._listeners:
             # Non-blocking: a worker that loses the race for a shared listener's connection
             # must not block its hub in accept().
@@ -87,7 +90,7 @@ class Server:
             handler = self._connection_handler(base)
             spawn = self.spawner.spawn
             acceptor = Acceptor(sock, lambda client, address, handler=handler:
-                                spawn(handler, client, address), self._full)
+                                spawn(handler, client, address), self._full, batch)
             acceptor.start()
             self._acceptors.append(acceptor)
         self._sweeper.start()
