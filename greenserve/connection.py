@@ -33,6 +33,9 @@ error_log = logging.getLogger("greenserve.error")
 RECEIVE_SIZE = 65536
 # Linux's TCP_INFO tcpi_state for a connection the peer has reset (include/net/tcp_states.h).
 TCP_STATE_CLOSE = 7
+# The refusal cause a phase timer counts as (metrics.REFUSAL_CAUSES); idle is no refusal.
+_TIMEOUT_CAUSES = {READING_HEAD: "head_timeout", BODY: "body_timeout",
+                   SEND: "send_timeout"}
 # Waiting this long for a client's bytes makes a connection a candidate for eviction when
 # the server is full and a newcomer waits (see eviction_rank).
 EVICTABLE_STALL = 1.0
@@ -72,7 +75,7 @@ class Connection:
                  "proxied", "tls_subject",
                  "served", "evicted", "request", "environ", "response", "must_close",
                  "continue_pending", "body_error", "error_status", "body_started",
-                 "body_received", "body_cap", "upgrade", "handed_over")
+                 "body_received", "body_cap", "upgrade", "handed_over", "body_read")
 
     def __init__(self, server, sock, address, listener_environ):
         self.server = server
@@ -131,13 +134,20 @@ class Connection:
             return
         config = self.server.config
         self.deadline = 0.0
+        stats = self.server.stats
         if self.request_deadline and monotonic() >= self.request_deadline:
             self.request_deadline = 0.0
+            if stats is not None:
+                stats.refused("deadline")
             glet.throw(RequestDeadlineExceeded(
                 f"request still running after {config.request_timeout} s"))
             return
         exc = phase_timeout(self.phase, config)
         if exc is not None:
+            if stats is not None:
+                cause = _TIMEOUT_CAUSES.get(self.phase)
+                if cause is not None:
+                    stats.refused(cause)
             glet.throw(exc)
 
     @property
@@ -165,6 +175,10 @@ class Connection:
         if glet is None or glet.dead:
             return
         phase = self.phase
+        stats = self.server.stats
+        if stats is not None and (phase == IDLE or phase == READING_HEAD or
+                                  (phase == BODY and self.reading_body)):
+            stats.refused("evicted")
         if phase == IDLE:
             glet.throw(IdleTimeout())
         elif phase == READING_HEAD:
@@ -268,6 +282,8 @@ class Connection:
                     parser.feed(data)
                     request = parser.next_request()
             except ProtocolError as exc:
+                if server.stats is not None and not isinstance(exc, RequestTimeout):
+                    server.stats.refused("invalid")
                 self._reject(exc)
                 if server.access_log:
                     server.access_log.rejected(self.remote_addr, exc.status,
@@ -380,9 +396,10 @@ class Connection:
         self.body_error = None
         self.error_status = 0
         self.body_started = self.body_cap = 0.0
-        self.body_received = 0
+        self.body_received = self.body_read = 0
         self.handed_over = False
-        started = perf_counter() if server.access_log else 0.0
+        stats = server.stats
+        started = perf_counter() if server.access_log or stats is not None else 0.0
         environ = build_environ(self.listener_environ, request, server.script_name,
                                 self.remote_addr, self.remote_port)
         # The environ has the headers now; a parked long poll should not hold them twice.
@@ -446,9 +463,13 @@ class Connection:
             self._reject(self.body_error)
         if started:
             status = self.error_status or (response.code if response is not None else 500)
-            server.access_log(environ, status, response.body_sent if response else 0,
-                              perf_counter() - started,
-                              response.headers if response is not None else ())
+            elapsed = perf_counter() - started
+            sent = response.body_sent if response is not None else 0
+            if stats is not None:
+                stats.observe(request.method, status, elapsed, self.body_read, sent)
+            if server.access_log:
+                server.access_log(environ, status, sent, elapsed,
+                                  response.headers if response is not None else ())
         return keep and self.body_error is None and self._finish_body()
 
     def _buffer_chunked_body(self, environ):
@@ -515,6 +536,8 @@ class Connection:
         else:
             error_log.error("Error handling %s %s", environ["REQUEST_METHOD"],
                             environ["RAW_URI"], exc_info=exc)
+            if self.server.stats is not None:
+                self.server.stats.app_exception()
             answer = AppFailed()
         if response is not None and response.started:
             self.must_close = True
@@ -595,6 +618,7 @@ class Connection:
         except BodyReadTimeout:
             self.must_close = True
             raise
+        self.body_read += len(data)
         return data
 
     def _body_deadline(self):

@@ -34,7 +34,8 @@ class Server:
     ready SSL context (else one is made from --certfile when set).
     """
 
-    def __init__(self, app, config=None, *, listeners=None, tls_context=None, **options):
+    def __init__(self, app, config=None, *, listeners=None, tls_context=None, stats=None,
+                 **options):
         if config is None:
             config = load_config(cli=options)
         elif options:
@@ -56,6 +57,7 @@ class Server:
         self._errors = ErrorStream()
         self.connections = set()
         self.requests_served = 0  # read by a supervised worker for --max-requests
+        self.stats = stats  # a metrics.RequestStats, or None: nothing counted
         self.stopping = False
         self.spawner = Spawner(config.max_connections, self._resume_accepting)
         self._listeners = list(listeners) if listeners is not None else None
@@ -190,6 +192,10 @@ class Server:
 
     def _check_cap(self):
         """Every sweep: while paused at the cap, make room if a client has come since."""
+        stats = self.stats
+        if stats is not None and stats.census_wanted():
+            from .admin import answer_census
+            answer_census(self, stats)
         if self.stopping or not self.spawner.full():
             return
         for acceptor in self._acceptors:
@@ -267,7 +273,7 @@ def serve(app, **options):
     return run_until_signalled(server)
 
 
-def run_until_signalled(server, banner=None):
+def run_until_signalled(server, banner=None, admin_socket=None):
     """Start ``server``, log where it listens, and serve until SIGTERM or SIGINT; then stop
     gracefully (up to --graceful-timeout). A second signal stops at once.
 
@@ -280,12 +286,18 @@ def run_until_signalled(server, banner=None):
     from .log import reopen_log_files
 
     stop_requested, force = Event(), Event()
+    health = admin_server = watch = None
+    if admin_socket is not None:
+        from .admin import Health
+        health = Health()
 
     def on_stop(signum):
         # Handlers only record the request; the waiting greenlet below does the work.
         if stop_requested.is_set():
             force.set()
         else:
+            if health is not None:
+                health.set_draining()  # before any connection is closed
             error_log.info("%s received; stopping gracefully (up to %gs)",
                            signal.Signals(signum).name, server.config.graceful_timeout)
             stop_requested.set()
@@ -307,6 +319,19 @@ def run_until_signalled(server, banner=None):
                  for signum in (signal.SIGHUP, signal.SIGUSR2)]
     try:
         server.start()
+        if admin_socket is not None:
+            from .admin import AdminRoutes, local_collector, serve_in_process
+            routes = AdminRoutes(health, local_collector(server.stats, server,
+                                                         server._listeners))
+            admin_server = serve_in_process(admin_socket, routes, server.config)
+            error_log.info("Admin listener at %s", describe(admin_socket))
+            health.set_ready()
+        if server.config.block_warning:
+            from .blockwatch import BlockWatch
+            stats = server.stats
+            watch = BlockWatch(server.config.block_warning / 1000,
+                               on_block=stats.hub_blocked if stats is not None else None)
+            watch.start()
         if banner:
             error_log.info("%s", banner)
         for sock in server._listeners:
@@ -322,5 +347,9 @@ def run_until_signalled(server, banner=None):
         error_log.info("stopped")
         return 0
     finally:
+        if watch is not None:
+            watch.stop()
+        if admin_server is not None:
+            admin_server.stop(timeout=1)
         for handler in handlers:
             handler.cancel()

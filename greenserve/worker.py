@@ -56,12 +56,19 @@ def run(spec, config, sockets, info, notes=(), tls_context=None):
         channel.send(ipc.ERROR, str(exc))
         return BOOT_ERROR
 
-    server = Server(app, config, listeners=sockets, tls_context=tls_context)
+    server = Server(app, config, listeners=sockets, tls_context=tls_context,
+                    stats=info.stats)
     stop, fast = Event(), Event()
     handlers = [gevent.signal_handler(signal.SIGTERM, stop.set),
                 gevent.signal_handler(signal.SIGQUIT, fast.set)]
+    watch = None
     try:
         server.start()
+        if config.block_warning:
+            from .blockwatch import BlockWatch
+            watch = BlockWatch(config.block_warning / 1000,
+                               on_block=info.stats.hub_blocked if info.stats else None)
+            watch.start()
         channel.send(ipc.BOOTED)
         limit = 0
         if config.max_requests:
@@ -85,6 +92,10 @@ def run(spec, config, sockets, info, notes=(), tls_context=None):
             stopping.get()
         return 0
     finally:
+        if watch is not None:
+            watch.stop()
+        if info.stats is not None:
+            info.stats.retire()
         for handler in handlers:
             handler.cancel()
 
