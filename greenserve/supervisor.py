@@ -33,6 +33,7 @@ import traceback
 from . import ipc
 from .errors import AppLoadError, ConfigError
 from .log import error_log
+from .reload import syntax_errors
 
 BOOT_ERROR = 3  # a worker's exit status when the app cannot be loaded (as gunicorn's)
 
@@ -90,9 +91,16 @@ class Supervisor:
     ``keep_listening`` are sockets among ``sockets`` that stay open until the master exits
     (systemd's, from socket activation: systemd holds them and hands what queues there to
     the next start, so our copy is not ours to close early).
+
+    ``on_ready()`` is called once, when every slot first has a booted worker (the
+    ``when_ready`` hook); if it raises, the workers are stopped at once and ``run()``
+    raises it. ``reloader`` (a ``reload.Reloader``, for --reload) reports changed files:
+    they are checked for syntax errors and, if they compile, every worker is replaced as on
+    SIGHUP (a new worker that cannot load the app leaves the old one serving).
     """
 
-    def __init__(self, config, sockets, boot, keep_listening=()):
+    def __init__(self, config, sockets, boot, keep_listening=(), on_ready=None,
+                 reloader=None):
         self.config = config
         self.count = config.workers
         self.sockets = list(sockets)
@@ -107,6 +115,9 @@ class Supervisor:
         self.stop_deadline = None  # set once stopping: kill what is left after it
         self.listening = True      # until stopping closes the master's listeners
         self.exit_code = 0
+        self.on_ready = on_ready
+        self.ready = False         # every slot has had a booted worker (on_ready was called)
+        self.reloader = reloader
         self._wake_r = self._wake_w = None
 
     # -- the loop ------------------------------------------------------------------------
@@ -119,10 +130,15 @@ class Supervisor:
         previous = {signum: signal.signal(signum, self._queue) for signum in HANDLED}
         old_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         try:
+            if self.reloader is not None:
+                self.reloader.start(self._wake)
+                error_log.info("--reload: watching %s for changes",
+                               ", ".join(self.reloader.roots))
             error_log.info("master (pid %d) starting %d worker(s)", os.getpid(), self.count)
             while True:
                 self._reap()
                 self._act_on_signals()
+                self._check_reload()
                 if self.stop_deadline is not None:
                     if not self.workers:
                         error_log.info("master (pid %d) stopped", os.getpid())
@@ -134,6 +150,8 @@ class Supervisor:
                     self._retire_replaced()
                 self._wait()
         finally:
+            if self.reloader is not None:
+                self.reloader.stop()
             signal.set_wakeup_fd(old_wakeup)
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -144,6 +162,13 @@ class Supervisor:
     def _queue(self, signum, frame):
         # Only queue: the loop acts on it (set_wakeup_fd wakes the select up).
         self.signals.append(signum)
+
+    def _wake(self):
+        """Wake the loop up from another thread (the --reload watcher)."""
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError, TypeError):
+            pass  # already awake (full pipe), or stopped (closed)
 
     def _wait(self):
         """Sleep until a signal, a worker's message or the next tick; read the messages."""
@@ -175,6 +200,7 @@ class Supervisor:
             if kind == ipc.BOOTED:
                 worker.booted = self.ever_booted = True
                 error_log.info("worker %d (pid %d) booted", worker.slot, worker.pid)
+                self._check_ready()
             elif kind == ipc.RETIRE and not worker.outdated:
                 worker.outdated = True
                 error_log.info("worker (pid %d) served its --max-requests; starting its "
@@ -225,8 +251,24 @@ class Supervisor:
         """Reload: every worker is replaced by one that loads the app afresh."""
         if self._ignored_while_stopping(signum):
             return
-        error_log.info("SIGHUP received; reloading: %d new worker(s) load the app, then the "
-                       "old ones drain", self.count)
+        if self.config.preload:
+            # gunicorn's surprise, said out loud: forked from the master, new workers run
+            # the code the master loaded at start-up.
+            error_log.warning("SIGHUP received; with --preload the app was loaded once in the "
+                              "master: %d new worker(s) start from it, so code changes are "
+                              "NOT picked up (restart greenserve for that)", self.count)
+            self._replace_all()
+            return
+        self.reload("SIGHUP received")
+
+    def reload(self, reason):
+        """Replace every worker by one that loads the app afresh; the old ones drain once
+        their successors have booted."""
+        error_log.info("%s; reloading: %d new worker(s) load the app, then the old ones "
+                       "drain", reason, self.count)
+        self._replace_all()
+
+    def _replace_all(self):
         for worker in self.workers.values():
             worker.outdated = True
         self.failures, self.spawn_after = 0, 0.0
@@ -252,6 +294,47 @@ class Supervisor:
             return False
         error_log.info("%s ignored: stopping", signal.Signals(signum).name)
         return True
+
+    # -- --reload and when_ready ----------------------------------------------------------------
+
+    def _check_reload(self):
+        """Reload when the watched files changed and the Python ones among them compile."""
+        if self.reloader is None:
+            return
+        if self.reloader.error is not None:
+            error_log.error("--reload: %s; files are no longer watched", self.reloader.error)
+            self.reloader = None
+            return
+        changed = self.reloader.take()
+        if not changed or self.stop_deadline is not None:
+            return
+        shown = ", ".join(os.path.relpath(path) for path in changed[:3])
+        if len(changed) > 3:
+            shown += f" and {len(changed) - 3} more"
+        problems = syntax_errors(changed)
+        if problems:
+            for line in problems:
+                error_log.error("%s", line)
+            error_log.error("not reloading after changes to %s: the workers keep the code "
+                            "they loaded until the file is fixed", shown)
+            return
+        self.reload(f"changed: {shown}")
+
+    def _check_ready(self):
+        """Call on_ready once every slot has had a booted worker."""
+        if self.ready or not all(
+                any(w.slot == slot and w.booted for w in self.workers.values())
+                for slot in range(self.count)):
+            return
+        self.ready = True
+        if self.on_ready is None:
+            return
+        try:
+            self.on_ready()
+        except BaseException:
+            self._stop_all(fast=True)
+            self._reap_all()
+            raise
 
     # -- keeping the slots filled -------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from gevent.event import Event
 from . import ipc
 from .appload import format_app_error, load_app
 from .errors import AppLoadError
+from .hooks import WORKER_HOOKS, Hooks, HookFailed, WorkerView
 from .log import error_log, setup_logging
 from .server import Server
 from .supervisor import BOOT_ERROR
@@ -34,11 +35,12 @@ BEAT_INTERVAL = 0.25
 CLOSE_NOTICE = 1.0
 
 
-def run(spec, config, sockets, info, notes=()):
+def run(spec, config, sockets, info, notes=(), app=None, server_view=None):
     """Serve ``spec`` on ``sockets`` until the master says stop; returns the exit status.
 
     ``info`` is the ``supervisor.WorkerInfo``; ``notes`` are warnings to log once logging
-    is set up (e.g. from monkey-patching).
+    is set up (e.g. from monkey-patching). ``app`` is the application when the master
+    loaded it (--preload); ``server_view`` is what the hooks get as ``server``.
     """
     # The master counts workers now; with more than one, wsgi.multiprocess is true.
     config = dataclasses.replace(config, workers=info.workers)
@@ -48,14 +50,26 @@ def run(spec, config, sockets, info, notes=()):
     channel = info.channel
     signal.signal(signal.SIGABRT, _stack_dumper(channel))
 
+    worker = WorkerView(os.getpid(), info.slot, config)
     try:
-        app = load_app(spec)
-    except AppLoadError as exc:
+        # The workers' hooks are imported here, after monkey-patching, not in the master.
+        hooks = Hooks(config, WORKER_HOOKS)
+        hooks.call("post_fork", server_view, worker)
+        worker.app = app if app is not None else load_app(spec)
+        hooks.call("post_worker_init", worker)
+    except (AppLoadError, HookFailed) as exc:
         if exc.__cause__ is not None:
             sys.stderr.write(format_app_error(exc))  # the app's own traceback
         channel.send(ipc.ERROR, str(exc))
         return BOOT_ERROR
+    try:
+        return _serve(hooks.wrap_app(worker.app, worker), config, sockets, info, channel)
+    finally:
+        hooks.call_logged("worker_exit", server_view, worker)
 
+
+def _serve(app, config, sockets, info, channel):
+    """Accept until SIGTERM (drain, then return) or SIGQUIT (return at once): the status."""
     server = Server(app, config, listeners=sockets)
     stop, fast = Event(), Event()
     handlers = [gevent.signal_handler(signal.SIGTERM, stop.set),
