@@ -215,6 +215,11 @@ class Config:
     limit_request_head: int = setting(
         65536, "--limit-request-head", parse=_positive_int, metavar="BYTES",
         help="Largest header block; larger gets 431.")
+    buffer_chunked_bodies: int = setting(
+        0, "--buffer-chunked-bodies", parse=_non_negative_int, metavar="BYTES",
+        help="Read a chunked request body (up to BYTES, else 413) before calling the app and "
+             "set CONTENT_LENGTH, for frameworks that ignore bodies without one (Django, "
+             "Bottle); 0 = off, the app reads the body as it arrives.")
     max_body_size: int = setting(
         0, "--max-body-size", parse=_non_negative_int, metavar="BYTES",
         help="Largest request body; larger gets 413 without being read (0 = unlimited).")

@@ -17,16 +17,16 @@ from gevent.socket import wait_write
 
 from .disconnect import (HALF_CLOSED, PEER_GONE, STOP_WATCHING, WATCH_BUFFER_LIMIT,
                          Disconnected)
-from .errors import (AppFailed, BodyReadTimeout, ClientDisconnected, ProtocolError,
-                     RequestDeadlineExceeded, RequestTimeout)
+from .errors import (AppFailed, BodyReadTimeout, ClientDisconnected, ContentTooLarge,
+                     ProtocolError, RequestDeadlineExceeded, RequestTimeout)
 from .gevent_private import raw_socket, readable_waiter
 from .protocol.parser import RequestParser
 from .protocol.proxy import ProxyProtocolParser, apply_forwarded
 from .protocol.response import DRAIN_LIMIT, NO_BODY, Response, unread_body_forces_close
-from .protocol.writer import CONTINUE_RESPONSE, error_response
+from .protocol.writer import CONTINUE_RESPONSE, error_response, format_head
 from .timers import APP, BODY, IDLE, LINGER, READING_HEAD, SEND, IdleTimeout, phase_timeout
 from .wsgi import (EMPTY_INPUT, FileWrapper, InputStream, build_environ, check_headers,
-                   check_status)
+                   check_status, is_upgrade)
 
 error_log = logging.getLogger("greenserve.error")
 
@@ -46,6 +46,20 @@ class _Closing(Exception):
     """The server is shutting down and this connection is idle."""
 
 
+class _BufferedBody:
+    """A request body already read: served to wsgi.input in pieces of at most max_bytes."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data):
+        self.data, self.pos = data, 0
+
+    def read(self, max_bytes):
+        start = self.pos
+        self.pos = min(len(self.data), start + max_bytes)
+        return self.data[start:self.pos]
+
+
 class Connection:
     """Serves the requests of one accepted socket; ``run()`` is the greenlet body."""
 
@@ -56,7 +70,7 @@ class Connection:
                  "proxied",
                  "served", "evicted", "request", "environ", "response", "must_close",
                  "continue_pending", "body_error", "error_status", "body_started",
-                 "body_received", "body_cap")
+                 "body_received", "body_cap", "upgrade", "handed_over")
 
     def __init__(self, server, sock, address, listener_environ):
         self.server = server
@@ -337,6 +351,7 @@ class Connection:
         self.error_status = 0
         self.body_started = self.body_cap = 0.0
         self.body_received = 0
+        self.handed_over = False
         started = perf_counter() if server.access_log else 0.0
         environ = build_environ(self.listener_environ, request, server.script_name,
                                 self.remote_addr, self.remote_port)
@@ -346,15 +361,34 @@ class Connection:
         if self.proxied:
             for reason in apply_forwarded(environ, server.forwarded_trust):
                 error_log.debug("forwarded headers from %s: %s", self.remote_addr, reason)
+        self.upgrade = upgrade = is_upgrade(environ)
+        if upgrade:
+            self._offer_socket(environ)
         has_body = request.chunked or request.content_length
         environ["wsgi.input"] = InputStream(self._receive_body) if has_body else EMPTY_INPUT
         disconnected = self.disconnected = environ["greenserve.disconnected"] = \
             Disconnected(self)
+        if request.chunked and server.config.buffer_chunked_bodies and \
+                not self._buffer_chunked_body(environ):
+            disconnected.finish(True)
+            if started and self.error_status:
+                server.access_log(environ, self.error_status, 0, perf_counter() - started)
+            return False
 
         result = None
         try:
             result = server.app(environ, self._start_response)
-            self._send_result(result)
+            if upgrade and (self.handed_over or self.response is None):
+                self.handed_over = True  # the app took the socket; nothing more to send
+            else:
+                self._send_result(result)
+        except StopIteration:
+            # gunicorn's convention, which flask-sock follows: the app is done with the
+            # socket it took. Anywhere else it is a bug in the app.
+            if upgrade:
+                self.handed_over = True
+            else:
+                self._app_failed(RuntimeError("the app raised StopIteration"))
         except (ClientDisconnected, ProtocolError):
             # The peer left, or the body's framing broke under the app's read (answered
             # below from body_error).
@@ -367,6 +401,11 @@ class Connection:
             keep = self._keep_alive()
             disconnected.finish(not keep)
         response = self.response
+        if self.handed_over:
+            # The connection belonged to another protocol: it ends with the app.
+            if started:
+                server.access_log(environ, 101, 0, perf_counter() - started)
+            return False
         if self.body_error is not None and (response is None or not response.started):
             # The body's framing broke while the app read it: answer it if we still can.
             self.response = response = None
@@ -377,6 +416,43 @@ class Connection:
                               perf_counter() - started,
                               response.headers if response is not None else ())
         return keep and self.body_error is None and self._finish_body()
+
+    def _buffer_chunked_body(self, environ):
+        """--buffer-chunked-bodies: read the whole chunked body first and give the app a
+        CONTENT_LENGTH (RFC 9112 §7.1.3 describes this decoding). False: answered already."""
+        limit = self.server.config.buffer_chunked_bodies
+        pieces, size = [], 0
+        try:
+            while True:
+                data = self._receive_body(RECEIVE_SIZE)
+                if not data:
+                    break
+                size += len(data)
+                if size > limit:
+                    raise ContentTooLarge(f"chunked request body larger than {limit} bytes")
+                pieces.append(data)
+        except (ProtocolError, BodyReadTimeout) as exc:
+            self._reject(exc)
+            return False
+        except ClientDisconnected:
+            return False
+        body = b"".join(pieces)
+        environ["CONTENT_LENGTH"] = str(size)
+        environ["wsgi.input"] = InputStream(_BufferedBody(body).read)
+        return True
+
+    def _offer_socket(self, environ):
+        """An Upgrade request (e.g. WebSocket): let the app take the connection over.
+
+        The socket is offered under the keys WebSocket libraries look for (gunicorn's,
+        used by simple-websocket and flask-sock). The app either does the handshake itself
+        on the socket, or calls start_response("101 Switching Protocols", ...), which is
+        sent at once. Either way the connection is the app's until it returns: no
+        --request-timeout (it would cut a long-lived socket), no keep-alive afterwards.
+        """
+        environ["greenserve.socket"] = environ["gunicorn.socket"] = self.sock
+        self.request_deadline = 0.0
+        self._enter(APP, 0)
 
     def _keep_alive(self):
         """The verdict after a request: may the connection carry another?"""
@@ -544,9 +620,15 @@ class Connection:
                     raise exc_info[1].with_traceback(exc_info[2])
             finally:
                 exc_info = None
-        elif response is not None:
+        elif response is not None or self.handed_over:
             raise AssertionError("start_response() called twice without exc_info (PEP 3333)")
-        code = check_status(status)
+        code = check_status(status, self.upgrade)
+        if code == 101:
+            # RFC 9110 §15.2.2: the switch takes effect right after this response's head.
+            check_headers(headers, upgrade=True)
+            self.handed_over = True
+            self._send(format_head(status, headers, ""))
+            return self._write
         info = check_headers(headers)
         request = self.request
         self.response = Response(status, code, headers, info, request.method == b"HEAD",
@@ -569,10 +651,13 @@ class Connection:
     def _write(self, data):
         """The ``write()`` callable of PEP 3333: send at once."""
         response = self.response
-        if response is None:
-            raise AssertionError("write() called before start_response()")
         if type(data) is not bytes:
             raise TypeError(f"write() takes bytes, not {type(data).__name__}")
+        if self.handed_over:
+            self._send(data)  # after a 101: the other protocol's bytes, as they are
+            return
+        if response is None:
+            raise AssertionError("write() called before start_response()")
         if not data:
             return
         if response.started:

@@ -67,6 +67,7 @@ class Server:
         """Bind (unless sockets were given) and start accepting; returns at once."""
         if self._started:
             return
+        _ensure_fd_limit(self.config.max_connections)
         if self._listeners is None:
             from .listeners import create_listeners
             self._listeners = create_listeners(self.config.bind, self.config.backlog)
@@ -191,6 +192,39 @@ class Server:
         if not self.stopping:
             for acceptor in self._acceptors:
                 acceptor.start()
+
+# Descriptors a worker needs beyond one per connection: listeners, log files, the app's own
+# files and database connections.
+FD_HEADROOM = 64
+
+
+def _ensure_fd_limit(max_connections):
+    """Raise the soft RLIMIT_NOFILE to what --max-connections needs (up to the hard limit),
+    saying what was done; warn if even the hard limit is too low. Otherwise accept() fails
+    with EMFILE long before the connection cap is reached."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = max_connections + FD_HEADROOM
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            error_log.info("raised the open-file limit from %d to %d for --max-connections %d",
+                           soft, target, max_connections)
+            soft = target
+        except (ValueError, OSError) as exc:
+            error_log.warning("could not raise the open-file limit from %d: %s", soft, exc)
+    if soft < need:
+        error_log.warning("the open-file limit (%d, hard limit %d) is below --max-connections "
+                          "%d plus %d: new connections will fail with 'too many open files' "
+                          "first; raise it (ulimit -n, LimitNOFILE= in systemd) or lower "
+                          "--max-connections", soft, hard, max_connections, FD_HEADROOM)
+
 
 def _server_name_port(sock):
     """SERVER_NAME and SERVER_PORT for requests arriving on ``sock``."""

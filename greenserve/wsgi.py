@@ -118,15 +118,26 @@ def build_environ(base, request, script_name, remote_addr, remote_port):
     return environ
 
 
-def check_status(status):
-    """Validate an app's status string; return its code. Raises TypeError/ValueError."""
+def is_upgrade(environ):
+    """RFC 9110 §7.8: an HTTP/1.1 request asking to switch protocols (e.g. to WebSocket):
+    an Upgrade field named in the Connection field."""
+    if "HTTP_UPGRADE" not in environ or environ["SERVER_PROTOCOL"] != "HTTP/1.1":
+        return False
+    options = environ.get("HTTP_CONNECTION", "").lower().split(",")
+    return any(option.strip() == "upgrade" for option in options)
+
+
+def check_status(status, switching=False):
+    """Validate an app's status string; return its code. Raises TypeError/ValueError.
+
+    ``switching``: the request asked to upgrade, so 101 Switching Protocols is allowed."""
     if type(status) is not str:
         raise TypeError(f"status must be a str, not {type(status).__name__}: {status!r}")
     match = _STATUS.fullmatch(status)
     if match is None:
         raise ValueError(f"status must look like '200 OK', got {status!r}")
     code = int(match.group(1))
-    if code < 200:
+    if code < 200 and not (switching and code == 101):
         # RFC 9110 §15.2: a 1xx is interim; the client would wait for a final response
         # that a WSGI app has no way to send.
         raise ValueError(f"status {status!r}: a WSGI app cannot send 1xx interim responses")
@@ -142,12 +153,13 @@ class ResponseHeaders:
 _checked_names = {}
 
 
-def check_headers(headers):
+def check_headers(headers, upgrade=False):
     """Validate an app's header list (PEP 3333, RFC 9110 §5); returns ResponseHeaders.
 
     Raises TypeError/ValueError on a bad type, a non-token name, CR/LF or other controls in
     a value (response splitting), non-latin-1 text, or a hop-by-hop field. A
-    ``Connection: close`` from the app is honoured instead of refused.
+    ``Connection: close`` from the app is honoured instead of refused; ``upgrade`` allows
+    the Connection and Upgrade fields of a 101 Switching Protocols.
     """
     if type(headers) is not list:
         raise TypeError(f"headers must be a list, not {type(headers).__name__}")
@@ -186,6 +198,8 @@ def check_headers(headers):
                 info.has_server = True
             elif lname == "connection" and value.strip().lower() == "close":
                 info.close = True
+            elif upgrade and lname in ("connection", "upgrade"):
+                pass  # RFC 9110 §7.8: a 101 names the protocol switched to
             else:
                 raise ValueError(f"hop-by-hop header {name!r} is not allowed from an app "
                                  f"(PEP 3333); the server frames the connection")

@@ -1,8 +1,10 @@
 """Start, watch and stop the servers under test: greenserve and its peers.
 
-Each server runs in its own session (process group) on a free 127.0.0.1 port, pinned with taskset
-to the server core(s), so that stopping it (SIGTERM, then SIGKILL after a bound) reaches every
-process it forked and nothing is left behind, also when the harness is interrupted.
+Each server runs in its own session (process group), pinned with taskset to the server core(s),
+so that stopping it (SIGTERM, then SIGKILL after a bound) reaches every process it forked and
+nothing is left behind, also when the harness is interrupted. Unless given a port, a server
+binds 127.0.0.1:0 and the harness finds the port the kernel chose among its listening sockets
+(there is no moment where another program could take a port we picked).
 """
 
 import http.client
@@ -11,6 +13,7 @@ import resource
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -95,6 +98,8 @@ def raise_nofile(need=65536):
 
 
 def free_port():
+    """A port that was free a moment ago. Racy (someone may take it before it is used): only
+    for programs that cannot bind port 0 and report what they got."""
     with socket.socket() as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
@@ -175,6 +180,43 @@ def tree_own_cpu(pid):
     return out
 
 
+def _socket_inodes(pid):
+    """Inodes of the sockets the process ``pid`` has open."""
+    inodes = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return inodes
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    return inodes
+
+
+def listening_ports(pid, host=HOST):
+    """TCP ports on ``host`` (IPv4) where the process tree of ``pid`` listens (Linux /proc)."""
+    inodes = set()
+    for p in process_tree(pid):
+        inodes |= _socket_inodes(p)
+    ports = set()
+    with open("/proc/net/tcp") as table:
+        next(table)  # the header
+        for row in table:
+            fields = row.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state != "0A" or inode not in inodes:  # 0A: TCP_LISTEN
+                continue
+            address, port = local.split(":")
+            # The kernel prints the address as one 32-bit number in host byte order.
+            if socket.inet_ntoa(struct.pack("=I", int(address, 16))) == host:
+                ports.add(int(port, 16))
+    return sorted(ports)
+
+
 def group_members(pgid):
     return [p for p, (_, g, _) in _all_stats().items() if g == pgid]
 
@@ -223,7 +265,7 @@ class Server:
         if name not in SERVERS:
             raise ServerError(f"unknown server {name!r}; choose from {', '.join(SERVERS)}")
         self.name, self.app, self.cpus = name, app, cpus
-        self.port = port or free_port()
+        self.port = port  # 0: the server binds any free port; start() finds out which
         self.log_path = log_path
         self.proc = None
         self._log = None
@@ -239,7 +281,7 @@ class Server:
             raise ServerError(
                 f"server {self.name!r} needs the Python package {module!r}, which is not installed"
             )
-        if port_in_use(self.port):
+        if self.port and port_in_use(self.port):
             raise ServerError(f"port {self.port} on {HOST} is already in use")
         argv = pinned(builder(self.app, self.port), self.cpus)
         self._log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
@@ -265,10 +307,21 @@ class Server:
             if self.proc.poll() is not None:
                 status, last = self.proc.returncode, self._last_log_line()
                 raise ServerError(f"{self.name} exited with status {status} at start: {last}")
-            if http_probe(self.port, timeout=1.0):
+            if not self.port:
+                self.port = self._bound_port()
+            if self.port and http_probe(self.port, timeout=1.0):
                 return
             time.sleep(0.1)
-        raise ServerError(f"{self.name} did not answer on {self.url} within {timeout:.0f} s")
+        where = self.url if self.port else f"any port on {HOST}"
+        raise ServerError(f"{self.name} did not answer on {where} within {timeout:.0f} s")
+
+    def _bound_port(self):
+        """The port the server chose (0 while it has not bound one yet)."""
+        ports = listening_ports(self.proc.pid)
+        if len(ports) > 1:
+            listed = ", ".join(map(str, ports))
+            raise ServerError(f"{self.name} listens on several ports ({listed}); give --port")
+        return ports[0] if ports else 0
 
     def rss_bytes(self):
         return tree_rss_bytes(self.proc.pid) if self.proc else None

@@ -9,36 +9,10 @@ import pytest
 
 from greenserve.appload import format_app_error, load_app, parse_spec
 from greenserve.errors import AppLoadError
+from procs import FIXTURE_APPS
 
-APP_SOURCE = '''
-def app(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"app"]
-
-def application(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"application"]
-
-def create_app(*args, **kwargs):
-    def made(environ, start_response):
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return [repr((args, kwargs)).encode()]
-    return made
-
-class Holder:
-    app = staticmethod(app)
-
-not_callable = 42
-
-def broken_factory():
-    raise RuntimeError("database is down")
-
-def returns_none():
-    return None
-
-def _private():
-    pass
-'''
+# Every shape a spec can name; copied into modules of per-test names (see ``modules``).
+APP_SOURCE = (FIXTURE_APPS / "appforms.py").read_text()
 
 
 @pytest.fixture

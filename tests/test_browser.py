@@ -7,17 +7,15 @@ dependency and nothing can download a browser or a driver at run time.
 """
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from test_examples import HOST, free_port, run_example
+import procs
+from procs import wait_until
+from test_examples import HOST, run_example
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -93,16 +91,6 @@ class Browser:
         return self.call("POST", "/execute/sync", {"script": script, "args": list(args)})
 
 
-def _wait(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
-
-
 def _messages(browser):
     return browser.run("return Array.from(document.querySelectorAll('#log li'),"
                        " li => li.textContent);")
@@ -117,17 +105,15 @@ def _driver_ready(port):
 
 
 def test_chat_message_travels_between_two_browser_windows(tmp_path):
-    driver_port = free_port()
-    driver = subprocess.Popen(
-        [CHROMEDRIVER, f"--port={driver_port}", "--allowed-ips=127.0.0.1"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "chromedriver.log", "wb"),
-        # Its own process group: the finally can end the driver and any browser it started.
-        start_new_session=True)
-    browser = Browser(driver_port)
-    try:
-        with run_example("examples.chat:app") as chat:
-            _wait(lambda: _driver_ready(driver_port), 20, "chromedriver to be ready")
+    # chromedriver in its own process group (procs does that): killing the group at the end
+    # ends the driver and any browser it started.
+    with procs.Processes() as processes, run_example("examples.chat:app") as chat:
+        driver = processes.start([CHROMEDRIVER, "--port=0", "--allowed-ips=127.0.0.1"])
+        driver_port = int(driver.wait_for(r"started successfully on port (\d+)",
+                                          stream="stdout")[1])
+        wait_until(lambda: _driver_ready(driver_port), what="chromedriver to be ready")
+        browser = Browser(driver_port)
+        try:
             browser.start(tmp_path / "profile")
             url = f"http://{HOST}:{chat.port}/"
             first = browser.window()
@@ -136,8 +122,8 @@ def test_chat_message_travels_between_two_browser_windows(tmp_path):
             browser.switch_to(second)
             browser.open(url)
             # Both pages are parked in a long poll before anything is sent.
-            _wait(lambda: chat.json("GET", "/stats")[1]["waiters"] == 2, 15,
-                  "both windows to long-poll")
+            wait_until(lambda: chat.json("GET", "/stats")[1]["waiters"] == 2,
+                       what="both windows to long-poll")
             # A reload would lose this marker: the message must arrive in the live page.
             browser.run("window.unreloaded = true;")
 
@@ -147,7 +133,8 @@ def test_chat_message_travels_between_two_browser_windows(tmp_path):
             browser.click("#send")
 
             browser.switch_to(second)
-            shown = _wait(lambda: _messages(browser), 10, "the message in the second window")
+            shown = wait_until(lambda: _messages(browser),
+                               what="the message in the second window")
             assert shown == ["alicehello from window one"]
             assert browser.run("return window.unreloaded === true;")
 
@@ -156,17 +143,12 @@ def test_chat_message_travels_between_two_browser_windows(tmp_path):
             browser.type("#text", "hi alice")
             browser.click("#send")
             browser.switch_to(first)
-            _wait(lambda: len(_messages(browser)) == 2, 10, "the reply in the first window")
+            wait_until(lambda: len(_messages(browser)) == 2,
+                       what="the reply in the first window")
             assert _messages(browser) == ["alicehello from window one", "bobhi alice"]
             assert browser.run("return document.getElementById('text').value;") == ""
-            browser.quit()
-    finally:
-        try:
-            browser.quit()
-        except (OSError, WebDriverError):
-            pass
-        try:
-            os.killpg(driver.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        driver.wait(10)
+        finally:
+            try:
+                browser.quit()
+            except (OSError, WebDriverError):
+                pass  # the driver is killed with its group anyway

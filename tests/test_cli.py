@@ -1,164 +1,44 @@
 """The ``greenserve`` command, run for real in subprocesses (``python -m greenserve``)."""
 
-import http.client
-import os
 import re
 import signal
 import socket
-import subprocess
 import sys
-import textwrap
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
+import greenserve
+import procs
 from greenserve.config import SETTINGS
+from procs import FIXTURE_APPS, WAIT, HeldRequest, environment
 
-REPO = Path(__file__).resolve().parent.parent
-WAIT = 20  # seconds: the bound on every wait below (generous for a loaded CI machine)
-
-APP = '''
-import os
-import sys
-import time
-from wsgiref.validate import validator
-
-
-def _app(environ, start_response):
-    path = environ["PATH_INFO"]
-    if path == "/slow":
-        # Tell the test the request is in flight, then take a while (cooperatively when
-        # gevent has patched time.sleep).
-        sys.stderr.write("SLOW REQUEST STARTED\\n")
-        sys.stderr.flush()
-        time.sleep(float(environ["QUERY_STRING"] or "1"))
-    if path == "/patched":
-        import gevent.monkey
-        body = str(gevent.monkey.is_module_patched("socket")).encode()
-    else:
-        body = f"hello {path} from {os.getpid()}".encode()
-    start_response("200 OK", [("Content-Type", "text/plain"),
-                              ("Content-Length", str(len(body)))])
-    return [body]
-
-
-app = validator(_app)
-not_an_app = 42
-
-
-def create_app(greeting="hi"):
-    return app
-
-
-def broken_factory():
-    raise RuntimeError("cannot reach the database")
-'''
+PACKAGE = Path(greenserve.__file__).resolve().parent
 
 
 @pytest.fixture
 def project(tmp_path):
-    """A directory holding the test app (webapp.py); commands run from there."""
-    (tmp_path / "webapp.py").write_text(textwrap.dedent(APP))
+    """A working directory for the command (config files, extra modules); the test app
+    (``tests/fixtureapps/webapp.py``) is importable through PYTHONPATH."""
     return tmp_path
 
 
-def environment(**extra):
-    """The test's environment, minus GREENSERVE_* settings, with greenserve importable."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GREENSERVE_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-def run(args, cwd, env=None, timeout=WAIT):
+def run(args, cwd, env=None):
     """Run greenserve to completion (for the cases that must fail fast)."""
-    return subprocess.run([sys.executable, "-m", "greenserve", *args], cwd=cwd,
-                          env=env or environment(), stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-class Server:
-    """A greenserve process, its output collected by reader threads so waits can be bounded."""
-
-    def __init__(self, args, cwd, env=None, command=None):
-        command = command or [sys.executable, "-m", "greenserve"]
-        self.proc = subprocess.Popen([*command, *args], cwd=cwd, env=env or environment(),
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        self.stdout, self.stderr = [], []
-        self.changed = threading.Condition()
-        for stream, lines in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr)):
-            threading.Thread(target=self._read, args=(stream, lines), daemon=True).start()
-
-    def _read(self, stream, lines):
-        for line in stream:
-            with self.changed:
-                lines.append(line)
-                self.changed.notify_all()
-
-    def wait_for(self, pattern, stream="stderr", timeout=WAIT):
-        """The first match of ``pattern`` in the output; fails the test after ``timeout``."""
-        lines = getattr(self, stream)
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self.changed:
-            while True:
-                for line in lines:
-                    match = regex.search(line)
-                    if match:
-                        return match
-                left = deadline - time.monotonic()
-                if left <= 0 or self.proc.poll() is not None and not self._more(lines):
-                    pytest.fail(f"no {pattern!r} in {stream} within {timeout}s; "
-                                f"exit={self.proc.poll()}; stderr:\n{''.join(self.stderr)}")
-                self.changed.wait(min(left, 0.2))
-
-    def _more(self, lines):
-        # After exit, give the reader threads a moment to deliver the last lines.
-        count = len(lines)
-        self.changed.wait(0.5)
-        return len(lines) != count
-
-    def address(self):
-        match = self.wait_for(r"Listening at http://127\.0\.0\.1:(\d+) \(pid (\d+)\)")
-        assert int(match.group(2)) == self.proc.pid
-        return "127.0.0.1", int(match.group(1))
-
-    def exit_code(self, timeout=WAIT):
-        return self.proc.wait(timeout=timeout)
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=WAIT)
+    return procs.run(procs.greenserve_command(*args), cwd=cwd, env=env)
 
 
 @pytest.fixture
-def start(project):
-    """Start greenserve processes; every one is killed when the test ends, however it ends."""
-    started = []
-
-    def start(*args, cwd=None, **kwargs):
-        server = Server(list(args), cwd or project, **kwargs)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.kill()
+def processes(project):
+    """Starts processes in ``project``; every one is killed when the test ends."""
+    with procs.Processes(cwd=project) as started:
+        yield started
 
 
-def get(address, path="/", timeout=WAIT):
-    conn = http.client.HTTPConnection(*address, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        conn.close()
+def get(address, path="/"):
+    """(status, body) of one GET."""
+    return procs.get(address, path)[:2]
 
 
 def assert_user_error(result, message):
@@ -171,28 +51,29 @@ def assert_user_error(result, message):
 
 # -- a good app -------------------------------------------------------------------------------
 
-def test_serves_a_request_and_stops_on_sigterm(start):
-    server = start("webapp:app", "-b", "127.0.0.1:0", "--access-log", "-")
+def test_serves_a_request_and_stops_on_sigterm(processes):
+    server = processes.greenserve("webapp:app", "-b", "127.0.0.1:0", "--access-log", "-")
     address = server.address()
+    assert server.listening()["pid"] == str(server.pid)  # one process: it serves itself
     status, body = get(address, "/hello?x=1")
-    assert (status, body) == (200, f"hello /hello from {server.proc.pid}")
+    assert (status, body) == (200, f"hello /hello from {server.pid}")
     # %(b)s is the body's length, headers not counted (as in gunicorn).
     length = len(body.encode())
     server.wait_for(r'^127\.0\.0\.1 - - \[.*\] "GET /hello\?x=1 HTTP/1\.1" 200 '
                     + str(length) + r' "-" "-" \d+$', stream="stdout")
-    server.proc.send_signal(signal.SIGTERM)
+    server.signal(signal.SIGTERM)
     assert server.exit_code() == 0
-    assert "Traceback" not in "".join(server.stderr)
+    assert "Traceback" not in server.text()
 
 
 @pytest.mark.parametrize("spec", ["webapp", "webapp:create_app()", "webapp:create_app('hey')",
                                   "webapp:create_app(greeting='hey')"])
-def test_app_spec_forms(start, spec):
-    server = start(spec, "-b", "127.0.0.1:0")
+def test_app_spec_forms(processes, spec):
+    server = processes.greenserve(spec, "-b", "127.0.0.1:0")
     assert get(server.address(), "/x")[0] == 200
 
 
-def test_bind_from_environment_and_config_file(start, project):
+def test_bind_from_environment_and_config_file(processes, project):
     # Env beats the file: the file's port is taken, so starting at all proves the order.
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", 0))
@@ -200,15 +81,15 @@ def test_bind_from_environment_and_config_file(start, project):
     with blocker:
         (project / "gs.toml").write_text(
             f'bind = ["127.0.0.1:{blocker.getsockname()[1]}"]\nlog-level = "debug"\n')
-        server = start("webapp:app", "-c", "gs.toml",
-                       env=environment(GREENSERVE_BIND="127.0.0.1:0"))
+        server = processes.greenserve("webapp:app", "-c", "gs.toml",
+                                      env=environment(GREENSERVE_BIND="127.0.0.1:0"))
         assert get(server.address())[0] == 200
 
 
-def test_unix_socket_bind(start, project):
+def test_unix_socket_bind(processes, project):
     path = project / "gs.sock"
-    server = start("webapp:app", "-b", f"unix:{path}", "-b", "127.0.0.1:0")
-    server.wait_for(re.escape(f"Listening at unix:{path} (pid {server.proc.pid})"))
+    server = processes.greenserve("webapp:app", "-b", f"unix:{path}", "-b", "127.0.0.1:0")
+    server.wait_for(re.escape(f"Listening at unix:{path} (pid {server.pid})"))
     server.address()
     with socket.socket(socket.AF_UNIX) as client:
         client.settimeout(WAIT)
@@ -218,35 +99,36 @@ def test_unix_socket_bind(start, project):
         while chunk := client.recv(65536):
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"hello /u from %d"
-                                                                   % server.proc.pid)
-    server.proc.send_signal(signal.SIGTERM)
+                                                                   % server.pid)
+    server.signal(signal.SIGTERM)
     assert server.exit_code() == 0
     assert not path.exists()  # the socket file is removed on a clean stop
 
 
-def test_chdir_and_pythonpath(start, project):
+def test_chdir_and_pythonpath(processes, project):
     (project / "site").mkdir()
     (project / "site" / "inner.py").write_text("from webapp import app\n")
     (project / "libs").mkdir()
     (project / "libs" / "outer.py").write_text("from inner import app\n")
-    server = start("outer:app", "--chdir", "site", "--pythonpath", str(project / "libs"),
-                   "--pythonpath", str(project), "-b", "127.0.0.1:0", cwd=project)
+    server = processes.greenserve("outer:app", "--chdir", "site",
+                                  "--pythonpath", project / "libs", "--pythonpath", project,
+                                  "-b", "127.0.0.1:0", cwd=project)
     assert get(server.address())[0] == 200
 
 
-def test_monkey_patching_on_and_off(start):
-    server = start("webapp:app", "-b", "127.0.0.1:0")
+def test_monkey_patching_on_and_off(processes):
+    server = processes.greenserve("webapp:app", "-b", "127.0.0.1:0")
     assert get(server.address(), "/patched") == (200, "True")
-    server = start("webapp:app", "-b", "127.0.0.1:0", "--no-monkey-patch")
+    server = processes.greenserve("webapp:app", "-b", "127.0.0.1:0", "--no-monkey-patch")
     assert get(server.address(), "/patched") == (200, "False")
-    server.proc.send_signal(signal.SIGTERM)
+    server.signal(signal.SIGTERM)
     assert server.exit_code() == 0
 
 
-def test_warns_about_modules_imported_before_patching(start, project):
+def test_warns_about_modules_imported_before_patching(processes, project):
     # Imitate a wrapper script that imported ssl before handing over to greenserve.
     code = "import ssl, sys; from greenserve.cli import main; sys.exit(main())"
-    server = start("webapp:app", "-b", "127.0.0.1:0", command=[sys.executable, "-c", code])
+    server = processes.start([sys.executable, "-c", code, "webapp:app", "-b", "127.0.0.1:0"])
     warning = server.wait_for(r"\[WARNING\] imported before gevent monkey-patching.*")
     assert "ssl" in warning.group(0)
     assert get(server.address())[0] == 200
@@ -255,60 +137,38 @@ def test_warns_about_modules_imported_before_patching(start, project):
 # -- graceful stop ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_lets_the_request_in_flight_finish(start, signum):
-    server = start("webapp:app", "-b", "127.0.0.1:0", "--graceful-timeout", "15")
-    address = server.address()
-    outcome = {}
-
-    def slow_client():
-        try:
-            outcome["response"] = get(address, "/slow?2")
-        except Exception as exc:  # reported by the assertion below
-            outcome["error"] = exc
-
-    client = threading.Thread(target=slow_client, daemon=True)
-    client.start()
-    server.wait_for("SLOW REQUEST STARTED")
-    started = time.monotonic()
-    server.proc.send_signal(signum)
+def test_signal_lets_the_request_in_flight_finish(processes, project, signum):
+    server = processes.greenserve("webapp:app", "-b", "127.0.0.1:0", "--graceful-timeout", "60")
+    held = HeldRequest(server, server.address(), project)
+    server.signal(signum)
     server.wait_for("stopping gracefully")
-    client.join(WAIT)
-    assert outcome.get("response", (None,))[0] == 200, outcome
-    assert server.exit_code() == 0
-    assert time.monotonic() - started < 10  # waited for the request, not the whole timeout
-    assert "Traceback" not in "".join(server.stderr)
+    assert server.running() and not held.done()  # the stop waits for the request
+    held.release()
+    assert held.response()[0] == 200
+    # Well inside the 60 s graceful timeout: it waited for the request, not the timeout.
+    assert server.exit_code(timeout=WAIT) == 0
+    assert "Traceback" not in server.text()
 
 
-def test_graceful_timeout_bounds_the_wait(start):
-    server = start("webapp:app", "-b", "127.0.0.1:0", "--graceful-timeout", "1")
-    address = server.address()
-    client = threading.Thread(target=lambda: _swallow(get, address, "/slow?60"), daemon=True)
-    client.start()
-    server.wait_for("SLOW REQUEST STARTED")
+def test_graceful_timeout_bounds_the_wait(processes, project):
+    server = processes.greenserve("webapp:app", "-b", "127.0.0.1:0", "--graceful-timeout", "1")
+    held = HeldRequest(server, server.address(), project)  # never released
     started = time.monotonic()
-    server.proc.send_signal(signal.SIGTERM)
-    assert server.exit_code() == 0
-    assert 0.9 < time.monotonic() - started < 10  # waited the timeout, not the request
+    server.signal(signal.SIGTERM)
+    assert server.exit_code(timeout=WAIT) == 0
+    assert time.monotonic() - started >= 0.9  # it did wait for the request, the timeout long
+    assert held.cut()
 
 
-def test_second_signal_stops_at_once(start):
-    server = start("webapp:app", "-b", "127.0.0.1:0", "--graceful-timeout", "60")
-    address = server.address()
-    client = threading.Thread(target=lambda: _swallow(get, address, "/slow?60"), daemon=True)
-    client.start()
-    server.wait_for("SLOW REQUEST STARTED")
-    server.proc.send_signal(signal.SIGTERM)
+def test_second_signal_stops_at_once(processes, project):
+    server = processes.greenserve("webapp:app", "-b", "127.0.0.1:0", "--graceful-timeout", "60")
+    held = HeldRequest(server, server.address(), project)  # never released
+    server.signal(signal.SIGTERM)
     server.wait_for("stopping gracefully")
-    server.proc.send_signal(signal.SIGINT)
-    assert server.exit_code(timeout=WAIT) == 1  # long before the 60 s request or timeout
+    server.signal(signal.SIGINT)
+    assert server.exit_code(timeout=WAIT) == 1  # long before the 60 s graceful timeout
     server.wait_for("second signal received; exiting without waiting")
-
-
-def _swallow(function, *args):
-    try:
-        function(*args)
-    except OSError:
-        pass  # the server went away mid-request, which is the point
+    assert held.cut()
 
 
 # -- --help and --version -----------------------------------------------------------------------
@@ -378,15 +238,15 @@ def test_factory_that_raises_shows_its_own_traceback(project):
                          "RuntimeError: cannot reach the database")
     # The traceback shown is the factory's, starting in the app's file, not greenserve's.
     assert lines[0] == "Traceback (most recent call last):"
-    assert 'webapp.py", line' in result.stderr
-    assert "greenserve" not in "\n".join(lines[:-1])
+    assert lines[1].startswith(f'  File "{FIXTURE_APPS / "webapp.py"}", line ')
+    files = re.findall(r'^  File "(.*)", line \d+', result.stderr, re.MULTILINE)
+    assert files and not [path for path in files if PACKAGE in Path(path).resolve().parents]
 
 
 def test_import_error_inside_the_app_shows_its_traceback(project):
-    (project / "needsdep.py").write_text("import gs_not_installed_anywhere\napp = None\n")
     result = run(["needsdep:app"], project)
     assert result.returncode == 2
-    assert 'needsdep.py", line 1' in result.stderr
+    assert 'needsdep.py", line 3' in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         "greenserve: error: importing 'needsdep' failed: ModuleNotFoundError: No module named "
         "'gs_not_installed_anywhere'")
@@ -441,13 +301,10 @@ def test_missing_chdir(project):
                       "chdir nowhere: no such file or directory")
 
 
-def test_ctrl_c_while_the_app_loads(start, project):
-    (project / "slowimport.py").write_text(
-        "import sys, time\nsys.stderr.write('IMPORTING\\n')\nsys.stderr.flush()\n"
-        "time.sleep(60)\napp = None\n")
-    server = start("slowimport:app", "-b", "127.0.0.1:0")
+def test_ctrl_c_while_the_app_loads(processes):
+    server = processes.greenserve("slow_to_import:app", "-b", "127.0.0.1:0")
     server.wait_for("IMPORTING")
-    server.proc.send_signal(signal.SIGINT)
+    server.signal(signal.SIGINT)
     assert server.exit_code() == 130
     server.wait_for("^greenserve: interrupted$")
-    assert "Traceback" not in "".join(server.stderr)
+    assert "Traceback" not in server.text()

@@ -11,25 +11,20 @@ import hashlib
 import http.client
 import importlib
 import json
-import os
-import queue
 import random
-import re
 import signal
 import socket
 import subprocess
-import sys
-import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
 from conftest import read_head, read_response
 
-REPO = Path(__file__).resolve().parent.parent
+import procs
+from procs import WAIT
+
 CURL = "/usr/bin/curl"
-WAIT = 15  # seconds: the bound on every wait for the server or a client
 
 # framework -> (module to import to know it is installed, APP argument for greenserve)
 FRAMEWORKS = {
@@ -48,44 +43,27 @@ def require(framework):
 class LiveServer:
     """A greenserve subprocess serving one example app."""
 
-    def __init__(self, framework, proc, url):
+    def __init__(self, framework, process):
         self.framework = framework
-        self.proc = proc
-        self.url = url
-        self.host, port = url.rsplit("//", 1)[1].rsplit(":", 1)
-        self.port = int(port)
+        self.process = process
+        self.host, self.port = process.address()
+        self.url = f"http://{self.host}:{self.port}"
 
 
-def _drain(stream, lines, listening):
-    """Keep reading the server's stderr (so it never blocks on a full pipe)."""
-    for line in stream:
-        lines.append(line)
-        match = re.search(r"Listening at (http://\S+)", line)
-        if match:
-            listening.put(match.group(1))
-    listening.put(None)  # stderr closed: the process is gone
+def start_greenserve(processes, framework):
+    """``python -m greenserve APP -b 127.0.0.1:0`` for the framework's example app."""
+    require(framework)
+    process = processes.greenserve(FRAMEWORKS[framework][1], "-b", "127.0.0.1:0")
+    return LiveServer(framework, process)
 
 
-def start_greenserve(app_spec):
-    """Start ``python -m greenserve APP -b 127.0.0.1:0``; return (proc, url, stderr lines)."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("GREENSERVE_", "DJANGO_"))}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "greenserve", app_spec, "-b", "127.0.0.1:0"],
-        cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True)
-    lines, listening = [], queue.Queue()
-    threading.Thread(target=_drain, args=(proc.stderr, lines, listening), daemon=True).start()
-    try:
-        url = listening.get(timeout=WAIT)
-    except queue.Empty:
-        url = None
-    if url is None:
-        proc.kill()
-        proc.wait(WAIT)
-        pytest.fail(f"greenserve {app_spec} did not start:\n{''.join(lines)}")
-    return proc, url, lines
+def assert_clean_stop(live):
+    """SIGTERM stops the server gracefully: exit status 0 and no traceback in its log."""
+    live.process.signal(signal.SIGTERM)
+    code = live.process.exit_code()
+    log = live.process.text()
+    assert code == 0, f"greenserve exited with {code} after SIGTERM:\n{log}"
+    assert "Traceback" not in log, f"the server logged a traceback:\n{log}"
 
 
 @pytest.fixture(scope="module", params=list(FRAMEWORKS))
@@ -94,22 +72,10 @@ def live(request):
 
     Teardown is part of the test: SIGTERM must stop it gracefully with exit code 0.
     """
-    framework = request.param
-    require(framework)
-    proc, url, lines = start_greenserve(FRAMEWORKS[framework][1])
-    try:
-        yield LiveServer(framework, proc, url)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(WAIT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(WAIT)
-            code = "timeout"
-        log = "".join(lines)
-        assert code == 0, f"greenserve exited with {code} after SIGTERM:\n{log}"
-        assert "Traceback" not in log, f"the server logged a traceback:\n{log}"
+    with procs.Processes() as processes:
+        server = start_greenserve(processes, request.param)
+        yield server
+        assert_clean_stop(server)
 
 
 def payload(size=300_000):
@@ -152,14 +118,19 @@ def produced_times(lines):
     return [float(line.split()[2]) for line in lines]
 
 
+STREAM_COUNT, STREAM_DELAY = 4, 0.5  # lines, seconds between them
+
+
 def check_live_stream(lines, arrivals, count, delay):
     """The lines are the app's, in order, and each arrived as soon as it was produced."""
     assert [line.split()[:2] for line in lines] == [["chunk", str(i)] for i in range(count)]
     produced = produced_times(lines)
     # The first line reached the client long before the app produced the last one: the
-    # server did not buffer the response (with delay 0.3 and 4 lines, 0.9 s apart).
+    # server did not buffer the response (with delay 0.5 and 4 lines, 1.5 s apart).
     assert arrivals[0] < produced[-1] - 2 * delay, (arrivals, produced)
-    # And each line came on its own, no earlier than it was produced and soon after.
+    # And each line came on its own: no earlier than it was produced (the 0.05 s allow for
+    # the clocks' resolution), and before the app made the next one (delivery takes
+    # milliseconds; the delay is 0.5 s).
     for arrived, made in zip(arrivals, produced):
         assert made - 0.05 <= arrived < made + delay, (arrivals, produced)
 
@@ -258,7 +229,7 @@ def test_chunked_multipart_upload_curl(live, upload_file):
 
 
 def test_streaming_response_requests(live):
-    count, delay = 4, 0.3
+    count, delay = STREAM_COUNT, STREAM_DELAY
     lines, arrivals = [], []
     with requests.get(f"{live.url}/stream?n={count}&delay={delay}", stream=True,
                       timeout=WAIT) as response:
@@ -272,7 +243,7 @@ def test_streaming_response_requests(live):
 
 
 def test_streaming_response_curl(live):
-    count, delay = 4, 0.3
+    count, delay = STREAM_COUNT, STREAM_DELAY
     proc = subprocess.Popen([CURL, "-sSN", "--max-time", str(WAIT),
                              f"{live.url}/stream?n={count}&delay={delay}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -373,51 +344,53 @@ def test_pipelined_requests(live):
 def test_concurrent_streams_stay_separate(live):
     """Two slow streams and a quick request at once: gevent serves them side by side, and
     each stream's lines carry its own request's parameters (request state is per greenlet)."""
-    count, delay = 3, 0.4
-    results = {}
+    count, delay = STREAM_COUNT, STREAM_DELAY
+    tags = ("alpha", "beta")
+    responses = {}
+    try:
+        received = {}
+        for tag in tags:  # each returns with the stream's first line on its way
+            responses[tag] = requests.get(f"{live.url}/stream?n={count}&delay={delay}&tag={tag}",
+                                          stream=True, timeout=WAIT)
+            received[tag] = responses[tag].iter_lines()
+        results = {tag: [next(received[tag]).decode()] for tag in tags}
+        quick = requests.get(live.url + "/text", timeout=WAIT)
+        quick_at = time.time()
+        for tag in tags:
+            results[tag] += [line.decode() for line in received[tag]]
+    finally:
+        for response in responses.values():
+            response.close()
 
-    def fetch(tag):
-        with requests.get(f"{live.url}/stream?n={count}&delay={delay}&tag={tag}",
-                          timeout=WAIT) as response:
-            results[tag] = response.text.splitlines()
-
-    started = time.monotonic()
-    threads = [threading.Thread(target=fetch, args=(tag,)) for tag in ("alpha", "beta")]
-    for thread in threads:
-        thread.start()
-    time.sleep(delay / 2)  # both streams are now sleeping between lines
-    quick = requests.get(live.url + "/text", timeout=WAIT)
-    quick_at = time.monotonic() - started
-    for thread in threads:
-        thread.join(WAIT)
-    elapsed = time.monotonic() - started
-
-    assert quick.status_code == 200 and quick_at < delay * 1.5, quick_at
-    for tag in ("alpha", "beta"):
+    for tag in tags:
         assert [line.split()[::3] for line in results[tag]] == \
             [["chunk", tag]] * count, results
-    # Served one after the other they would take 2 * (count - 1) * delay = 1.6 s.
-    assert elapsed < (count - 1) * delay + 0.6, elapsed
+    made = {tag: produced_times(results[tag]) for tag in tags}
+    # Served one after the other, beta would begin only after alpha's last line.
+    assert made["beta"][0] < made["alpha"][-1], made
+    # The quick request did not wait for the streams: both still had lines to make.
+    assert quick.status_code == 200
+    assert quick_at < min(made[tag][-1] for tag in tags), (quick_at, made)
 
 
 @pytest.mark.parametrize("framework", list(FRAMEWORKS))
 def test_sigterm_lets_a_stream_finish(framework):
     """SIGTERM in the middle of a streamed response: the response completes, then exit 0."""
-    require(framework)
-    proc, url, lines = start_greenserve(FRAMEWORKS[framework][1])
-    try:
-        with requests.get(f"{url}/stream?n=4&delay=0.3", stream=True,
-                          timeout=WAIT) as response:
+    with procs.Processes() as processes:
+        live = start_greenserve(processes, framework)
+        with requests.get(f"{live.url}/stream?n={STREAM_COUNT}&delay={STREAM_DELAY}",
+                          stream=True, timeout=WAIT) as response:
             received = response.iter_lines()
             first = next(received)
-            proc.send_signal(signal.SIGTERM)
+            live.process.signal(signal.SIGTERM)
+            live.process.wait_for("stopping gracefully")
+            stopping_at = time.time()
             rest = list(received)
-        assert [line.split()[1] for line in [first, *rest]] == [b"0", b"1", b"2", b"3"]
-        assert proc.wait(WAIT) == 0, "".join(lines)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(WAIT)
+        lines = [line.decode() for line in [first, *rest]]
+        assert [line.split()[1] for line in lines] == [str(i) for i in range(STREAM_COUNT)]
+        # The app went on making lines after the server had begun to stop.
+        assert produced_times(lines)[-1] > stopping_at
+        assert live.process.exit_code() == 0, live.process.text()
 
 
 def test_redirect(live):

@@ -176,8 +176,9 @@ def test_address_in_use(opened):
 def test_failure_closes_the_sockets_already_opened(opened, tmp_path):
     (busy,) = listen(opened, "127.0.0.1:0")
     path = str(tmp_path / "first.sock")
-    with pytest.raises(ConfigError):
-        create_listeners([f"unix:{path}", f"127.0.0.1:{busy.getsockname()[1]}"], 16)
+    port = busy.getsockname()[1]
+    with pytest.raises(ConfigError, match=rf"^bind 127\.0\.0\.1:{port}: address already in use$"):
+        create_listeners([f"unix:{path}", f"127.0.0.1:{port}"], 16)
     # The unix socket made first was closed: nobody accepts on it any more.
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client, \
             pytest.raises(ConnectionRefusedError):

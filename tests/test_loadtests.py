@@ -6,12 +6,13 @@ import importlib.util
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+import procs
+from procs import wait_until
 
 # Look for locust without importing it: importing locust monkey-patches the whole test
 # process (and breaks ssl for every test collected after this file).
@@ -23,14 +24,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from loadtests import report, wrk_bench  # noqa: E402
-from loadtests.servers import free_port, http_probe  # noqa: E402
+from loadtests.servers import group_members, http_probe  # noqa: E402
 
 SHORT_RUN = "run --server greenserve --users 10 --spawn-rate 10 --duration 3s --quiet".split()
 
 
 def harness(*args, timeout=90, env=None):
-    argv = [sys.executable, "-m", "loadtests", *map(str, args)]
-    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    return procs.run([sys.executable, "-m", "loadtests", *args], cwd=ROOT, env=env,
+                     timeout=timeout)
 
 
 def processes_mentioning(text):
@@ -121,7 +122,7 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
 def test_missing_locust_is_one_line_and_exit_2(tmp_path):
     # sys.modules["locust"] = None makes importlib treat locust as not installed.
     (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['locust'] = None\n")
-    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    env = procs.environment(pythonpath=[tmp_path])
     proc = harness("run", "--out", tmp_path / "out", env=env, timeout=30)
     assert proc.returncode == 2
     assert proc.stderr == "loadtests: locust is not installed (pip install 'greenserve[load]')\n"
@@ -129,22 +130,23 @@ def test_missing_locust_is_one_line_and_exit_2(tmp_path):
 
 
 def test_ctrl_c_stops_server_and_locust(tmp_path):
-    port = free_port()
-    argv = [sys.executable, "-m", "loadtests", *SHORT_RUN, "--duration", "30s"]
-    argv += ["--port", str(port), "--out", str(tmp_path)]
-    proc = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 20
-    while not (tmp_path / "locust_stats_history.csv").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
+    argv = [sys.executable, "-m", "loadtests", *SHORT_RUN, "--duration", "60s"]
+    with procs.Processes(cwd=ROOT) as processes:
+        run = processes.start([*argv, "--out", tmp_path])
+        wait_until(lambda: (tmp_path / "locust_stats_history.csv").exists(), timeout=60,
+                   what="locust to start its load")
+        # The server bound port 0; its log says which port it got, and its pid.
+        server = procs.LISTENING.search((tmp_path / "server.log").read_text())
+        assert server, "no 'Listening at' line in server.log"
 
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+        run.signal(signal.SIGINT)
+        assert run.exit_code(timeout=30) == 130, run.text()
+        last = run.output().strip().splitlines()[-1]
 
-    assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "loadtests: interrupted; stopped everything it started"
+    assert last == "loadtests: interrupted; stopped everything it started"
     assert processes_mentioning(str(tmp_path)) == []  # locust's command line names the out dir
-    assert processes_mentioning(f"127.0.0.1:{port}") == []  # the server's names its port
-    assert not http_probe(port, timeout=0.5)
+    assert group_members(int(server["pid"])) == []  # the server leads its own process group
+    assert not http_probe(int(server["port"]), timeout=0.5)
 
 
 WRK_OUTPUT = """Running 8s test @ http://127.0.0.1:40000/

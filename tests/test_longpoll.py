@@ -9,19 +9,46 @@ import gevent
 from gevent.event import Event
 from conftest import read_response
 
+WAIT = 20  # seconds: the bound on every wait for the server
+
+
+def announce_when_parked(parked):
+    """Set the threading.Event ``parked`` as soon as the calling greenlet blocks.
+
+    The spawned greenlet runs only when the current one yields to the hub, i.e. once the app
+    is parked in the wait that follows this call: an event the test thread can wait for.
+    """
+    gevent.spawn(parked.set)
+
+
+def settled(read, quiet=0.3, timeout=WAIT):
+    """``read()`` once it has stopped changing for ``quiet`` seconds (a producer that stalls)."""
+    deadline = time.monotonic() + timeout
+    value, since = read(), time.monotonic()
+    while time.monotonic() - since < quiet:
+        assert time.monotonic() < deadline, f"still changing after {timeout} s: {value}"
+        time.sleep(0.02)
+        if read() != value:
+            value, since = read(), time.monotonic()
+    return value
+
 
 def test_pipelined_request_does_not_count_as_disconnect(serve):
+    parked = threading.Event()
+
     def app(environ, start_response):
         fired = None
         if environ["PATH_INFO"] == "/poll":
-            fired = environ["greenserve.disconnected"].wait(0.5)
+            announce_when_parked(parked)
+            # Long enough for the pipelined request to arrive during the wait (milliseconds).
+            fired = environ["greenserve.disconnected"].wait(1.0)
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"%s %s" % (environ["PATH_INFO"].encode(), str(fired).encode())]
 
     with serve(app) as srv, srv.connect() as sock:
         reader = sock.makefile("rb")
         sock.sendall(b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n")
-        time.sleep(0.1)
+        assert parked.wait(WAIT), "the app did not start waiting"
         sock.sendall(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_response(reader)[2] == b"/poll False"
         assert read_response(reader)[2] == b"/next None"
@@ -69,9 +96,18 @@ def test_slow_reader_back_pressures_the_app(serve):
     with serve(app) as srv, srv.connect() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        time.sleep(0.5)
+        # The app stalls once the socket buffers are full, or runs to 1000 without them.
+        stalled = settled(lambda: len(produced))
         # 64 MB were available; only what fits in the socket buffers may have been produced.
-        assert len(produced) < 100
+        assert stalled < 100
+        # And it was back-pressure, not a stuck app: reading lets it go on.
+        sock.settimeout(WAIT)
+        taken = 0
+        while taken < 4 << 20:
+            data = sock.recv(65536)
+            assert data, "the server closed the stream"
+            taken += len(data)
+        assert settled(lambda: len(produced)) > stalled
 
 
 def test_repeated_gevent_wait_leaves_no_callbacks_behind(serve):

@@ -1,0 +1,277 @@
+"""Attacks on a real server that used to hold it, each with the reproduction it was found with
+(scaled down): slow request bodies, eviction at the connection cap, a slow but steady reader,
+a --request-timeout firing inside close(), the Server header setting."""
+
+import socket
+import threading
+import time
+
+import pytest
+from conftest import read_head, read_response, recv_until_closed
+
+
+def hello(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    return [b"ok"]
+
+
+def echo(environ, start_response):
+    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    start_response("200 OK", [("Content-Type", "text/plain"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def get(srv, path="/", timeout=10):
+    with srv.connect(timeout) as sock:
+        sock.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path.encode())
+        return read_response(sock, timeout)
+
+
+class Dripper:
+    """A client that sends a request head promising ``length`` body bytes, then one byte
+    every ``interval`` seconds until stopped or cut off."""
+
+    def __init__(self, srv, length=100000, interval=0.5, path="/"):
+        self.sock = srv.connect(timeout=30)
+        self.sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                          % (path.encode(), length))
+        self.cut = threading.Event()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._drip, args=(interval,), daemon=True)
+        self.thread.start()
+
+    def _drip(self, interval):
+        try:
+            while not self.stop.wait(interval):
+                self.sock.sendall(b"x")
+        except OSError:
+            self.cut.set()
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(10)
+        self.sock.close()
+
+
+# -- slow request bodies ----------------------------------------------------------------------
+
+def test_a_body_slower_than_the_minimum_rate_gets_408(serve):
+    # Each pause (0.2 s) is far under --body-timeout: only the rate can end this upload.
+    with serve(echo, body_timeout=1, body_min_rate=100) as srv:
+        drip = Dripper(srv, length=100000, interval=0.2)
+        started = time.monotonic()
+        try:
+            drip.sock.settimeout(30)
+            code, _, _ = read_head(drip.sock)
+        finally:
+            drip.close()
+    assert code == 408
+    # 1 s of grace plus a second per 100 bytes received (about 10 by then): well under 15 s.
+    assert time.monotonic() - started < 15
+
+
+def test_slow_bodies_at_the_cap_do_not_lock_out_new_clients(serve):
+    # The issue's reproduction, scaled down: every slot held by a body dripping one byte at
+    # a time into an app that never reads bodies; a normal client must still get in.
+    with serve(hello, max_connections=3, body_timeout=60, body_min_rate=0) as srv:
+        drips = [Dripper(srv, interval=0.5) for _ in range(3)]
+        try:
+            started = time.monotonic()
+            code, _, body, _ = get(srv, timeout=20)
+            waited = time.monotonic() - started
+        finally:
+            for drip in drips:
+                drip.close()
+    assert (code, body) == (200, b"ok")
+    assert waited < 15
+
+
+def test_an_unread_body_is_drained_for_a_bounded_time(serve):
+    # hello never reads the body; after its response the server discards the rest, but a
+    # client dripping it must not keep the connection (and its slot) for ever.
+    with serve(hello, body_timeout=60, body_min_rate=0) as srv:
+        drip = Dripper(srv, interval=0.2)
+        try:
+            started = time.monotonic()
+            code, _, body, _ = read_response(drip.sock, timeout=30)
+            assert (code, body) == (200, b"ok")
+            drip.sock.settimeout(30)
+            assert recv_until_closed(drip.sock, 30) == b""
+            assert time.monotonic() - started < 20  # the drain bound is 5 s
+        finally:
+            drip.close()
+
+
+# -- eviction at the connection cap -----------------------------------------------------------
+
+def test_taking_the_last_slot_evicts_nobody(serve):
+    with serve(hello, max_connections=2, keep_alive=30) as srv:
+        a = srv.connect(timeout=10)
+        a.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(a)[2] == b"ok"
+        b = srv.connect(timeout=10)  # takes the last slot; nobody else is waiting
+        b.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(b)[2] == b"ok"
+        for sock in (a, b):  # both keep-alive connections still work
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_response(sock)[2] == b"ok"
+        a.close()
+        b.close()
+
+
+def test_pooled_clients_at_the_cap_never_fail(serve):
+    # 5 pooled keep-alive clients at a cap of 5, each making requests in turn: none may be
+    # answered with EOF because another pooled client connected.
+    with serve(hello, max_connections=5, keep_alive=30) as srv:
+        pool = [srv.connect(timeout=10) for _ in range(5)]
+        for _ in range(3):
+            for sock in pool:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert read_response(sock)[2] == b"ok"
+        for sock in pool:
+            sock.close()
+
+
+def test_a_connection_that_becomes_idle_later_makes_room(serve):
+    release = threading.Event()
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/busy":
+            release.wait(30)
+        return hello(environ, start_response)
+
+    with serve(app, max_connections=2, keep_alive=60) as srv:
+        busy = [srv.connect(timeout=30) for _ in range(2)]
+        for sock in busy:
+            sock.sendall(b"GET /busy HTTP/1.1\r\nHost: x\r\n\r\n")
+        # Every slot is busy: a newcomer waits in the backlog...
+        newcomer = srv.connect(timeout=30)
+        newcomer.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        time.sleep(0.5)  # (give a wrong eviction the chance to happen; nothing to wait for)
+        # ...until the busy ones answer and sit idle on keep-alive: one of them must then be
+        # closed for it, long before the 60 s keep-alive runs out.
+        release.set()
+        for sock in busy:
+            assert read_response(sock, 10)[2] == b"ok"
+        started = time.monotonic()
+        assert read_response(newcomer, 20)[2] == b"ok"
+        assert time.monotonic() - started < 10
+        for sock in busy + [newcomer]:
+            sock.close()
+
+
+def test_a_silent_new_connection_is_not_idle_for_eviction(serve):
+    # A connection that has not sent its first request is not an idle keep-alive one: the
+    # kept-alive client is evicted before it only if it has stalled at least a second.
+    with serve(hello, max_connections=2, keep_alive=60, header_timeout=60) as srv:
+        kept = srv.connect(timeout=10)
+        kept.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(kept)[2] == b"ok"
+        silent = srv.connect(timeout=10)  # sends nothing
+        assert get(srv)[2] == b"ok"       # the newcomer got a slot...
+        assert kept.recv(10) == b""       # ...from the idle kept-alive connection
+        silent.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(silent)[2] == b"ok"
+        kept.close()
+        silent.close()
+
+
+# -- sending ------------------------------------------------------------------------------------
+
+def test_a_slow_steady_reader_is_not_cut_off(serve):
+    size = 4 << 20
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                                  ("Content-Length", str(size))])
+        return [b"z" * size]  # one big piece: sent across many waits for the reader
+
+    # The reader takes ~2 s to read it all, far more than --send-timeout (0.5 s) in total,
+    # but it never pauses that long.
+    with serve(app, send_timeout=0.5) as srv, srv.connect(timeout=30) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        received = 0
+        started = time.monotonic()
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            received += len(data)
+            time.sleep(0.03)  # ~2 MB/s at most
+        elapsed = time.monotonic() - started
+    assert received > size and elapsed > 0.5
+
+
+# -- request deadline inside close() -----------------------------------------------------------
+
+def test_request_timeout_inside_close_is_logged_and_the_request_accounted(serve, caplog):
+    closed_started, lines = threading.Event(), []
+
+    class Body:
+        def __iter__(self):
+            return iter([b"ok"])
+
+        def close(self):
+            closed_started.set()
+            import gevent
+            gevent.sleep(30)  # outlives --request-timeout
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return Body()
+
+    def access_log(environ, status, sent, seconds, headers=()):
+        lines.append((environ["PATH_INFO"], status))
+
+    with serve(app, request_timeout=1) as srv:
+        srv.server.access_log = access_log
+        started = time.monotonic()
+        code, _, body, _ = get(srv, "/slow-close")
+        assert (code, body) == (200, b"ok")
+        assert closed_started.wait(10)
+        deadline = time.monotonic() + 20
+        while not lines and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert lines == [("/slow-close", 200)]
+    assert time.monotonic() - started < 20
+    assert any("close()" in r.getMessage() for r in caplog.records)
+
+
+# -- Server header ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("setting, expected", [("edge", b"Server: edge\r\n"), ("", None)])
+def test_server_header_setting(serve, setting, expected):
+    with serve(hello, server_header=setting) as srv:
+        raw = get(srv)[3]
+        with srv.connect() as sock:
+            sock.sendall(b"GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n")  # a 400 of our own
+            error = recv_until_closed(sock)
+    for head in (raw, error):
+        if expected is None:
+            assert b"Server:" not in head
+        else:
+            assert expected in head
+
+
+# -- --buffer-chunked-bodies ---------------------------------------------------------------------
+
+def test_buffered_chunked_body_reaches_the_app_with_a_length(serve):
+    seen = []
+
+    def app(environ, start_response):
+        seen.append(environ.get("CONTENT_LENGTH"))
+        return echo(environ, start_response)
+
+    with serve(app, buffer_chunked_bodies=100) as srv, srv.connect() as sock:
+        reader = sock.makefile("rb")
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        assert read_response(reader)[2] == b"hello world"
+        # Over the limit: 413, and the app never runs.
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"65\r\n" + b"x" * 101 + b"\r\n0\r\n\r\n")
+        code, headers, _, _ = read_response(reader)
+    assert (code, headers["connection"]) == (413, "close")
+    assert seen == ["11"]
