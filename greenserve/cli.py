@@ -179,13 +179,13 @@ def _single(spec, config, notes):
     try:
         _setup_import_path(config)
         setup_logging(config)
-        for line in [*notes, *patch_warnings]:
-            error_log.warning("%s", line)
         hooks = Hooks(config, (*MASTER_HOOKS, "pre_request", "post_request"))
-        _set_title("server", config, spec, error_log)
         pid_file = _write_pid_file(config.pid)
     except (ConfigError, AppLoadError) as exc:
         return _fail(exc)
+    for line in [*notes, *patch_warnings]:
+        error_log.warning("%s", line)
+    _set_title("server", config, spec, error_log)
     try:
         try:
             hooks.call("on_starting", server_view)
@@ -298,22 +298,21 @@ def _supervise(spec, config, notes=(), why_master=()):
     reloader = None
     try:
         _setup_import_path(config)
-        setup_logging(config)
-        for line in [*notes, *patch_warnings]:
-            error_log.warning("%s", line)
-        if why_master and config.workers == 1 and not config.supervise:
-            error_log.info("starting a master process (as --supervise does): %s %s one",
-                           " and ".join(why_master), "needs" if len(why_master) == 1
-                           else "need")
         if config.reload:
             from .reload import Reloader, require_watchfiles, watched_roots
             require_watchfiles()
             reloader = Reloader(watched_roots(config, os.getcwd()), config.reload_extra_files)
+        setup_logging(config)
         hooks = Hooks(config, MASTER_HOOKS)
-        _set_title("master", config, spec, error_log)
         pid_file = _write_pid_file(config.pid)
     except (ConfigError, AppLoadError) as exc:
         return _fail(exc)
+    for line in [*notes, *patch_warnings]:
+        error_log.warning("%s", line)
+    if why_master and config.workers == 1 and not config.supervise:
+        error_log.info("starting a master process (as --supervise does): %s %s one",
+                       " and ".join(why_master), "needs" if len(why_master) == 1 else "need")
+    _set_title("master", config, spec, error_log)
 
     try:
         try:

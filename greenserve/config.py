@@ -418,7 +418,11 @@ def parse_value(name, raw, source):
                 items = list(raw)
             else:
                 raise ValueError("must be a string or a list of strings")
-            return tuple(parse(item) for item in items)
+            parsed = []
+            for item in items:
+                raw = item  # the message quotes the bad item, not the whole list
+                parsed.append(parse(item))
+            return tuple(parsed)
         if spec.metadata["flag"]:
             return _bool(raw)
         if isinstance(raw, bool) or (raw is None and parse is not _optional_str):
@@ -449,18 +453,18 @@ def settings_from_toml(path):
         import tomllib
     except ImportError:  # Python 3.10
         import tomli as tomllib
+    if str(path).endswith(".py"):
+        # A gunicorn.conf.py (simple ones even parse as TOML): its settings go in a TOML
+        # file, its hook functions stay in Python.
+        raise ConfigError(f"config file {path}: greenserve reads TOML, not Python: put the "
+                          f"settings in a .toml file and name hook functions as "
+                          f"MODULE:FUNCTION (e.g. post-fork = \"myhooks:post_fork\")")
     try:
         with open(path, "rb") as stream:
             document = tomllib.load(stream)
     except OSError as exc:
         raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
-        if str(path).endswith(".py"):
-            # A gunicorn.conf.py: its settings go in TOML, its hook functions stay in Python.
-            raise ConfigError(f"config file {path}: greenserve reads TOML, not Python: put "
-                              f"the settings in a .toml file and name hook functions as "
-                              f"MODULE:FUNCTION (e.g. post-fork = \"myhooks:post_fork\")"
-                              ) from None
         raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
     values = {}
     for key, raw in document.items():
@@ -516,10 +520,12 @@ def unknown_env_warnings(environ):
              if not spec.metadata["cli_only"]}
     known.add(ENV_PREFIX + "CONFIG")
     lines = []
+    names = sorted(key[len(ENV_PREFIX):] for key in known)
     for key in sorted(environ):
         if key.startswith(ENV_PREFIX) and len(key) > len(ENV_PREFIX) and key not in known:
-            close = difflib.get_close_matches(key, sorted(known), 1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
+            # Compared without the prefix, which every candidate shares.
+            close = difflib.get_close_matches(key[len(ENV_PREFIX):], names, 1)
+            hint = f" (did you mean {ENV_PREFIX}{close[0]}?)" if close else ""
             lines.append(f"unknown environment variable {key} ignored{hint}")
     return lines
 
