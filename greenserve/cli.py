@@ -30,9 +30,14 @@ SIGTERM or SIGINT stops the server gracefully: it stops accepting, lets in-fligh
 finish (up to --graceful-timeout) and exits 0. A second signal stops it at once (exit 1).
 
 With --workers above 1 (or --supervise) a master process binds the addresses and forks the
-workers, each loading the app. Signals to the master: TERM/INT graceful stop, QUIT fast
-stop, HUP reload (new workers load the app afresh, then the old ones drain), TTIN/TTOU one
-worker more/fewer. systemd socket activation (LISTEN_FDS) is used when present.
+workers, each loading the app. --reload, --preload, an explicit --timeout, --max-requests
+and the worker hooks start one too. Signals to the master: TERM/INT graceful stop, QUIT fast
+stop, HUP reload (new workers load the app afresh, then the old ones drain; with --preload
+they start from the master's copy, so code is not reloaded), TTIN/TTOU one worker
+more/fewer. systemd socket activation (LISTEN_FDS) is used when present.
+
+Server hooks (--on-starting ... --post-request, or the same keys in the config file) name
+functions as MODULE:FUNCTION; a hook that raises at start-up stops greenserve (exit 2).
 """
 
 
@@ -530,6 +535,16 @@ _USER = ("greenserve does not switch users: start it as the user and group it sh
 _STATSD = ("greenserve has no StatsD client; it exports Prometheus metrics on "
            "--metrics-bind where that option exists")
 
+_PASTE = "PasteDeploy .ini files are not read: name the app as MODULE:APP or MODULE:FACTORY(...)"
+_HTTP2 = ("greenserve speaks HTTP/1.1; the proxy in front of it speaks HTTP/2 (or 3) to "
+          "clients")
+_ASGI = "greenserve serves WSGI applications, not ASGI ones"
+_DIRTY = ("greenserve has no side pool of workers for slow jobs: use a task queue, or "
+          "greenlets in the app")
+_CONTROL = ("greenserve is controlled with signals: HUP reloads, TTIN/TTOU add/remove a "
+            "worker, TERM stops gracefully, QUIT at once")
+_UWSGI = "greenserve speaks HTTP only: point nginx's proxy_pass (not uwsgi_pass) at it"
+
 # gunicorn options greenserve lacks on purpose, with the reason (one line each).
 GUNICORN_ABSENT = {
     "-k": "greenserve has one kind of worker, gevent greenlets: drop -k/--worker-class "
@@ -549,10 +564,8 @@ GUNICORN_ABSENT = {
     "--worker-tmp-dir": "greenserve's workers report to the master over a pipe; there is no "
                         "heartbeat file to place",
     "--spew": "greenserve does not trace every line; use a debugger or sys.settrace in the app",
-    "--paste": "PasteDeploy .ini files are not read: name the app as MODULE:APP or "
-               "MODULE:FACTORY(...)",
-    "--paste-global": "PasteDeploy .ini files are not read: name the app as MODULE:APP or "
-                      "MODULE:FACTORY(...)",
+    "--paste": _PASTE,
+    "--paste-global": _PASTE, "--paster": _PASTE,
     "--reload-engine": "--reload always uses watchfiles (pip install 'greenserve[reload]')",
     "--no-sendfile": "greenserve sends wsgi.file_wrapper files with sendfile when it can and "
                      "reads them otherwise; there is nothing to turn off",
@@ -561,9 +574,9 @@ GUNICORN_ABSENT = {
     "--enable-stdio-inheritance": "workers keep the master's stdout and stderr already; "
                                   "--capture-output sends them to the error log",
     "--statsd-host": _STATSD, "--statsd-prefix": _STATSD, "--dogstatsd-tags": _STATSD,
-    "--log-syslog": _SYSLOG, "--syslog": _SYSLOG, "--syslog-addr": _SYSLOG,
-    "--syslog-prefix": _SYSLOG, "--syslog-facility": _SYSLOG,
-    "--disable-redirect-access-to-syslog": _SYSLOG,
+    "--enable-backlog-metric": _STATSD,
+    "--log-syslog": _SYSLOG, "--log-syslog-to": _SYSLOG, "--log-syslog-prefix": _SYSLOG,
+    "--log-syslog-facility": _SYSLOG, "--disable-redirect-access-to-syslog": _SYSLOG,
     "--logger-class": "route and format logs with --log-config (Python's logging.config "
                       "dictConfig, as TOML or JSON)",
     "--strip-header-spaces": _STRICT,
@@ -575,8 +588,18 @@ GUNICORN_ABSENT = {
                     "(gunicorn's 'drop'): they could pass for a proxy's headers",
     "--forwarder-headers": "greenserve applies X-Forwarded-* and Forwarded headers from the "
                            "peers in --forwarded-allow-ips; there is no list to set",
-    "--tmp-upload-dir": "greenserve does not spool uploads to disk: the app reads wsgi.input "
-                        "as it arrives",
+    "--protocol": _UWSGI, "--uwsgi-allow-from": _UWSGI,
+    "--http-protocols": _HTTP2, "--http2-cleartext": _HTTP2,
+    "--http2-max-concurrent-streams": _HTTP2, "--http2-initial-window-size": _HTTP2,
+    "--http2-max-frame-size": _HTTP2, "--http2-max-header-list-size": _HTTP2,
+    "--http-parser": "greenserve has one HTTP parser, its own strict one",
+    "--asgi-loop": _ASGI, "--asgi-lifespan": _ASGI, "--asgi-disconnect-grace-period": _ASGI,
+    "--websocket-max-message-size": "WebSocket messages are the app's WebSocket library's "
+                                    "business (simple-websocket, wsproto): limit them there",
+    "--dirty-app": _DIRTY, "--dirty-workers": _DIRTY, "--dirty-timeout": _DIRTY,
+    "--dirty-threads": _DIRTY, "--dirty-graceful-timeout": _DIRTY,
+    "--control-socket": _CONTROL, "--control-socket-mode": _CONTROL,
+    "--no-control-socket": _CONTROL,
 }
 
 # gunicorn's TLS options: greenserve's own TLS (where built) takes most under the same names.

@@ -144,6 +144,10 @@ class Hooks:
 
             try:
                 result = app(environ, start)
+            except StopIteration:
+                # gunicorn's "done with the socket I took" (a WebSocket app), not a failure.
+                call("post_request", worker, environ, status[0])
+                raise
             except (Exception, RequestDeadlineExceeded):
                 call("post_request", worker, environ, None)
                 raise

@@ -51,11 +51,13 @@ def run(spec, config, sockets, info, notes=(), app=None, server_view=None):
     signal.signal(signal.SIGABRT, _stack_dumper(channel))
 
     worker = WorkerView(os.getpid(), info.slot, config)
+    worker.app = app  # None unless the master preloaded it
     try:
         # The workers' hooks are imported here, after monkey-patching, not in the master.
         hooks = Hooks(config, WORKER_HOOKS)
         hooks.call("post_fork", server_view, worker)
-        worker.app = app if app is not None else load_app(spec)
+        if worker.app is None:
+            worker.app = load_app(spec)
         hooks.call("post_worker_init", worker)
     except (AppLoadError, HookFailed) as exc:
         if exc.__cause__ is not None:

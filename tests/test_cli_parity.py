@@ -103,6 +103,22 @@ def test_the_hint_tables_match_the_options_greenserve_has():
         assert "\n" not in reason and len(reason) < 200
 
 
+def test_every_gunicorn_option_is_known_or_answered():
+    """Each command-line option of the installed gunicorn is greenserve's too, or gets a
+    hint; and the migration guide names each of gunicorn's settings."""
+    gunicorn_config = pytest.importorskip("gunicorn.config")
+    known = build_parser()._option_string_actions
+    unanswered = [flag for setting in gunicorn_config.KNOWN_SETTINGS
+                  for flag in setting.cli or ()
+                  if flag not in known and flag not in GUNICORN_SPELLINGS
+                  and flag not in GUNICORN_ABSENT and flag not in GUNICORN_TLS]
+    assert unanswered == []
+    guide = (procs.REPO / "docs" / "migrating-from-gunicorn.md").read_text()
+    missing = [setting.name for setting in gunicorn_config.KNOWN_SETTINGS
+               if f"`{setting.name}`" not in guide and f"`{setting.name}(" not in guide]
+    assert missing == []
+
+
 @pytest.mark.parametrize("args, name, value", [
     (["--worker-connections", "7"], "max-connections", 7),
     (["-p", "run/gs.pid"], "pid", "run/gs.pid"),

@@ -141,6 +141,15 @@ def test_a_worker_hook_starts_a_master(processes, hook_log, hook):
     assert [row[0] for row in records(hook_log)] == [hook]
 
 
+def test_with_preload_post_fork_already_has_the_app(processes, hook_log):
+    env = environment(HOOK_LOG=str(hook_log))
+    server = processes.greenserve("parity_app:app", "-b", "127.0.0.1:0", "--preload",
+                                  *hook_flags("post_fork"), env=env)
+    server.address()
+    wait_until(lambda: records(hook_log), what="post_fork")
+    assert records(hook_log)[0][3] == f"slot=0 master={server.pid} app=True"
+
+
 def test_hooks_from_the_config_file_in_gunicorn_spelling(processes, hook_log, tmp_path):
     (tmp_path / "gs.toml").write_text(
         'post_fork = "recording_hooks:post_fork"\n'
