@@ -21,7 +21,7 @@ from .errors import (AppFailed, BodyReadTimeout, ClientDisconnected, ContentTooL
                      ProtocolError, RequestDeadlineExceeded, RequestTimeout)
 from .gevent_private import raw_socket, readable_waiter
 from .protocol.parser import RequestParser
-from .protocol.proxy import ProxyProtocolParser, apply_forwarded
+from .protocol.proxy import FORWARDED_KEYS, ProxyProtocolParser, apply_forwarded
 from .protocol.response import DRAIN_LIMIT, NO_BODY, Response, unread_body_forces_close
 from .protocol.writer import CONTINUE_RESPONSE, error_response, format_head
 from .timers import APP, BODY, IDLE, LINGER, READING_HEAD, SEND, IdleTimeout, phase_timeout
@@ -358,10 +358,10 @@ class Connection:
         # The environ has the headers now; a parked long poll should not hold them twice.
         request.headers = None
         self.environ = environ
-        if self.proxied:
+        if self.proxied and not environ.keys().isdisjoint(FORWARDED_KEYS):
             for reason in apply_forwarded(environ, server.forwarded_trust):
                 error_log.debug("forwarded headers from %s: %s", self.remote_addr, reason)
-        self.upgrade = upgrade = is_upgrade(environ)
+        self.upgrade = upgrade = "HTTP_UPGRADE" in environ and is_upgrade(environ)
         if upgrade:
             self._offer_socket(environ)
         has_body = request.chunked or request.content_length
@@ -398,7 +398,8 @@ class Connection:
         finally:
             if result is not None and hasattr(result, "close"):
                 self._close_result(result)
-            keep = self._keep_alive()
+            response = self.response
+            keep = not self.must_close and (response is None or response.keep_alive)
             disconnected.finish(not keep)
         response = self.response
         if self.handed_over:
@@ -453,11 +454,6 @@ class Connection:
         environ["greenserve.socket"] = environ["gunicorn.socket"] = self.sock
         self.request_deadline = 0.0
         self._enter(APP, 0)
-
-    def _keep_alive(self):
-        """The verdict after a request: may the connection carry another?"""
-        response = self.response
-        return not self.must_close and (response is None or response.keep_alive)
 
     def _close_result(self, result):
         """PEP 3333: the iterable's close() runs once the response is over, whatever
@@ -676,9 +672,14 @@ class Connection:
             data = result[0]
             if type(data) is not bytes:
                 raise TypeError(f"the app yielded {type(data).__name__}, not bytes")
-            response = self._started_response()
-            self._send(response.whole(data, self._must_say_close()))
-            self._log_framing_errors(response)
+            if response is None:
+                raise AssertionError("the app returned a body before calling start_response()")
+            # Inline of _must_say_close(): this is the hot path of most responses.
+            unread = self.parser.body_unread
+            self._send(response.whole(data, self.server.stopping or (
+                unread != 0 and unread_body_forces_close(unread, self.continue_pending))))
+            if response.excess or response.short:
+                self._log_framing_errors(response)
             return
         for data in result:
             if type(data) is not bytes:
@@ -696,7 +697,8 @@ class Connection:
         else:
             # The body was empty: say so with a length rather than chunked framing.
             self._send(response.whole(b"", self._must_say_close()))
-        self._log_framing_errors(response)
+        if response.excess or response.short:
+            self._log_framing_errors(response)
 
     def _log_framing_errors(self, response):
         environ = self.environ
