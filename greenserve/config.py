@@ -111,7 +111,7 @@ def _optional_str(text):
 
 def _env_pair(text):
     key, sep, _ = str(text).partition("=")
-    if not sep or not key or not key.replace("_", "a").isalnum() or key[0].isdigit():
+    if not sep or not _ENV_KEY.fullmatch(key):
         raise ValueError("must be KEY=VALUE, KEY a letter or '_' then letters, digits or '_'")
     return str(text)
 
@@ -123,6 +123,7 @@ def _hook_name(text):
     return text
 
 
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HOOK_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
@@ -348,7 +349,8 @@ class Config:
     post_fork: str = setting(
         None, "--post-fork", parse=_hook_name, metavar="MODULE:FUNCTION",
         help="Hook post_fork(server, worker): in each new worker, before it loads the app "
-             "(e.g. reset a connection pool inherited with --preload). Starts a master.")
+             "(with --preload the master's app is already there: reset what it shares, "
+             "such as a connection pool). Starts a master.")
     post_worker_init: str = setting(
         None, "--post-worker-init", parse=_hook_name, metavar="MODULE:FUNCTION",
         help="Hook post_worker_init(worker): in each worker once the app is loaded, before "

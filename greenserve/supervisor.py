@@ -1,9 +1,11 @@
 """The pre-fork master: keeps N workers running on shared listeners; knows nothing of HTTP.
 
-The master is plain Python: no gevent, no monkey-patching, no application. It is given
-bound sockets and a ``boot`` function, forks workers that run ``boot`` (which patches,
-loads the app afresh and serves), and spends its life in one ``select`` loop: signal
-handlers only queue the signal, and the loop acts on it.
+The master is plain Python: no gevent, no monkey-patching, no application (except with
+--preload, where the entry point patches and loads the app before handing over; the same
+loop then runs on gevent's cooperative ``select``). It is given bound sockets and a
+``boot`` function, forks workers that run ``boot`` (which patches, loads the app afresh and
+serves), and spends its life in one ``select`` loop: signal handlers only queue the signal,
+and the loop acts on it.
 
 Each worker has a pipe to the master and writes short messages on it (``ipc``): that is
 how the master learns that a worker has loaded the app, that its hub is still running

@@ -35,7 +35,7 @@ def proc_title(pid):
         return stream.read().replace(b"\0", b" ").decode().strip()
 
 
-# -- gunicorn's option names --------------------------------------------------------------------
+# -- gunicorn's option names -------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, spelling", [
     (["--access-logfile", "-"], "--access-log"),
@@ -136,7 +136,7 @@ def test_gunicorn_options_greenserve_spells_the_same(tmp_path, args, name, value
     assert tomllib.loads(result.stdout)[name] == value
 
 
-# -- --print-config and --check-config ------------------------------------------------------------
+# -- --print-config and --check-config ---------------------------------------------------------
 
 def test_print_config_reads_back_the_same(tmp_path):
     (tmp_path / "gs.toml").write_text('workers = 3\naccess-log-format = "%(h)s \\"%(r)s\\""\n')
@@ -182,7 +182,7 @@ def test_check_config_fails_with_the_reason(tmp_path, args, message):
     assert_one_line_error(run([*args, "--check-config"], tmp_path), message)
 
 
-# -- --pid, -e, --name ----------------------------------------------------------------------------
+# -- --pid, -e, --name -------------------------------------------------------------------------
 
 def test_pid_file_is_written_and_removed(processes, tmp_path):
     server = processes.greenserve("webapp:app", "-b", "127.0.0.1:0", "-w", "2",
@@ -250,7 +250,7 @@ def test_process_titles(processes):
     assert proc_title(single.pid) == "greenserve: server [webapp:app]"
 
 
-# -- --preload --------------------------------------------------------------------------------------
+# -- --preload ---------------------------------------------------------------------------------
 
 def test_preload_loads_the_app_once_in_the_master(processes, tmp_path):
     loads = tmp_path / "loads"
@@ -298,7 +298,7 @@ def test_preload_of_a_failing_app_exits_2(tmp_path):
     assert "started worker" not in result.stderr  # nothing was forked
 
 
-# -- options that need a master ----------------------------------------------------------------------
+# -- options that need a master ----------------------------------------------------------------
 
 @pytest.mark.parametrize("args, reason", [
     (["--timeout", "30"], "--timeout needs one"),
@@ -321,7 +321,7 @@ def test_timeout_zero_or_absent_keeps_one_process(processes):
         assert not server.matches("starting a master process")
 
 
-# -- app factories and bad settings -----------------------------------------------------------------
+# -- app factories and bad settings ------------------------------------------------------------
 
 @pytest.mark.parametrize("spec, message", [
     ("webapp:create_app", "webapp:create_app looks like an app factory: use "
