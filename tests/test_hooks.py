@@ -175,6 +175,29 @@ def test_post_request_keeps_a_file_wrapper_response_whole(processes, hook_log):
     assert records(hook_log)[0][3] == "/file status='200 OK'"
 
 
+@pytest.mark.parametrize("app", ["flask_app", "wsproto_app"])
+def test_request_hooks_around_a_websocket_hand_over(processes, hook_log, app):
+    websocket = pytest.importorskip("websocket")  # websocket-client
+    env = environment(HOOK_LOG=str(hook_log))
+    server = processes.greenserve(f"ws_apps:{app}", "-b", "127.0.0.1:0",
+                                  *hook_flags("pre_request", "post_request"), env=env)
+    host, port = server.address()
+    path = "/echo" if app == "flask_app" else "/"
+    ws = websocket.create_connection(f"ws://{host}:{port}{path}", timeout=procs.WAIT)
+    try:
+        ws.send("through the hooks")
+        assert ws.recv() == "through the hooks"
+    finally:
+        ws.close()
+    wait_until(lambda: [row[0] for row in records(hook_log)] == ["pre_request",
+                                                                 "post_request"],
+               what="pre_request then post_request")
+    # flask-sock ends with gunicorn's StopIteration and never calls start_response; the
+    # wsproto app passes its own 101 to start_response.
+    expected = "None" if app == "flask_app" else "'101 Switching Protocols'"
+    assert records(hook_log)[1][3] == f"{path} status={expected}"
+
+
 # -- hooks that raise --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("workers", ["1", "2"])
