@@ -5,13 +5,17 @@ app factories named without their call, and settings that must not pass in silen
 import signal
 import socket
 import subprocess
-import tomllib
 
 import pytest
 
 import procs
 from greenserve.cli import GUNICORN_ABSENT, GUNICORN_SPELLINGS, GUNICORN_TLS, build_parser
 from procs import environment, wait_until
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
 
 
 @pytest.fixture
