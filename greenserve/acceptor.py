@@ -11,6 +11,7 @@ import logging
 import select
 
 from gevent import get_hub
+from gevent.monkey import get_original
 from gevent.socket import socket as GeventSocket
 
 from .gevent_private import accept_raw
@@ -30,8 +31,10 @@ _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 class Acceptor:
     """Calls ``on_connection(sock, address)`` for each accepted client while not ``full()``.
 
-    At the cap it pauses; ``full(acceptor)`` is told which acceptor asked, so the server can
-    check ``client_waiting()`` and make room only when somebody actually waits.
+    ``full(acceptor)`` is told which acceptor asked, so at the cap the server can check
+    ``client_waiting()``, make room only when somebody actually waits, and ``pause()`` the
+    acceptor until a slot frees; until then the acceptor keeps watching, so the next
+    newcomer is noticed at once.
     """
 
     def __init__(self, sock, on_connection, full, batch=ACCEPT_BATCH):
@@ -54,7 +57,9 @@ class Acceptor:
         if self.closed:
             return False
         if self._poll is None:
-            self._poll = select.poll()
+            # The real poll even under monkey-patching: gevent's cannot run in a loop
+            # callback, and a zero timeout never blocks anyway.
+            self._poll = get_original("select", "poll")()
             self._poll.register(self.sock.fileno(), select.POLLIN)
         try:
             return bool(self._poll.poll(0))
@@ -91,8 +96,7 @@ class Acceptor:
         accept = accept_raw(sock)
         for _ in range(self.batch):
             if self.full(self):
-                # The spawner's cap is reached; the server restarts us when a slot frees.
-                self.pause()
+                # The cap is reached: the server makes room (and pauses us) or waits.
                 return
             try:
                 fd, address = accept()

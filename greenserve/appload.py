@@ -18,6 +18,7 @@ This module edits neither ``sys.path`` nor anything else: the caller sets up the
 import ast
 import difflib
 import importlib
+import inspect
 import pkgutil
 import sys
 import traceback
@@ -46,7 +47,49 @@ def load_app(spec):
     if not callable(obj):
         raise AppLoadError(f"{what}, which is not callable; a WSGI application is a callable "
                            f"taking (environ, start_response)")
+    _refuse_wrong_signature(obj, label, call is None)
     return obj
+
+
+def load_object(spec, what):
+    """The object named ``MODULE:NAME`` (``NAME`` may be dotted), e.g. a hook function.
+
+    ``what`` names it in the one-line ``AppLoadError`` (e.g. "hook post_fork").
+    """
+    module_name, sep, path = spec.partition(":")
+    if not sep or not path:
+        raise AppLoadError(f"{what}: {spec!r} is not MODULE:NAME")
+    try:
+        module = _import(module_name)
+        return _lookup(module, module_name, path.split("."))
+    except AppLoadError as exc:
+        raise AppLoadError(f"{what}: {exc}") from exc.__cause__
+
+
+def takes_arguments(function, count):
+    """False only when ``function`` certainly cannot be called with ``count`` positional
+    arguments (an unreadable signature, as of some C functions, gets the benefit of the
+    doubt)."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return True
+    try:
+        signature.bind(*range(count))
+    except TypeError:
+        return False
+    return True
+
+
+def _refuse_wrong_signature(obj, label, plain):
+    """Refuse a callable that cannot take (environ, start_response) at start-up, instead
+    of answering every request with 500."""
+    if takes_arguments(obj, 2):
+        return
+    if plain and takes_arguments(obj, 0):
+        raise AppLoadError(f"{label} looks like an app factory: use {label}()")
+    raise AppLoadError(f"{label} cannot be called with (environ, start_response), so it is "
+                       f"not a WSGI application")
 
 
 def parse_spec(spec):

@@ -11,7 +11,8 @@ import dataclasses
 import os
 import sys
 
-from .config import ENV_PREFIX, SETTINGS, load_config
+from .config import (ENV_PREFIX, SETTINGS, WORKER_PROCESS_HOOKS, format_toml, given_settings,
+                     load_config, option_name, unknown_env_warnings)
 from .errors import AppLoadError, ConfigError
 
 PROG = "greenserve"
@@ -29,9 +30,14 @@ SIGTERM or SIGINT stops the server gracefully: it stops accepting, lets in-fligh
 finish (up to --graceful-timeout) and exits 0. A second signal stops it at once (exit 1).
 
 With --workers above 1 (or --supervise) a master process binds the addresses and forks the
-workers, each loading the app. Signals to the master: TERM/INT graceful stop, QUIT fast
-stop, HUP reload (new workers load the app afresh, then the old ones drain), TTIN/TTOU one
-worker more/fewer. systemd socket activation (LISTEN_FDS) is used when present.
+workers, each loading the app. --reload, --preload, an explicit --timeout, --max-requests
+and the worker hooks start one too. Signals to the master: TERM/INT graceful stop, QUIT fast
+stop, HUP reload (new workers load the app afresh, then the old ones drain; with --preload
+they start from the master's copy, so code is not reloaded), TTIN/TTOU one worker
+more/fewer. systemd socket activation (LISTEN_FDS) is used when present.
+
+Server hooks (--on-starting ... --post-request, or the same keys in the config file) name
+functions as MODULE:FUNCTION; a hook that raises at start-up stops greenserve (exit 2).
 """
 
 
@@ -71,11 +77,13 @@ def build_parser():
     Options not given on the command line are absent from the namespace (SUPPRESS), so
     only what the user typed overrides the environment and the config file.
     """
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG, description="Serve a WSGI application with gevent.", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS)
-    parser.add_argument("app", metavar="APP", help="the WSGI application, as MODULE:APP")
+    # Optional for argparse only so that --print-config needs no app; _main requires it.
+    parser.add_argument("app", metavar="APP", nargs="?",
+                        help="the WSGI application, as MODULE:APP")
     parser.add_argument("--version", action="version", version=f"{PROG} {version()}")
     for name, spec in SETTINGS.items():
         meta = spec.metadata
@@ -96,6 +104,21 @@ def build_parser():
     return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a gunicorn option it does not know gets a one-line hint (its
+    greenserve spelling, or why greenserve lacks it) instead of the usage text."""
+
+    argv = ()
+
+    def error(self, message):
+        hints = gunicorn_hints(self.argv, self._option_string_actions)
+        if hints:
+            for hint in hints:
+                sys.stderr.write(f"{PROG}: error: {hint}\n")
+            sys.exit(2)
+        super().error(message)
+
+
 def main(argv=None):
     """Run greenserve as a command; returns the process exit code."""
     try:
@@ -106,55 +129,134 @@ def main(argv=None):
 
 
 def _main(argv):
-    args = vars(build_parser().parse_args(argv))  # bad usage: argparse prints and exits 2
-    spec = args.pop("app")
+    parser = build_parser()
+    parser.argv = sys.argv[1:] if argv is None else list(argv)
+    args = vars(parser.parse_args(argv))  # bad usage: argparse prints and exits 2
+    spec = args.pop("app", None)
     try:
         config = load_config(cli=args, environ=os.environ, base=_platform_defaults(os.environ))
+        given = given_settings(args, os.environ)
     except ConfigError as exc:
         return _fail(exc)
+    if config.print_config:
+        sys.stdout.write(format_toml(config))
+        return 0
+    if spec is None:
+        parser.error("the following arguments are required: APP")
+    notes = unknown_env_warnings(os.environ)
+    for pair in config.env:  # -e KEY=VALUE: for the app, the hooks and every worker
+        key, _, value = pair.partition("=")
+        os.environ[key] = value
+    if config.reload and config.preload:
+        return _fail("--reload and --preload exclude each other: with --preload the code is "
+                     "loaded once, in the master, and cannot reload")
 
-    if config.workers > 1 or config.supervise:
-        return _supervise(spec, config)
+    if config.check_config:
+        return _check(spec, config)
+    why_master = _needs_master(config, given)
+    if config.workers > 1 or config.supervise or why_master:
+        return _supervise(spec, config, notes, why_master)
+    return _single(spec, config, notes)
 
+
+def _needs_master(config, given):
+    """The options given that only a master process can honour (it starts implicitly)."""
+    reasons = [flag for flag, wanted in (
+        ("--reload", config.reload),
+        ("--preload", config.preload),
+        # Without a master nobody watches the hub: an explicit --timeout asks for that.
+        ("--timeout", "timeout" in given and config.timeout),
+        ("--max-requests", config.max_requests)) if wanted]
+    reasons += [f"--{option_name(name)}" for name in WORKER_PROCESS_HOOKS if getattr(config, name)]
+    return reasons
+
+
+def _single(spec, config, notes):
+    """One process, no master: patch, load the app, bind, serve."""
     patch_warnings = _monkey_patch() if config.monkey_patch else []
     _guard_timers()
 
     # Only now is it safe to import things that touch threads, sockets or the app.
-    from .appload import format_app_error, load_app
+    from . import listeners, tls
+    from .hooks import MASTER_HOOKS, Hooks, HookFailed, ServerView, WorkerView
     from .log import error_log, setup_logging
 
-    from . import listeners, tls
-
-    sockets = []
-    admin_socket = None
+    server_view = ServerView(config, spec, os.getpid())
     try:
         _setup_import_path(config)
         setup_logging(config)
-        for line in patch_warnings:
-            error_log.warning("%s", line)
-        identity = listeners.resolve_identity(config.user, config.group)
-        # A bad certificate stops the start before a slow app loads; read while still
-        # root, as the key may be readable by root only.
-        tls_context = tls.server_context(config, cooperative=True)
-        if identity is not None:
-            # Bind first (port 80, a socket in /run), then switch: the app never runs as root.
-            sockets = _bind(config, identity)
-            admin_socket = _bind_admin(config)
-            listeners.drop_privileges(identity)
-        try:
-            app = load_app(spec)
-        except AppLoadError as exc:
-            # The app's own exception (import error, raising factory) is shown in full.
-            sys.stderr.write(format_app_error(exc))
-            raise
-        if identity is None:
-            sockets = _bind(config)
-            admin_socket = _bind_admin(config)
+        hooks = Hooks(config, (*MASTER_HOOKS, "pre_request", "post_request"))
+        pid_file = _write_pid_file(config.pid)
     except (ConfigError, AppLoadError) as exc:
-        _close(sockets + ([admin_socket] if admin_socket is not None else []))
         return _fail(exc)
+    for line in [*notes, *patch_warnings]:
+        error_log.warning("%s", line)
+    _set_title("server", config, spec, error_log)
+    try:
+        try:
+            hooks.call("on_starting", server_view)
+        except HookFailed as exc:
+            return _fail(exc)
+        sockets, admin_socket = [], None
+        try:
+            identity = listeners.resolve_identity(config.user, config.group)
+            # A bad certificate stops the start before a slow app loads; read while still
+            # root, as the key may be readable by root only.
+            tls_context = tls.server_context(config, cooperative=True)
+            if identity is not None:
+                # Bind first (port 80, a socket in /run), then switch: the app never runs
+                # as root.
+                sockets = _bind(config, identity)
+                admin_socket = _bind_admin(config)
+                listeners.drop_privileges(identity)
+            app = _load_app_showing_cause(spec)
+            if identity is None:
+                sockets = _bind(config)
+                admin_socket = _bind_admin(config)
+        except (ConfigError, AppLoadError) as exc:
+            _close(sockets + ([admin_socket] if admin_socket is not None else []))
+            hooks.call_logged("on_exit", server_view)
+            return _fail(exc)
+        worker_view = WorkerView(os.getpid(), 0, config)
+        worker_view.app = app
+        return _serve(hooks.wrap_app(app, worker_view), spec, config, sockets, hooks,
+                      server_view, tls_context, admin_socket)
+    finally:
+        _remove_pid_file(pid_file)
 
-    return _serve(app, spec, config, sockets, tls_context, admin_socket)
+
+def _check(spec, config):
+    """--check-config: load the settings, the app and every hook as a worker would; bind
+    nothing, start nothing. 0 if all of it loads, else 2 with the reason."""
+    if config.monkey_patch:
+        _monkey_patch()  # so that the app imports as it will when served
+    from .hooks import ARGUMENTS, Hooks
+    from .log import load_log_config
+    try:
+        _setup_import_path(config)
+        if config.log_config:
+            load_log_config(config.log_config)
+        if config.reload:
+            from .reload import require_watchfiles, watched_roots
+            require_watchfiles()
+            watched_roots(config, os.getcwd())
+        _load_app_showing_cause(spec)
+        Hooks(config, ARGUMENTS)
+    except (ConfigError, AppLoadError) as exc:
+        return _fail(exc)
+    sys.stdout.write(f"{PROG}: configuration OK; {spec} loads\n")
+    return 0
+
+
+def _load_app_showing_cause(spec):
+    """load_app, writing the app's own traceback (import error, raising factory) to stderr
+    before the one-line error."""
+    from .appload import format_app_error, load_app
+    try:
+        return load_app(spec)
+    except AppLoadError as exc:
+        sys.stderr.write(format_app_error(exc))
+        raise
 
 
 def _platform_defaults(environ):
@@ -207,77 +309,119 @@ def _bind_split(config, identity=None):
         raise
 
 
-def _supervise(spec, config):
-    """Run the pre-fork master; each worker patches, loads the app afresh and serves.
-
-    The master itself neither monkey-patches nor imports the app: forked workers then
-    import the code as it is on disk (so SIGHUP picks up changes), and patch in a process
-    with no threads and no hub yet.
-    """
-    from . import listeners, tls
-    from .log import error_log, setup_logging
-    from .supervisor import Supervisor
-
-    try:
-        _setup_import_path(config)
-        setup_logging(config)
-        identity = listeners.resolve_identity(config.user, config.group)
-        # Checked here, once: a bad certificate must not make every worker fail in turn.
-        tls.check_in_child(config)
-        inherited, created = _bind_split(config, identity)
-        sockets = inherited + created
-        admin_socket = _bind_admin(config)
-    except ConfigError as exc:
-        return _fail(exc)
-    monitor = health = admin = None
-    if admin_socket is not None:
-        from .admin import MASTER_LIVE_TIMEOUT, AdminRoutes, AdminThread, Health
-        from .metrics import Supervision
-        health = Health(live_timeout=MASTER_LIVE_TIMEOUT)
-        holder = {}
-        monitor = Supervision(listeners=lambda: holder["supervisor"]._all_listeners())
-        admin = AdminThread(admin_socket, AdminRoutes(health, monitor.collect))
-
-    def boot(worker_sockets, info):  # runs in each forked worker
-        notes = _monkey_patch() if config.monkey_patch else []
-        _guard_timers()
-        # Read while still root: the key may be readable by root only.
-        tls_context = tls.server_context(config, cooperative=True)
-        # The master keeps root (to bind --reuse-port copies, remove its unix sockets);
-        # the workers, which run the app, switch before loading it.
-        listeners.drop_privileges(identity)
-        from .worker import run
-        return run(spec, config, worker_sockets, info, notes, tls_context)
-
-    unix_files = listeners.unix_paths(sockets + ([admin_socket] if admin_socket else []))
-    error_log.info("greenserve %s serving %s", version(), spec)
-    for sock in sockets:
-        error_log.info("Listening at %s (pid %d)", listeners.describe(sock), os.getpid())
-    try:
-        # systemd's sockets stay open through a stop: systemd queues for the next start.
-        supervisor = Supervisor(config, sockets, boot, keep_listening=inherited,
-                                monitor=monitor, health=health, admin=admin)
-        if admin is not None:
-            holder["supervisor"] = supervisor
-            admin.start()
-            error_log.info("Admin listener at %s", listeners.describe(admin_socket))
-        return supervisor.run()
-    except AppLoadError as exc:
-        return _fail(exc)
-    finally:
-        if admin is not None:
-            admin.stop()
-        for sock in sockets:
-            sock.close()
-        listeners.remove_unix_files(unix_files)
-
-
 def _bind_admin(config):
     """The --metrics-bind listening socket, or None."""
     if not config.metrics_bind:
         return None
     from .listeners import create_listeners
     return create_listeners([config.metrics_bind], 64)[0]
+
+
+def _supervise(spec, config, notes=(), why_master=()):
+    """Run the pre-fork master; each worker patches, loads the app afresh and serves.
+
+    The master itself neither monkey-patches nor imports the app: forked workers then
+    import the code as it is on disk (so SIGHUP picks up changes), and patch in a process
+    with no threads and no hub yet. With --preload it does both, once, before forking.
+    """
+    preload = config.preload
+    patch_warnings = _monkey_patch() if preload and config.monkey_patch else []
+    if preload:
+        _guard_timers()
+
+    from . import listeners, tls
+    from .hooks import MASTER_HOOKS, Hooks, HookFailed, ServerView
+    from .log import error_log, setup_logging
+    from .supervisor import Supervisor
+
+    server_view = ServerView(config, spec, os.getpid())
+    reloader = None
+    try:
+        _setup_import_path(config)
+        if config.reload:
+            from .reload import Reloader, require_watchfiles, watched_roots
+            require_watchfiles()
+            reloader = Reloader(watched_roots(config, os.getcwd()), config.reload_extra_files)
+        setup_logging(config)
+        hooks = Hooks(config, MASTER_HOOKS)
+        identity = listeners.resolve_identity(config.user, config.group)
+        # Checked here, once: a bad certificate must not make every worker fail in turn.
+        tls.check_in_child(config)
+        pid_file = _write_pid_file(config.pid)
+    except (ConfigError, AppLoadError) as exc:
+        return _fail(exc)
+    for line in [*notes, *patch_warnings]:
+        error_log.warning("%s", line)
+    if why_master and config.workers == 1 and not config.supervise:
+        error_log.info("starting a master process (as --supervise does): %s %s one",
+                       " and ".join(why_master), "needs" if len(why_master) == 1 else "need")
+    _set_title("master", config, spec, error_log)
+
+    try:
+        try:
+            hooks.call("on_starting", server_view)
+        except HookFailed as exc:
+            return _fail(exc)
+        sockets, admin_socket = [], None
+        try:
+            app = _load_app_showing_cause(spec) if preload else None
+            inherited, created = _bind_split(config, identity)
+            sockets = inherited + created
+            admin_socket = _bind_admin(config)
+        except (ConfigError, AppLoadError) as exc:
+            _close(sockets)
+            hooks.call_logged("on_exit", server_view)
+            return _fail(exc)
+        server_view.addresses = [listeners.describe(sock) for sock in sockets]
+        monitor = health = admin = None
+        if admin_socket is not None:
+            from .admin import MASTER_LIVE_TIMEOUT, AdminRoutes, AdminThread, Health
+            from .metrics import Supervision
+            health = Health(live_timeout=MASTER_LIVE_TIMEOUT)
+            holder = {}
+            monitor = Supervision(listeners=lambda: holder["supervisor"]._all_listeners())
+            admin = AdminThread(admin_socket, AdminRoutes(health, monitor.collect))
+
+        def boot(worker_sockets, info):  # runs in each forked worker
+            _set_title("worker", config, spec)
+            notes = _monkey_patch() if config.monkey_patch and not preload else []
+            _guard_timers()
+            # Read while still root: the key may be readable by root only.
+            tls_context = tls.server_context(config, cooperative=True)
+            # The master keeps root (to bind --reuse-port copies, remove its unix sockets);
+            # the workers, which run the app, switch before loading it.
+            listeners.drop_privileges(identity)
+            from .worker import run
+            return run(spec, config, worker_sockets, info, notes, app=app,
+                       server_view=server_view, tls_context=tls_context)
+
+        unix_files = listeners.unix_paths(sockets + ([admin_socket] if admin_socket else []))
+        error_log.info("greenserve %s serving %s%s", version(), spec,
+                       " (preloaded in the master)" if preload else "")
+        for sock in sockets:
+            error_log.info("Listening at %s (pid %d)", listeners.describe(sock), os.getpid())
+        try:
+            # systemd's sockets stay open through a stop: systemd queues for the next start.
+            supervisor = Supervisor(config, sockets, boot, keep_listening=inherited,
+                                    on_ready=lambda: hooks.call("when_ready", server_view),
+                                    reloader=reloader, monitor=monitor, health=health,
+                                    admin=admin)
+            if admin is not None:
+                holder["supervisor"] = supervisor
+                admin.start()
+                error_log.info("Admin listener at %s", listeners.describe(admin_socket))
+            return supervisor.run()
+        except (AppLoadError, ConfigError, HookFailed) as exc:
+            return _fail(exc)
+        finally:
+            if admin is not None:
+                admin.stop()
+            for sock in sockets + ([admin_socket] if admin_socket else []):
+                sock.close()
+            listeners.remove_unix_files(unix_files)
+            hooks.call_logged("on_exit", server_view)
+    finally:
+        _remove_pid_file(pid_file)
 
 
 def _fail(message):
@@ -336,20 +480,225 @@ def _setup_import_path(config):
         sys.path.insert(0, cwd)
 
 
-def _serve(app, spec, config, sockets, tls_context=None, admin_socket=None):
+def _serve(app, spec, config, sockets, hooks, server_view, tls_context=None,
+           admin_socket=None):
     """Run the one process (no master) until SIGTERM/SIGINT; stop gracefully; the exit code."""
     from . import listeners
+    from .hooks import HookFailed
     from .server import Server, run_until_signalled
 
-    everything = sockets + ([admin_socket] if admin_socket is not None else [])
-    unix_files = listeners.unix_paths(everything)
+    unix_files = listeners.unix_paths(sockets + ([admin_socket] if admin_socket else []))
+    server_view.addresses = [listeners.describe(sock) for sock in sockets]
     stats = None
     if admin_socket is not None:
         from .metrics import private_stats
         stats = private_stats()[1]
     server = Server(app, config, listeners=sockets, tls_context=tls_context, stats=stats)
     try:
+        server.start()
+        try:
+            hooks.call("when_ready", server_view)
+        except HookFailed as exc:
+            server.stop(timeout=0)
+            return _fail(exc)
         return run_until_signalled(server, f"greenserve {version()} serving {spec}",
                                    admin_socket)
     finally:
         listeners.remove_unix_files(unix_files)
+        hooks.call_logged("on_exit", server_view)
+
+
+# -- process titles and the pid file ---------------------------------------------------------
+
+def _set_title(role, config, spec, log=None):
+    """'greenserve: master [NAME]' in ps and top, when setproctitle is installed."""
+    try:
+        from setproctitle import setproctitle
+    except ImportError:
+        if config.name and log is not None:
+            log.warning("--name: process titles need the setproctitle package (pip install "
+                        "setproctitle); they are left as they are")
+        return
+    setproctitle(f"{PROG}: {role} [{config.name or spec}]")
+
+
+def _write_pid_file(path):
+    """Write our pid to ``path`` (atomically); refuse when it names a running greenserve.
+    Returns the path, for _remove_pid_file; None when there is no pid file."""
+    if not path:
+        return None
+    path = os.path.abspath(path)
+    try:
+        with open(path) as stream:
+            previous = int(stream.read().strip() or 0)
+    except (OSError, ValueError):
+        previous = 0  # none yet, or not ours to read: written over below
+    if previous and previous != os.getpid() and _is_greenserve(previous):
+        raise ConfigError(f"pid file {path} names process {previous}, which is running: is "
+                          f"greenserve already running? (if not, remove the file)")
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "w") as stream:
+            stream.write(f"{os.getpid()}\n")
+        os.replace(temporary, path)
+    except OSError as exc:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise ConfigError(f"pid file {path}: {(exc.strerror or str(exc)).lower()}") from None
+    return path
+
+
+def _remove_pid_file(path):
+    """Remove the pid file if it still holds our pid (a newer greenserve may own it now)."""
+    if not path:
+        return
+    try:
+        with open(path) as stream:
+            if int(stream.read().strip() or 0) == os.getpid():
+                os.unlink(path)
+    except (OSError, ValueError):
+        pass
+
+
+def _is_greenserve(pid):
+    """Is ``pid`` a running process, and (where /proc tells) a greenserve one? A stale pid
+    file whose number now belongs to another program must not block a start."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, under another user
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as stream:
+            return b"greenserve" in stream.read()
+    except OSError:
+        return True  # no /proc: assume the worst
+
+
+# -- gunicorn's options ------------------------------------------------------------------------
+
+# gunicorn options greenserve spells differently: gunicorn's -> greenserve's. (Those spelled
+# the same need nothing here: argparse knows them.)
+GUNICORN_SPELLINGS = {
+    "--access-logfile": "--access-log",
+    "--access-logformat": "--access-log-format",
+    "--error-logfile": "--error-log",
+    "--log-file": "--error-log",
+    "--log-config-dict": "--log-config",
+    "--log-config-json": "--log-config",
+    "--limit-request-field_size": "--limit-request-field-size",
+    "--proxy-allow-from": "--proxy-allow-ips",
+    "--ssl-version": "--tls-min-version",
+    "-v": "--version",
+    "-u": "--user",
+    "-g": "--group",
+    "-m": "--umask",
+}
+
+_SYSLOG = "send logs to syslog with --log-config (a logging.handlers.SysLogHandler)"
+_STRICT = ("greenserve's HTTP parser stays strict (RFC 9112): such requests are refused "
+           "with 400, there is nothing to relax")
+_STATSD = ("greenserve has no StatsD client; it exports Prometheus metrics on "
+           "--metrics-bind where that option exists")
+
+_PASTE = "PasteDeploy .ini files are not read: name the app as MODULE:APP or MODULE:FACTORY(...)"
+_HTTP2 = ("greenserve speaks HTTP/1.1; the proxy in front of it speaks HTTP/2 (or 3) to "
+          "clients")
+_ASGI = "greenserve serves WSGI applications, not ASGI ones"
+_DIRTY = ("greenserve has no side pool of workers for slow jobs: use a task queue, or "
+          "greenlets in the app")
+_CONTROL = ("greenserve is controlled with signals: HUP reloads, TTIN/TTOU add/remove a "
+            "worker, TERM stops gracefully, QUIT at once")
+_UWSGI = "greenserve speaks HTTP only: point nginx's proxy_pass (not uwsgi_pass) at it"
+
+# gunicorn options greenserve lacks on purpose, with the reason (one line each).
+GUNICORN_ABSENT = {
+    "-k": "greenserve has one kind of worker, gevent greenlets: drop -k/--worker-class "
+          "(and -k gevent --worker-connections N is --max-connections N)",
+    "--worker-class": "greenserve has one kind of worker, gevent greenlets: drop "
+                      "-k/--worker-class (and -k gevent --worker-connections N is "
+                      "--max-connections N)",
+    "--threads": "greenserve serves each request in a greenlet, not a thread: concurrency "
+                 "per worker is --max-connections",
+    "-D": "greenserve stays in the foreground: run it under systemd, supervisord or a "
+          "container instead of -D/--daemon",
+    "--daemon": "greenserve stays in the foreground: run it under systemd, supervisord or a "
+                "container instead of -D/--daemon",
+    "--initgroups": "with --user greenserve always takes on the user's supplementary groups",
+    "--worker-tmp-dir": "greenserve's workers report to the master over a pipe; there is no "
+                        "heartbeat file to place",
+    "--spew": "greenserve does not trace every line; use a debugger or sys.settrace in the app",
+    "--paste": _PASTE,
+    "--paste-global": _PASTE, "--paster": _PASTE,
+    "--reload-engine": "--reload always uses watchfiles (pip install 'greenserve[reload]')",
+    "--no-sendfile": "greenserve sends wsgi.file_wrapper files with sendfile when it can and "
+                     "reads them otherwise; there is nothing to turn off",
+    "-R": "workers keep the master's stdout and stderr already; --capture-output sends them "
+          "to the error log",
+    "--enable-stdio-inheritance": "workers keep the master's stdout and stderr already; "
+                                  "--capture-output sends them to the error log",
+    "--statsd-host": _STATSD, "--statsd-prefix": _STATSD, "--dogstatsd-tags": _STATSD,
+    "--enable-backlog-metric": _STATSD,
+    "--log-syslog": _SYSLOG, "--log-syslog-to": _SYSLOG, "--log-syslog-prefix": _SYSLOG,
+    "--log-syslog-facility": _SYSLOG, "--disable-redirect-access-to-syslog": _SYSLOG,
+    "--logger-class": "route and format logs with --log-config (Python's logging.config "
+                      "dictConfig, as TOML or JSON)",
+    "--strip-header-spaces": _STRICT,
+    "--permit-unconventional-http-method": _STRICT,
+    "--permit-unconventional-http-version": _STRICT,
+    "--casefold-http-method": _STRICT,
+    "--permit-obsolete-folding": _STRICT,
+    "--header-map": "greenserve always drops request headers with an underscore in the name "
+                    "(gunicorn's 'drop'): they could pass for a proxy's headers",
+    "--forwarder-headers": "greenserve applies X-Forwarded-* and Forwarded headers from the "
+                           "peers in --forwarded-allow-ips; there is no list to set",
+    "--protocol": _UWSGI, "--uwsgi-allow-from": _UWSGI,
+    "--http-protocols": _HTTP2, "--http2-cleartext": _HTTP2,
+    "--http2-max-concurrent-streams": _HTTP2, "--http2-initial-window-size": _HTTP2,
+    "--http2-max-frame-size": _HTTP2, "--http2-max-header-list-size": _HTTP2,
+    "--http-parser": "greenserve has one HTTP parser, its own strict one",
+    "--asgi-loop": _ASGI, "--asgi-lifespan": _ASGI, "--asgi-disconnect-grace-period": _ASGI,
+    "--websocket-max-message-size": "WebSocket messages are the app's WebSocket library's "
+                                    "business (simple-websocket, wsproto): limit them there",
+    "--dirty-app": _DIRTY, "--dirty-workers": _DIRTY, "--dirty-timeout": _DIRTY,
+    "--dirty-threads": _DIRTY, "--dirty-graceful-timeout": _DIRTY,
+    "--control-socket": _CONTROL, "--control-socket-mode": _CONTROL,
+    "--no-control-socket": _CONTROL,
+}
+
+# gunicorn's TLS options: greenserve's own TLS (where built) takes most under the same names.
+GUNICORN_TLS = ("--certfile", "--keyfile", "--ca-certs", "--cert-reqs", "--ciphers",
+                "--do-handshake-on-connect", "--suppress-ragged-eofs", "--ssl-version")
+
+
+def gunicorn_hints(argv, known):
+    """One line per gunicorn option in ``argv`` that greenserve does not take (``known``:
+    the parser's option strings): its greenserve spelling, or why greenserve lacks it."""
+    hints = []
+    for token in argv:
+        if token == "--":
+            break
+        if token.startswith("--"):
+            flag = token.partition("=")[0]
+        elif token.startswith("-") and len(token) > 1 and not token[1].isdigit():
+            flag = token[:2]
+        else:
+            continue
+        if flag in known:
+            continue
+        spelling = GUNICORN_SPELLINGS.get(flag)
+        if spelling is not None and spelling in known:
+            reason = f"greenserve spells it {spelling}"
+        elif flag in GUNICORN_ABSENT:
+            reason = GUNICORN_ABSENT[flag]
+        elif flag in GUNICORN_TLS:
+            reason = ("greenserve's TLS has no such setting (greenserve --help lists its TLS "
+                      "options)" if "--certfile" in known else
+                      "this greenserve has no TLS options: terminate TLS at the proxy")
+        else:
+            continue
+        hints.append(f"unknown option {flag} (gunicorn's): {reason}")
+    return hints

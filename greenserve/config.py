@@ -6,6 +6,7 @@ Nothing here reads the environment or the disk on import; callers pass them in.
 
 import dataclasses
 import difflib
+import re
 from dataclasses import dataclass, field
 
 from .accessformat import ATOMS, JSON_PRESET, compile_format
@@ -16,15 +17,22 @@ ENV_PREFIX = "GREENSERVE_"
 
 # -- value parsers: str -> value, raising ValueError with a short reason --------------------
 
+def _whole(text):
+    # int(4.5) is 4: a float (TOML workers = 4.5) must not be rounded down in silence.
+    if isinstance(text, float):
+        raise ValueError("must be a whole number")
+    return int(text)
+
+
 def _positive_int(text):
-    value = int(text)
+    value = _whole(text)
     if value < 1:
         raise ValueError("must be a whole number of at least 1")
     return value
 
 
 def _non_negative_int(text):
-    value = int(text)
+    value = _whole(text)
     if value < 0:
         raise ValueError("must be a whole number of at least 0")
     return value
@@ -167,6 +175,24 @@ def _milliseconds(text):
     if value < 0:
         raise ValueError("must be a whole number of milliseconds, 0 or more")
     return value
+
+
+def _env_pair(text):
+    key, sep, _ = str(text).partition("=")
+    if not sep or not _ENV_KEY.fullmatch(key):
+        raise ValueError("must be KEY=VALUE, KEY a letter or '_' then letters, digits or '_'")
+    return str(text)
+
+
+def _hook_name(text):
+    text = None if text in (None, "") else str(text).strip()
+    if text is not None and not _HOOK_NAME.fullmatch(text):
+        raise ValueError("must name a function as MODULE:FUNCTION (e.g. myhooks:post_fork)")
+    return text
+
+
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HOOK_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
 def setting(default, *flags, help, parse=_str, metavar=None, multiple=False, flag=False,
@@ -397,6 +423,82 @@ class Config:
         help="Send the app's stdout and stderr (print(), stray tracebacks) to the "
              "--error-log file.")
 
+    # -- development and process management --------------------------------------------------
+    reload: bool = setting(
+        False, "--reload", parse=_bool, flag=True,
+        help="Development: restart the workers when a Python file under the working "
+             "directory and --pythonpath (or --reload-dir), or a --reload-extra-file, "
+             "changes. A changed file with a syntax error is reported and the workers keep "
+             "the old code until it is fixed. Needs the watchfiles package (pip install "
+             "'greenserve[reload]'); starts a master process.")
+    reload_dirs: tuple = setting(
+        (), "--reload-dir", "--reload-dirs", multiple=True, metavar="DIR",
+        help="With --reload, watch this directory instead of the working directory and "
+             "--pythonpath (repeatable).")
+    reload_extra_files: tuple = setting(
+        (), "--reload-extra-file", "--reload-extra-files", multiple=True, metavar="FILE",
+        help="With --reload, also restart when this file changes, e.g. a template or a "
+             "settings file (repeatable).")
+    preload: bool = setting(
+        False, "--preload", parse=_bool, flag=True,
+        help="Load the app once in the master process, then fork the workers (they share "
+             "its memory copy-on-write). SIGHUP then restarts the workers without "
+             "reloading the code. Starts a master process.")
+    pid: str = setting(
+        None, "-p", "--pid", parse=_optional_str, metavar="FILE",
+        help="Write the pid of the master (or of the only process) to FILE; it is removed "
+             "at exit.")
+    env: tuple = setting(
+        (), "-e", "--env", parse=_env_pair, multiple=True, metavar="KEY=VALUE",
+        help="Set an environment variable before the app is loaded (repeatable).")
+    name: str = setting(
+        None, "-n", "--name", parse=_optional_str, metavar="NAME",
+        help="Name in the process titles ('greenserve: master [NAME]', 'greenserve: worker "
+             "[NAME]'; default: the app spec). Titles are set when the setproctitle package "
+             "is installed.")
+    check_config: bool = setting(
+        False, "--check-config", parse=_bool, flag=True, cli_only=True,
+        help="Check the settings, the app and the hooks, then exit: 0 if they load, 2 "
+             "(with the reason) if not. Nothing is bound.")
+    print_config: bool = setting(
+        False, "--print-config", parse=_bool, flag=True, cli_only=True,
+        help="Print the settings in effect, as a TOML config file, and exit.")
+
+    # -- server hooks: functions named MODULE:FUNCTION --------------------------------------
+    on_starting: str = setting(
+        None, "--on-starting", parse=_hook_name, metavar="MODULE:FUNCTION",
+        help="Hook on_starting(server): in the master (or the only process) before the "
+             "listeners are bound and the app is loaded.")
+    when_ready: str = setting(
+        None, "--when-ready", parse=_hook_name, metavar="MODULE:FUNCTION",
+        help="Hook when_ready(server): in the master once every worker serves (or in the "
+             "only process once it accepts).")
+    post_fork: str = setting(
+        None, "--post-fork", parse=_hook_name, metavar="MODULE:FUNCTION",
+        help="Hook post_fork(server, worker): in each new worker, before it loads the app "
+             "(with --preload the master's app is already there: reset what it shares, "
+             "such as a connection pool). Starts a master.")
+    post_worker_init: str = setting(
+        None, "--post-worker-init", parse=_hook_name, metavar="MODULE:FUNCTION",
+        help="Hook post_worker_init(worker): in each worker once the app is loaded, before "
+             "it accepts connections. Starts a master.")
+    worker_exit: str = setting(
+        None, "--worker-exit", parse=_hook_name, metavar="MODULE:FUNCTION",
+        help="Hook worker_exit(server, worker): in each worker as it exits, after its "
+             "connections are closed. Starts a master.")
+    on_exit: str = setting(
+        None, "--on-exit", parse=_hook_name, metavar="MODULE:FUNCTION",
+        help="Hook on_exit(server): in the master (or the only process) just before it "
+             "exits.")
+    pre_request: str = setting(
+        None, "--pre-request", parse=_hook_name, metavar="MODULE:FUNCTION",
+        help="Hook pre_request(worker, environ): in the worker, before the app is called.")
+    post_request: str = setting(
+        None, "--post-request", parse=_hook_name, metavar="MODULE:FUNCTION",
+        help="Hook post_request(worker, environ, status): in the worker once the response "
+             "is over; status is the line the app gave start_response ('200 OK'), or None "
+             "if the app raised first.")
+
     config: str = setting(
         None, "-c", "--config", parse=_optional_str, metavar="FILE", cli_only=True,
         help="Read settings from this TOML file (keys are the option names).")
@@ -416,6 +518,10 @@ class Config:
 
 
 SETTINGS = {spec.name: spec for spec in dataclasses.fields(Config)}
+
+# Hooks about worker processes (hooks.py runs them): setting one starts a master process
+# even with one worker. Here so that the entry point knows before importing anything.
+WORKER_PROCESS_HOOKS = ("post_fork", "post_worker_init", "worker_exit")
 
 
 def option_name(name):
@@ -441,7 +547,11 @@ def parse_value(name, raw, source):
                 items = list(raw)
             else:
                 raise ValueError("must be a string or a list of strings")
-            return tuple(parse(item) for item in items)
+            parsed = []
+            for item in items:
+                raw = item  # the message quotes the bad item, not the whole list
+                parsed.append(parse(item))
+            return tuple(parsed)
         if spec.metadata["flag"]:
             return _bool(raw)
         if isinstance(raw, bool) or (raw is None and parse is not _optional_str):
@@ -472,6 +582,12 @@ def settings_from_toml(path):
         import tomllib
     except ImportError:  # Python 3.10
         import tomli as tomllib
+    if str(path).endswith(".py"):
+        # A gunicorn.conf.py (simple ones even parse as TOML): its settings go in a TOML
+        # file, its hook functions stay in Python.
+        raise ConfigError(f"config file {path}: greenserve reads TOML, not Python: put the "
+                          f"settings in a .toml file and name hook functions as "
+                          f"MODULE:FUNCTION (e.g. post-fork = \"myhooks:post_fork\")")
     try:
         with open(path, "rb") as stream:
             document = tomllib.load(stream)
@@ -508,3 +624,70 @@ def load_config(cli=None, environ=None, base=None):
     if base is None:
         return Config(**merged)
     return dataclasses.replace(base, **merged)
+
+
+# -- what the user gave, what they may have misspelled, what is in effect --------------------
+
+def given_settings(cli=None, environ=None):
+    """The names of the settings some source sets (the command line, the environment or
+    the config file), whatever their value: an option given explicitly, even at its default."""
+    cli = dict(cli or {})
+    environ = environ or {}
+    given = set(cli)
+    given.update(name for name, spec in SETTINGS.items()
+                 if not spec.metadata["cli_only"] and ENV_PREFIX + name.upper() in environ)
+    config_path = cli.get("config") or environ.get(ENV_PREFIX + "CONFIG")
+    if config_path:
+        given.update(settings_from_toml(config_path))
+    return given
+
+
+def unknown_env_warnings(environ):
+    """One line per ``GREENSERVE_*`` variable that names no setting (a typo is otherwise
+    ignored in silence), with a did-you-mean."""
+    known = {ENV_PREFIX + name.upper() for name, spec in SETTINGS.items()
+             if not spec.metadata["cli_only"]}
+    known.add(ENV_PREFIX + "CONFIG")
+    lines = []
+    names = sorted(key[len(ENV_PREFIX):] for key in known)
+    for key in sorted(environ):
+        if key.startswith(ENV_PREFIX) and len(key) > len(ENV_PREFIX) and key not in known:
+            # Compared without the prefix, which every candidate shares.
+            close = difflib.get_close_matches(key[len(ENV_PREFIX):], names, 1)
+            hint = f" (did you mean {ENV_PREFIX}{close[0]}?)" if close else ""
+            lines.append(f"unknown environment variable {key} ignored{hint}")
+    return lines
+
+
+def format_toml(config):
+    """The settings of ``config`` as a TOML config file that ``-c`` reads back the same."""
+    lines = []
+    for name, spec in SETTINGS.items():
+        if spec.metadata["cli_only"]:
+            continue
+        value = getattr(config, name)
+        key = option_name(name)
+        if value is None:
+            lines.append(f"# {key} is not set")
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    # TOML basic strings: escape the backslash, the quote and every control character.
+    escaped = []
+    for char in str(value):
+        if char in '"\\':
+            escaped.append("\\" + char)
+        elif ord(char) < 0x20 or ord(char) == 0x7f:
+            escaped.append(f"\\u{ord(char):04x}")
+        else:
+            escaped.append(char)
+    return '"' + "".join(escaped) + '"'

@@ -160,13 +160,16 @@ class Server:
         return handle
 
     def _full(self, acceptor=None):
-        """At the connection cap? Then, if a client is waiting, make room for it."""
+        """At the connection cap? Then, if a client is waiting, make room for it and pause
+        the acceptor until the slot frees (a connection to evict may also turn up later:
+        the sweep checks again). With nobody waiting the acceptor keeps watching."""
         spawner = self.spawner
         if not spawner.full():
             return False
         spawner.note_full()
         if acceptor is not None and acceptor.client_waiting():
             self._make_room()
+            acceptor.pause()
         return True
 
     def _make_room(self):

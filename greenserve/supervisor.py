@@ -1,9 +1,11 @@
 """The pre-fork master: keeps N workers running on shared listeners; knows nothing of HTTP.
 
-The master is plain Python: no gevent, no monkey-patching, no application. It is given
-bound sockets and a ``boot`` function, forks workers that run ``boot`` (which patches,
-loads the app afresh and serves), and spends its life in one ``select`` loop: signal
-handlers only queue the signal, and the loop acts on it.
+The master is plain Python: no gevent, no monkey-patching, no application (except with
+--preload, where the entry point patches and loads the app before handing over; the same
+loop then runs on gevent's cooperative ``select``). It is given bound sockets and a
+``boot`` function, forks workers that run ``boot`` (which patches, loads the app afresh and
+serves), and spends its life in one ``select`` loop: signal handlers only queue the signal,
+and the loop acts on it.
 
 Each worker has a pipe to the master and writes short messages on it (``ipc``): that is
 how the master learns that a worker has loaded the app, that its hub is still running
@@ -33,6 +35,7 @@ import traceback
 from . import ipc
 from .errors import AppLoadError, ConfigError
 from .log import error_log
+from .reload import syntax_errors
 
 BOOT_ERROR = 3  # a worker's exit status when the app cannot be loaded (as gunicorn's)
 
@@ -91,10 +94,16 @@ class Supervisor:
     ``keep_listening`` are sockets among ``sockets`` that stay open until the master exits
     (systemd's, from socket activation: systemd holds them and hands what queues there to
     the next start, so our copy is not ours to close early).
+
+    ``on_ready()`` is called once, when every slot first has a booted worker (the
+    ``when_ready`` hook); if it raises, the workers are stopped at once and ``run()``
+    raises it. ``reloader`` (a ``reload.Reloader``, for --reload) reports changed files:
+    they are checked for syntax errors and, if they compile, every worker is replaced as on
+    SIGHUP (a new worker that cannot load the app leaves the old one serving).
     """
 
-    def __init__(self, config, sockets, boot, keep_listening=(), monitor=None, health=None,
-                 admin=None):
+    def __init__(self, config, sockets, boot, keep_listening=(), on_ready=None,
+                 reloader=None, monitor=None, health=None, admin=None):
         self.config = config
         self.count = config.workers
         self.sockets = list(sockets)
@@ -112,6 +121,9 @@ class Supervisor:
         self.monitor = monitor  # metrics.Supervision: worker slots and lifecycle counters
         self.health = health    # admin.Health: what /healthz and /readyz answer
         self.admin = admin      # admin.AdminThread: its descriptors are closed in workers
+        self.on_ready = on_ready
+        self.ready = False         # every slot has had a booted worker (on_ready was called)
+        self.reloader = reloader
         self._wake_r = self._wake_w = None
 
     # -- the loop ------------------------------------------------------------------------
@@ -124,12 +136,17 @@ class Supervisor:
         previous = {signum: signal.signal(signum, self._queue) for signum in HANDLED}
         old_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         try:
+            if self.reloader is not None:
+                self.reloader.start(self._wake)
+                error_log.info("--reload: watching %s for changes",
+                               ", ".join(self.reloader.roots))
             error_log.info("master (pid %d) starting %d worker(s)", os.getpid(), self.count)
             while True:
                 if self.health is not None:
                     self.health.beat()
                 self._reap()
                 self._act_on_signals()
+                self._check_reload()
                 if self.stop_deadline is not None:
                     if not self.workers:
                         error_log.info("master (pid %d) stopped", os.getpid())
@@ -141,6 +158,8 @@ class Supervisor:
                     self._retire_replaced()
                 self._wait()
         finally:
+            if self.reloader is not None:
+                self.reloader.stop()
             signal.set_wakeup_fd(old_wakeup)
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -151,6 +170,13 @@ class Supervisor:
     def _queue(self, signum, frame):
         # Only queue: the loop acts on it (set_wakeup_fd wakes the select up).
         self.signals.append(signum)
+
+    def _wake(self):
+        """Wake the loop up from another thread (the --reload watcher)."""
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError, TypeError):
+            pass  # already awake (full pipe), or stopped (closed)
 
     def _wait(self):
         """Sleep until a signal, a worker's message or the next tick; read the messages."""
@@ -188,6 +214,7 @@ class Supervisor:
                         any(w.slot == slot and w.current and w.booted
                             for w in self.workers.values()) for slot in range(self.count)):
                     self.health.set_ready()
+                self._check_ready()
             elif kind == ipc.RETIRE and not worker.outdated:
                 worker.outdated = True
                 error_log.info("worker (pid %d) served its --max-requests; starting its "
@@ -232,20 +259,45 @@ class Supervisor:
         self._stop_all(fast=True)
 
     def handle_usr1(self, signum):
-        # gunicorn habits (log reopening, binary upgrade) must not kill the master.
-        error_log.info("%s ignored: log files are reopened by themselves after rotation; "
-                       "SIGHUP reloads the app", signal.Signals(signum).name)
+        """Reopen the log files (logrotate), here and in every worker."""
+        from .log import reopen_log_files
+        error_log.info("SIGUSR1 received; reopening log files")
+        for problem in reopen_log_files():
+            error_log.warning("%s", problem)
+        for pid in list(self.workers):
+            try:
+                os.kill(pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                pass
 
-    handle_usr2 = handle_usr1
+    def handle_usr2(self, signum):
+        # gunicorn's binary upgrade: not supported, and it must not kill the master.
+        error_log.info("SIGUSR2 ignored: SIGHUP reloads the app")
 
     def handle_hup(self, signum):
         """Reload: every worker is replaced by one that loads the app afresh."""
         if self._ignored_while_stopping(signum):
             return
+        if self.config.preload:
+            # gunicorn's surprise, said out loud: forked from the master, new workers run
+            # the code the master loaded at start-up.
+            error_log.warning("SIGHUP received; with --preload the app was loaded once in the "
+                              "master: %d new worker(s) start from it, so code changes are "
+                              "NOT picked up (restart greenserve for that)", self.count)
+            self._replace_all()
+            return
+        self.reload("SIGHUP received")
+
+    def reload(self, reason):
+        """Replace every worker by one that loads the app afresh; the old ones drain once
+        their successors have booted."""
+        error_log.info("%s; reloading: %d new worker(s) load the app, then the old ones "
+                       "drain", reason, self.count)
+        self._replace_all()
+
+    def _replace_all(self):
         if self.health is not None:
             self.health.set_unready("reloading")
-        error_log.info("SIGHUP received; reloading: %d new worker(s) load the app, then the "
-                       "old ones drain", self.count)
         for worker in self.workers.values():
             worker.outdated = True
         self.failures, self.spawn_after = 0, 0.0
@@ -271,6 +323,47 @@ class Supervisor:
             return False
         error_log.info("%s ignored: stopping", signal.Signals(signum).name)
         return True
+
+    # -- --reload and when_ready ----------------------------------------------------------------
+
+    def _check_reload(self):
+        """Reload when the watched files changed and the Python ones among them compile."""
+        if self.reloader is None:
+            return
+        if self.reloader.error is not None:
+            error_log.error("--reload: %s; files are no longer watched", self.reloader.error)
+            self.reloader = None
+            return
+        changed = self.reloader.take()
+        if not changed or self.stop_deadline is not None:
+            return
+        shown = ", ".join(os.path.relpath(path) for path in changed[:3])
+        if len(changed) > 3:
+            shown += f" and {len(changed) - 3} more"
+        problems = syntax_errors(changed)
+        if problems:
+            for line in problems:
+                error_log.error("%s", line)
+            error_log.error("not reloading after changes to %s: the workers keep the code "
+                            "they loaded until the file is fixed", shown)
+            return
+        self.reload(f"changed: {shown}")
+
+    def _check_ready(self):
+        """Call on_ready once every slot has had a booted worker."""
+        if self.ready or not all(
+                any(w.slot == slot and w.booted for w in self.workers.values())
+                for slot in range(self.count)):
+            return
+        self.ready = True
+        if self.on_ready is None:
+            return
+        try:
+            self.on_ready()
+        except BaseException:
+            self._stop_all(fast=True)
+            self._reap_all()
+            raise
 
     # -- keeping the slots filled -------------------------------------------------------------
 
@@ -379,16 +472,24 @@ class Supervisor:
     # -- workers that end -------------------------------------------------------------------
 
     def _reap(self):
+        # With --preload the master is monkey-patched: gevent's loop reaps children itself
+        # and hands their status to its own os.waitpid, so wait4 would never see them.
+        patched = "gevent.monkey" in sys.modules and \
+            sys.modules["gevent.monkey"].is_module_patched("os")
         while True:
             try:
-                pid, status, usage = os.wait4(-1, os.WNOHANG)
+                if patched:
+                    (pid, status), cpu = os.waitpid(-1, os.WNOHANG), None
+                else:
+                    pid, status, usage = os.wait4(-1, os.WNOHANG)
+                    cpu = usage.ru_utime + usage.ru_stime
             except ChildProcessError:
                 return
             if pid == 0:
                 return
             worker = self.workers.pop(pid, None)
             if worker is not None:
-                self._exited(worker, status, usage.ru_utime + usage.ru_stime)
+                self._exited(worker, status, cpu)
 
     def _exited(self, worker, status, cpu_seconds=None):
         self._read_all(worker)  # its last messages (a boot error's reason) first

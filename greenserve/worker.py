@@ -23,6 +23,7 @@ from gevent.event import Event
 from . import ipc
 from .appload import format_app_error, load_app
 from .errors import AppLoadError
+from .hooks import WORKER_HOOKS, Hooks, HookFailed, WorkerView
 from .log import error_log, setup_logging
 from .server import Server
 from .supervisor import BOOT_ERROR
@@ -34,11 +35,13 @@ BEAT_INTERVAL = 0.25
 CLOSE_NOTICE = 1.0
 
 
-def run(spec, config, sockets, info, notes=(), tls_context=None):
+def run(spec, config, sockets, info, notes=(), app=None, server_view=None, tls_context=None):
     """Serve ``spec`` on ``sockets`` until the master says stop; returns the exit status.
 
     ``info`` is the ``supervisor.WorkerInfo``; ``notes`` are warnings to log once logging
-    is set up (e.g. from monkey-patching).
+    is set up (e.g. from monkey-patching). ``app`` is the application when the master
+    loaded it (--preload); ``server_view`` is what the hooks get as ``server``;
+    ``tls_context`` the SSL context read before privileges were dropped.
     """
     # The master counts workers now; with more than one, wsgi.multiprocess is true.
     config = dataclasses.replace(config, workers=info.workers)
@@ -48,19 +51,35 @@ def run(spec, config, sockets, info, notes=(), tls_context=None):
     channel = info.channel
     signal.signal(signal.SIGABRT, _stack_dumper(channel))
 
+    worker = WorkerView(os.getpid(), info.slot, config)
+    worker.app = app  # None unless the master preloaded it
     try:
-        app = load_app(spec)
-    except AppLoadError as exc:
+        # The workers' hooks are imported here, after monkey-patching, not in the master.
+        hooks = Hooks(config, WORKER_HOOKS)
+        hooks.call("post_fork", server_view, worker)
+        if worker.app is None:
+            worker.app = load_app(spec)
+        hooks.call("post_worker_init", worker)
+    except (AppLoadError, HookFailed) as exc:
         if exc.__cause__ is not None:
             sys.stderr.write(format_app_error(exc))  # the app's own traceback
         channel.send(ipc.ERROR, str(exc))
         return BOOT_ERROR
+    try:
+        return _serve(hooks.wrap_app(worker.app, worker), config, sockets, info, channel,
+                      tls_context)
+    finally:
+        hooks.call_logged("worker_exit", server_view, worker)
 
+
+def _serve(app, config, sockets, info, channel, tls_context=None):
+    """Accept until SIGTERM (drain, then return) or SIGQUIT (return at once): the status."""
     server = Server(app, config, listeners=sockets, tls_context=tls_context,
                     stats=info.stats)
     stop, fast = Event(), Event()
     handlers = [gevent.signal_handler(signal.SIGTERM, stop.set),
-                gevent.signal_handler(signal.SIGQUIT, fast.set)]
+                gevent.signal_handler(signal.SIGQUIT, fast.set),
+                gevent.signal_handler(signal.SIGUSR1, _reopen_logs)]
     watch = None
     try:
         server.start()
@@ -98,6 +117,13 @@ def run(spec, config, sockets, info, notes=(), tls_context=None):
             info.stats.retire()
         for handler in handlers:
             handler.cancel()
+
+
+def _reopen_logs():
+    """SIGUSR1 (the master passes it on): reopen the log files, e.g. after logrotate."""
+    from .log import reopen_log_files
+    for problem in reopen_log_files():
+        error_log.warning("%s", problem)
 
 
 def _drain(server, timeout):

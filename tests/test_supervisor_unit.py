@@ -220,8 +220,8 @@ def test_ttin_adds_a_slot_and_ttou_drains_the_last_one(start):
     master.release(second)
     master.wait_for(rf"worker \(pid {second}\) exited with status 0")
     # A barrier: the master logs this a loop turn later than any refill of slot 1.
-    master.signal(signal.SIGUSR1)
-    master.wait_for(r"SIGUSR1 ignored")
+    master.signal(signal.SIGUSR2)
+    master.wait_for(r"SIGUSR2 ignored")
     assert alive(first) and re.findall(DRAINING, master.text) == [str(second)]
     assert len(re.findall(r"started worker", master.text)) == 2  # slot 1 stays empty
 
