@@ -13,6 +13,10 @@ Endpoints (the same set as flask_app.py and django_site/):
                           seconds, stamped with the time each was produced
   GET  /redirect          302 to /text
   anything else           404
+
+Limits (examples/limits.py): bodies of at most 64 KiB for /form, 1 MiB for /json and 10 MiB
+for /upload (413 beyond, enforced by with_length before Bottle reads); /stream takes n from
+0 to 100 and delay from 0 to 1 s (400 with the reason otherwise).
 """
 
 import hashlib
@@ -22,6 +26,7 @@ import time
 import bottle
 from bottle import request, response
 
+from examples import limits
 from examples.chunked_bodies import with_length
 
 bottle_app = bottle.Bottle()
@@ -60,13 +65,19 @@ def form():
 
 @bottle_app.post("/json")
 def json_echo():
-    data = request.json
-    return as_json(framework="bottle", echo=data, sum=sum(data.get("numbers", [])))
+    # with_length has capped the body at limits.MAX_JSON_BODY.
+    try:
+        data, total = limits.json_numbers(request.body.read())
+    except limits.BadInput as exc:
+        raise bad_request(exc) from None
+    return as_json(framework="bottle", echo=data, sum=total)
 
 
 @bottle_app.post("/upload")
 def upload():
     uploaded = request.files.get("file")
+    if uploaded is None:
+        raise bad_request('send the file in a multipart field named "file"')
     digest, size = hashlib.sha256(), 0
     for block in iter(lambda: uploaded.file.read(65536), b""):
         digest.update(block)
@@ -78,9 +89,10 @@ def upload():
 
 @bottle_app.get("/stream")
 def stream():
-    count = int(request.query.get("n", 5))
-    delay = float(request.query.get("delay", 0.2))
-    tag = request.query.get("tag", "-")
+    try:
+        count, delay, tag = limits.stream_params(request.query.get)
+    except limits.BadInput as exc:
+        raise bad_request(exc) from None
     response.content_type = "text/plain; charset=utf-8"
 
     def lines():
@@ -97,5 +109,11 @@ def to_text():
     bottle.redirect("/text", code=302)
 
 
-# Bottle 0.13 cannot read a chunked body on its own: see examples/chunked_bodies.py.
-app = with_length(bottle_app)
+def bad_request(reason):
+    return bottle.HTTPResponse(f"{reason}\n", status=400,
+                               headers={"Content-Type": "text/plain; charset=utf-8"})
+
+
+# Bottle 0.13 cannot read a chunked body on its own, and has no overall body limit:
+# see examples/chunked_bodies.py.
+app = with_length(bottle_app, limits.BODY_LIMITS)

@@ -2,10 +2,16 @@
 
 Run it:  greenserve examples.files:app   (then open http://127.0.0.1:8000)
 
-Settings (environment, read on the first request):
-  EXAMPLE_FILES_DIR         the directory served and written to; default: a ``greenserve-files``
-                            directory in the system temp dir (``tempfile.gettempdir()``)
-  EXAMPLE_FILES_MAX_UPLOAD  the largest upload in bytes (default 10 GiB); larger gets 413
+Anyone who can reach the port can upload, so everything has a limit. Settings (environment,
+read when the server loads the app):
+  EXAMPLE_FILES_DIR         the directory served and written to; default: ``greenserve-files-UID``
+                            in the system temp dir (``tempfile.gettempdir()``). It is created
+                            with mode 0700; the server refuses to start on an existing one that
+                            belongs to another user or that others can write to
+  EXAMPLE_FILES_MAX_UPLOAD  the largest upload in bytes (default 256 MiB); larger gets 413
+  EXAMPLE_FILES_MAX_TOTAL   the most bytes the directory may hold (default 1 GiB); an upload
+                            that would pass it gets 507
+  EXAMPLE_FILES_OVERWRITE   1 lets an upload replace an existing file; by default that is 409
 
 Routes:
   GET  /                  a small page: the files, and a form that uploads one
@@ -15,91 +21,36 @@ Routes:
        (also: curl -T big.iso http://127.0.0.1:8000/upload/big.iso)
 
 The upload never holds more than one 64 KiB piece in memory: it reads ``wsgi.input`` in pieces,
-hashes and writes each, into a hidden temporary file that is renamed into place only once the
-whole body arrived, so a broken upload never replaces a good file. Names are one path component
-of letters, digits, ``._-`` (no leading dot), so no request can reach outside the directory.
+hashes and writes each, into a hidden temporary file that takes its name only once the whole
+body arrived, so a broken upload never leaves half a file. Names are one path component of
+letters, digits and ``._-`` (no leading dot), and files are opened without following symlinks,
+so no request reaches outside the directory. How: examples/file_store.py.
 """
 
-import functools
-import hashlib
 import html
 import json
 import mimetypes
 import os
-import re
 import tempfile
 
-CHUNK = 65536
-DEFAULT_MAX_UPLOAD = 10 << 30
-# One path component; no leading dot, so neither ".." nor hidden files (our partial uploads).
-SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+from examples.file_store import PIECE, FileStore, HTTPError
+
+DEFAULT_MAX_UPLOAD = 256 << 20
+DEFAULT_MAX_TOTAL = 1 << 30
 
 
-class HTTPError(Exception):
-    def __init__(self, status, message):
-        super().__init__(message)
-        self.status = status
-
-
-class FileStore:
-    """Files in one directory, addressed by safe names only."""
-
-    def __init__(self, directory, max_upload=DEFAULT_MAX_UPLOAD):
-        self.directory = os.path.realpath(directory)
-        self.max_upload = max_upload
-        os.makedirs(self.directory, exist_ok=True)
-
-    def path(self, name):
-        if not SAFE_NAME.fullmatch(name):
-            raise HTTPError("404 Not Found", "no such file")
-        path = os.path.join(self.directory, name)
-        # A symlink placed in the directory must not lead the download elsewhere either.
-        if os.path.dirname(os.path.realpath(path)) != self.directory:
-            raise HTTPError("404 Not Found", "no such file")
-        return path
-
-    def names(self):
-        return sorted(entry.name for entry in os.scandir(self.directory)
-                      if SAFE_NAME.fullmatch(entry.name) and entry.is_file())
-
-    def save(self, name, stream, length):
-        """Copy ``length`` bytes (None: until the end) from ``stream`` to ``name``."""
-        path = self.path(name)
-        if length is not None and length > self.max_upload:
-            raise HTTPError("413 Content Too Large", f"uploads are limited to {self.max_upload} bytes")
-        digest = hashlib.sha256()
-        size = 0
-        fd, partial = tempfile.mkstemp(prefix=".partial-", dir=self.directory)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                while length is None or size < length:
-                    want = CHUNK if length is None else min(CHUNK, length - size)
-                    piece = stream.read(want)
-                    if not piece:
-                        break
-                    size += len(piece)
-                    if size > self.max_upload:
-                        raise HTTPError("413 Content Too Large",
-                                        f"uploads are limited to {self.max_upload} bytes")
-                    digest.update(piece)
-                    out.write(piece)
-            if length is not None and size < length:
-                raise HTTPError("400 Bad Request", f"body ended after {size} of {length} bytes")
-            os.replace(partial, path)
-        except BaseException:
-            os.unlink(partial)
-            raise
-        return {"name": name, "size": size, "sha256": digest.hexdigest()}
-
-
-def make_app(directory=None, max_upload=None):
-    """The files app for ``directory`` (default: EXAMPLE_FILES_DIR or the temp dir)."""
+def make_app(directory=None, max_upload=None, max_total=None, overwrite=None):
+    """The files app; each argument left out is read from the environment (see above)."""
     if directory is None:
         directory = os.environ.get("EXAMPLE_FILES_DIR") or \
-            os.path.join(tempfile.gettempdir(), "greenserve-files")
+            os.path.join(tempfile.gettempdir(), f"greenserve-files-{os.geteuid()}")
     if max_upload is None:
-        max_upload = int(os.environ.get("EXAMPLE_FILES_MAX_UPLOAD") or DEFAULT_MAX_UPLOAD)
-    store = FileStore(directory, max_upload)
+        max_upload = _env_bytes("EXAMPLE_FILES_MAX_UPLOAD", DEFAULT_MAX_UPLOAD)
+    if max_total is None:
+        max_total = _env_bytes("EXAMPLE_FILES_MAX_TOTAL", DEFAULT_MAX_TOTAL)
+    if overwrite is None:
+        overwrite = os.environ.get("EXAMPLE_FILES_OVERWRITE") == "1"
+    store = FileStore(directory, max_upload, max_total, overwrite)
 
     def files_app(environ, start_response):
         method = environ["REQUEST_METHOD"]
@@ -129,14 +80,18 @@ def make_app(directory=None, max_upload=None):
     return files_app
 
 
+def _env_bytes(name, default):
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    if not (raw.isascii() and raw.isdigit()):
+        raise ValueError(f"{name} must be a whole number of bytes, not {raw!r}")
+    return int(raw)
+
+
 def _download(environ, start_response, store, name):
-    path = store.path(name)
+    f, size = store.open(name)
     try:
-        f = open(path, "rb")
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        raise HTTPError("404 Not Found", "no such file") from None
-    try:
-        size = os.fstat(f.fileno()).st_size
         content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
         start_response("200 OK", [
             ("Content-Type", content_type),
@@ -149,22 +104,20 @@ def _download(environ, start_response, store, name):
     wrapper = environ.get("wsgi.file_wrapper")
     if wrapper is not None:
         # The server closes the wrapper (and so the file) when the response is done.
-        return wrapper(f, CHUNK)
+        return wrapper(f, PIECE)
     return _iter_file(f)
 
 
 def _iter_file(f):
     with f:
         while True:
-            piece = f.read(CHUNK)
+            piece = f.read(PIECE)
             if not piece:
                 return
             yield piece
 
 
 def _upload(environ, start_response, store, name):
-    if not SAFE_NAME.fullmatch(name):
-        raise HTTPError("400 Bad Request", "name: letters, digits and ._- only, no leading dot")
     raw_length = environ.get("CONTENT_LENGTH") or ""
     if raw_length:
         if not (raw_length.isascii() and raw_length.isdigit()):
@@ -212,11 +165,6 @@ document.getElementById("upload").addEventListener("submit", async event => {{
 """.encode()
 
 
-@functools.lru_cache(maxsize=None)
-def _default_app():
-    # Built on the first request, so importing this module reads no environment.
-    return make_app()
-
-
-def app(environ, start_response):
-    return _default_app()(environ, start_response)
+# Built when the server imports this module, so a directory that must be refused stops the
+# server at start, and partial uploads of an earlier run are cleared before the first request.
+app = make_app()

@@ -13,14 +13,27 @@ Endpoints (the same set exists in bottle_app.py and django_site/):
                           seconds, stamped with the time each was produced
   GET  /redirect          302 to /text
   anything else           404
+
+Limits (examples/limits.py): bodies of at most 64 KiB for /form, 1 MiB for /json and 10 MiB
+for /upload (413 beyond); /stream takes n from 0 to 100 and delay from 0 to 1 s (400 with the
+reason otherwise). Per-view body limits need Flask 3.1 or later.
 """
 
 import hashlib
 import time
 
-from flask import Flask, Response, jsonify, redirect, request, stream_with_context
+from flask import Flask, Response, abort, jsonify, redirect, request, stream_with_context
+
+from examples import limits
 
 app = Flask(__name__)
+# The largest body of any view (werkzeug answers 413 beyond it); views that take less read
+# their body with read_body().
+app.config["MAX_CONTENT_LENGTH"] = limits.MAX_UPLOAD_BODY
+# Form fields other than files are held in memory: cap their size and number too. (The
+# size also bounds werkzeug's multipart buffer, so it must stay well above its 64 KiB reads.)
+app.config["MAX_FORM_MEMORY_SIZE"] = 512 << 10
+app.config["MAX_FORM_PARTS"] = 100
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>greenserve + Flask</title></head>
@@ -42,17 +55,22 @@ def text():
 
 @app.post("/form")
 def form():
+    read_body(limits.MAX_FORM_BODY)  # request.form then parses these bytes
     return jsonify(framework="flask", form=request.form.to_dict())
 
 
 @app.post("/json")
 def json_echo():
-    data = request.get_json()
-    return jsonify(framework="flask", echo=data, sum=sum(data.get("numbers", [])))
+    try:
+        data, total = limits.json_numbers(read_body(limits.MAX_JSON_BODY))
+    except limits.BadInput as exc:
+        return bad_request(exc)
+    return jsonify(framework="flask", echo=data, sum=total)
 
 
 @app.post("/upload")
 def upload():
+    # MAX_CONTENT_LENGTH (limits.MAX_UPLOAD_BODY) bounds the whole multipart body.
     uploaded = request.files["file"]
     digest, size = hashlib.sha256(), 0
     # Read in pieces: werkzeug spools big uploads to disk, so don't pull them into memory.
@@ -65,8 +83,10 @@ def upload():
 
 @app.get("/stream")
 def stream():
-    count = request.args.get("n", 5, type=int)
-    delay = request.args.get("delay", 0.2, type=float)
+    try:
+        count, delay, _ = limits.stream_params(request.args.get)  # the tag: checked, read below
+    except limits.BadInput as exc:
+        return bad_request(exc)
 
     def lines():
         for i in range(count):
@@ -85,3 +105,18 @@ def stream():
 @app.get("/redirect")
 def to_text():
     return redirect("/text", code=302)
+
+
+def read_body(limit):
+    """The whole request body (kept for request.form), or 413 when it is over ``limit`` bytes."""
+    # One byte more: with a chunked body werkzeug stops reading at max_content_length and
+    # returns what it has, without a 413, so only the byte past the limit shows it was larger.
+    request.max_content_length = limit + 1
+    data = request.get_data()
+    if len(data) > limit:
+        abort(413)
+    return data
+
+
+def bad_request(reason):
+    return Response(f"{reason}\n", status=400, mimetype="text/plain")

@@ -19,6 +19,9 @@ error_log = logging.getLogger("greenserve.error")
 
 # Connections taken per readiness event, so one busy listener cannot starve the others.
 ACCEPT_BATCH = 100
+# With several workers on one shared listener, one each: a worker that took a whole burst
+# would serve it alone while the others idle (and lose all of it if it died).
+SHARED_ACCEPT_BATCH = 1
 # Out of file descriptors or memory: wait this long before trying again.
 RETRY_DELAY = 0.5
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -31,8 +34,9 @@ class Acceptor:
     check ``client_waiting()`` and make room only when somebody actually waits.
     """
 
-    def __init__(self, sock, on_connection, full):
+    def __init__(self, sock, on_connection, full, batch=ACCEPT_BATCH):
         self.sock = sock
+        self.batch = batch
         self.on_connection = on_connection
         self.full = full
         self._loop = get_hub().loop
@@ -85,7 +89,7 @@ class Acceptor:
     def _accept_ready(self):
         sock = self.sock
         accept = accept_raw(sock)
-        for _ in range(ACCEPT_BATCH):
+        for _ in range(self.batch):
             if self.full(self):
                 # The spawner's cap is reached; the server restarts us when a slot frees.
                 self.pause()

@@ -126,6 +126,7 @@ def _main(argv):
     from . import listeners, tls
 
     sockets = []
+    admin_socket = None
     try:
         _setup_import_path(config)
         setup_logging(config)
@@ -134,10 +135,11 @@ def _main(argv):
         identity = listeners.resolve_identity(config.user, config.group)
         # A bad certificate stops the start before a slow app loads; read while still
         # root, as the key may be readable by root only.
-        tls.server_context(config)
+        tls_context = tls.server_context(config, cooperative=True)
         if identity is not None:
             # Bind first (port 80, a socket in /run), then switch: the app never runs as root.
             sockets = _bind(config, identity)
+            admin_socket = _bind_admin(config)
             listeners.drop_privileges(identity)
         try:
             app = load_app(spec)
@@ -147,11 +149,12 @@ def _main(argv):
             raise
         if identity is None:
             sockets = _bind(config)
+            admin_socket = _bind_admin(config)
     except (ConfigError, AppLoadError) as exc:
-        _close(sockets)
+        _close(sockets + ([admin_socket] if admin_socket is not None else []))
         return _fail(exc)
 
-    return _serve(app, spec, config, sockets)
+    return _serve(app, spec, config, sockets, tls_context, admin_socket)
 
 
 def _platform_defaults(environ):
@@ -223,31 +226,58 @@ def _supervise(spec, config):
         tls.check_in_child(config)
         inherited, created = _bind_split(config, identity)
         sockets = inherited + created
+        admin_socket = _bind_admin(config)
     except ConfigError as exc:
         return _fail(exc)
+    monitor = health = admin = None
+    if admin_socket is not None:
+        from .admin import MASTER_LIVE_TIMEOUT, AdminRoutes, AdminThread, Health
+        from .metrics import Supervision
+        health = Health(live_timeout=MASTER_LIVE_TIMEOUT)
+        holder = {}
+        monitor = Supervision(listeners=lambda: holder["supervisor"]._all_listeners())
+        admin = AdminThread(admin_socket, AdminRoutes(health, monitor.collect))
 
     def boot(worker_sockets, info):  # runs in each forked worker
         notes = _monkey_patch() if config.monkey_patch else []
         _guard_timers()
+        # Read while still root: the key may be readable by root only.
+        tls_context = tls.server_context(config, cooperative=True)
         # The master keeps root (to bind --reuse-port copies, remove its unix sockets);
         # the workers, which run the app, switch before loading it.
         listeners.drop_privileges(identity)
         from .worker import run
-        return run(spec, config, worker_sockets, info, notes)
+        return run(spec, config, worker_sockets, info, notes, tls_context)
 
-    unix_files = listeners.unix_paths(sockets)
+    unix_files = listeners.unix_paths(sockets + ([admin_socket] if admin_socket else []))
     error_log.info("greenserve %s serving %s", version(), spec)
     for sock in sockets:
         error_log.info("Listening at %s (pid %d)", listeners.describe(sock), os.getpid())
     try:
         # systemd's sockets stay open through a stop: systemd queues for the next start.
-        return Supervisor(config, sockets, boot, keep_listening=inherited).run()
+        supervisor = Supervisor(config, sockets, boot, keep_listening=inherited,
+                                monitor=monitor, health=health, admin=admin)
+        if admin is not None:
+            holder["supervisor"] = supervisor
+            admin.start()
+            error_log.info("Admin listener at %s", listeners.describe(admin_socket))
+        return supervisor.run()
     except AppLoadError as exc:
         return _fail(exc)
     finally:
+        if admin is not None:
+            admin.stop()
         for sock in sockets:
             sock.close()
         listeners.remove_unix_files(unix_files)
+
+
+def _bind_admin(config):
+    """The --metrics-bind listening socket, or None."""
+    if not config.metrics_bind:
+        return None
+    from .listeners import create_listeners
+    return create_listeners([config.metrics_bind], 64)[0]
 
 
 def _fail(message):
@@ -306,14 +336,20 @@ def _setup_import_path(config):
         sys.path.insert(0, cwd)
 
 
-def _serve(app, spec, config, sockets):
+def _serve(app, spec, config, sockets, tls_context=None, admin_socket=None):
     """Run the one process (no master) until SIGTERM/SIGINT; stop gracefully; the exit code."""
     from . import listeners
     from .server import Server, run_until_signalled
 
-    unix_files = listeners.unix_paths(sockets)
-    server = Server(app, config, listeners=sockets)
+    everything = sockets + ([admin_socket] if admin_socket is not None else [])
+    unix_files = listeners.unix_paths(everything)
+    stats = None
+    if admin_socket is not None:
+        from .metrics import private_stats
+        stats = private_stats()[1]
+    server = Server(app, config, listeners=sockets, tls_context=tls_context, stats=stats)
     try:
-        return run_until_signalled(server, f"greenserve {version()} serving {spec}")
+        return run_until_signalled(server, f"greenserve {version()} serving {spec}",
+                                   admin_socket)
     finally:
         listeners.remove_unix_files(unix_files)

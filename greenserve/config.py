@@ -147,6 +147,28 @@ def _tls_version(text):
     return value
 
 
+def _admin_address(text):
+    if text in (None, ""):
+        return None
+    from .listeners import parse_bind
+    text = str(text).strip()
+    try:
+        kind = parse_bind(text)[0]
+    except ConfigError:
+        kind = None
+    # A port of its own, never the app's default one; fd:// sockets are the app's.
+    if kind == "unix" or (kind == "tcp" and text.rsplit(":", 1)[-1].isdigit()):
+        return text
+    raise ValueError("must be HOST:PORT, [IPv6]:PORT or unix:/path")
+
+
+def _milliseconds(text):
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be a whole number of milliseconds, 0 or more")
+    return value
+
+
 def setting(default, *flags, help, parse=_str, metavar=None, multiple=False, flag=False,
             cli_only=False):
     """Declare one setting as a dataclass field carrying its CLI/env/file metadata."""
@@ -282,6 +304,11 @@ class Config:
     limit_request_head: int = setting(
         65536, "--limit-request-head", parse=_positive_int, metavar="BYTES",
         help="Largest header block; larger gets 431.")
+    buffer_chunked_bodies: int = setting(
+        0, "--buffer-chunked-bodies", parse=_non_negative_int, metavar="BYTES",
+        help="Read a chunked request body (up to BYTES, else 413) before calling the app and "
+             "set CONTENT_LENGTH, for frameworks that ignore bodies without one (Django, "
+             "Bottle); 0 = off, the app reads the body as it arrives.")
     max_body_size: int = setting(
         0, "--max-body-size", parse=_non_negative_int, metavar="BYTES",
         help="Largest request body; larger gets 413 without being read (0 = unlimited).")
@@ -327,6 +354,19 @@ class Config:
         0, "--max-requests-jitter", parse=_non_negative_int, metavar="N",
         help="Add a random 0..N to each worker's --max-requests, so workers do not all "
              "restart at once.")
+
+    # -- operations -------------------------------------------------------------------------
+    metrics_bind: str = setting(
+        None, "--metrics-bind", parse=_admin_address, metavar="ADDRESS",
+        help="Serve /metrics (Prometheus), /healthz (alive) and /readyz (ready for traffic; "
+             "503 as soon as a graceful stop or a reload begins) on this separate address: "
+             "HOST:PORT, [IPv6]:PORT or unix:/path. Off by default; keep it off the public "
+             "network.")
+    block_warning: int = setting(
+        100, "--block-warning", parse=_milliseconds, metavar="MS",
+        help="Log a warning, with the request and the stack, when code serving a request "
+             "keeps a worker's event loop from running for this many milliseconds or more "
+             "(a CPU-bound loop, a blocking call that is not cooperative); 0 = off.")
 
     # -- logging ----------------------------------------------------------------------------
     log_level: str = setting(

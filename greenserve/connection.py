@@ -17,11 +17,11 @@ from gevent.socket import wait_write
 
 from .disconnect import (HALF_CLOSED, PEER_GONE, STOP_WATCHING, WATCH_BUFFER_LIMIT,
                          Disconnected)
-from .errors import (AppFailed, BodyReadTimeout, ClientDisconnected, ProtocolError,
-                     RequestDeadlineExceeded, RequestTimeout)
-from .gevent_private import raw_socket, readable_waiter
+from .errors import (AppFailed, BodyReadTimeout, ClientDisconnected, ContentTooLarge,
+                     ProtocolError, RequestDeadlineExceeded, RequestTimeout)
+from .gevent_private import raw_socket, read_nowait, readable_waiter
 from .protocol.parser import RequestParser
-from .protocol.proxy import ProxyProtocolParser, apply_forwarded
+from .protocol.proxy import FORWARDED_KEYS, ProxyProtocolParser, apply_forwarded
 from .protocol.response import DRAIN_LIMIT, NO_BODY, Response, unread_body_forces_close
 from .protocol.writer import CONTINUE_RESPONSE, error_response, format_head
 from .timers import APP, BODY, IDLE, LINGER, READING_HEAD, SEND, IdleTimeout, phase_timeout
@@ -31,6 +31,11 @@ from .wsgi import (EMPTY_INPUT, FileWrapper, InputStream, build_environ, check_h
 error_log = logging.getLogger("greenserve.error")
 
 RECEIVE_SIZE = 65536
+# Linux's TCP_INFO tcpi_state for a connection the peer has reset (include/net/tcp_states.h).
+TCP_STATE_CLOSE = 7
+# The refusal cause a phase timer counts as (metrics.REFUSAL_CAUSES); idle is no refusal.
+_TIMEOUT_CAUSES = {READING_HEAD: "head_timeout", BODY: "body_timeout",
+                   SEND: "send_timeout"}
 # Waiting this long for a client's bytes makes a connection a candidate for eviction when
 # the server is full and a newcomer waits (see eviction_rank).
 EVICTABLE_STALL = 1.0
@@ -46,6 +51,20 @@ class _Closing(Exception):
     """The server is shutting down and this connection is idle."""
 
 
+class _BufferedBody:
+    """A request body already read: served to wsgi.input in pieces of at most max_bytes."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data):
+        self.data, self.pos = data, 0
+
+    def read(self, max_bytes):
+        start = self.pos
+        self.pos = min(len(self.data), start + max_bytes)
+        return self.data[start:self.pos]
+
+
 class Connection:
     """Serves the requests of one accepted socket; ``run()`` is the greenlet body."""
 
@@ -53,16 +72,17 @@ class Connection:
     __slots__ = ("server", "sock", "raw_send", "parser", "greenlet", "phase", "deadline",
                  "phase_seq", "request_deadline", "phase_started", "reading_body",
                  "disconnected", "linger", "listener_environ", "remote_addr", "remote_port",
-                 "proxied",
+                 "proxied", "tls_subject",
                  "served", "evicted", "request", "environ", "response", "must_close",
                  "continue_pending", "body_error", "error_status", "body_started",
-                 "body_received", "body_cap", "upgrade", "handed_over")
+                 "body_received", "body_cap", "upgrade", "handed_over", "body_read")
 
     def __init__(self, server, sock, address, listener_environ):
         self.server = server
         self.sock = sock
-        # The raw, non-blocking socket's send (see _send).
+        # The raw, non-blocking socket's send (see _send); None over TLS.
         self.raw_send = raw_socket(sock).send
+        self.tls_subject = None  # a TLS client certificate's subject, if one was given
         self.parser = RequestParser(server.limits)
         self.greenlet = None
         # Timer state, read by the server's sweeper.
@@ -114,13 +134,20 @@ class Connection:
             return
         config = self.server.config
         self.deadline = 0.0
+        stats = self.server.stats
         if self.request_deadline and monotonic() >= self.request_deadline:
             self.request_deadline = 0.0
+            if stats is not None:
+                stats.refused("deadline")
             glet.throw(RequestDeadlineExceeded(
                 f"request still running after {config.request_timeout} s"))
             return
         exc = phase_timeout(self.phase, config)
         if exc is not None:
+            if stats is not None:
+                cause = _TIMEOUT_CAUSES.get(self.phase)
+                if cause is not None:
+                    stats.refused(cause)
             glet.throw(exc)
 
     @property
@@ -148,6 +175,10 @@ class Connection:
         if glet is None or glet.dead:
             return
         phase = self.phase
+        stats = self.server.stats
+        if stats is not None and (phase == IDLE or phase == READING_HEAD or
+                                  (phase == BODY and self.reading_body)):
+            stats.refused("evicted")
         if phase == IDLE:
             glet.throw(IdleTimeout())
         elif phase == READING_HEAD:
@@ -215,16 +246,19 @@ class Connection:
         server = self.server
         config = server.config
         parser = self.parser
+        if server.proxy_allow is not None and not self._read_proxy_header():
+            return
+        if server.tls_context is not None and not self._start_tls():
+            return
         recv = self.sock.recv
         # Between keep-alive requests the next one has almost never arrived yet: wait for
-        # readability first instead of paying a failing recv() (syscall + exception).
-        wait_readable = readable_waiter(self.sock)
+        # readability first instead of paying a failing recv() (syscall + exception). Not
+        # over TLS: decrypted bytes may be waiting inside the SSL object.
+        wait_readable = readable_waiter(self.sock) if self.raw_send is not None else None
         between_requests = False
         keep_alive_timeout = config.keep_alive
         header_timeout = config.header_timeout
         request_timeout = config.request_timeout
-        if server.proxy_allow is not None and not self._read_proxy_header():
-            return
         # A fresh connection gets the header timer for its first request.
         self._enter(IDLE, header_timeout)
         while True:
@@ -248,6 +282,8 @@ class Connection:
                     parser.feed(data)
                     request = parser.next_request()
             except ProtocolError as exc:
+                if server.stats is not None and not isinstance(exc, RequestTimeout):
+                    server.stats.refused("invalid")
                 self._reject(exc)
                 if server.access_log:
                     server.access_log.rejected(self.remote_addr, exc.status,
@@ -299,6 +335,30 @@ class Connection:
             self.parser.feed(proxy.rest)
         return True
 
+    def _start_tls(self):
+        """TLS handshake in this greenlet, bounded by --header-timeout like a request head
+        (a client that connects and never speaks TLS is closed). False: close."""
+        import ssl
+        server = self.server
+        self._enter(READING_HEAD, server.config.header_timeout)
+        try:
+            sock = server.tls_context.wrap_socket(self.sock, server_side=True,
+                                                  do_handshake_on_connect=False)
+            self.sock = sock
+            sock.do_handshake()
+        except (ssl.SSLError, OSError, ProtocolError) as exc:
+            # A port scanner, an HTTP client on the HTTPS port, a slow or bad handshake:
+            # the client's business, so debug.
+            error_log.debug("TLS handshake with %s failed: %s", self.remote_addr or "unix",
+                            getattr(exc, "detail", None) or exc)
+            return False
+        self.raw_send = None
+        certificate = sock.getpeercert()
+        if certificate:
+            from .tls import subject_dn
+            self.tls_subject = subject_dn(certificate)
+        return True
+
     # -- errors --------------------------------------------------------------------------------
 
     def _send_error(self, exc, keep_alive=False):
@@ -336,24 +396,34 @@ class Connection:
         self.body_error = None
         self.error_status = 0
         self.body_started = self.body_cap = 0.0
-        self.body_received = 0
+        self.body_received = self.body_read = 0
         self.handed_over = False
-        started = perf_counter() if server.access_log else 0.0
+        stats = server.stats
+        started = perf_counter() if server.access_log or stats is not None else 0.0
         environ = build_environ(self.listener_environ, request, server.script_name,
                                 self.remote_addr, self.remote_port)
         # The environ has the headers now; a parked long poll should not hold them twice.
         request.headers = None
         self.environ = environ
-        if self.proxied:
+        if self.proxied and not environ.keys().isdisjoint(FORWARDED_KEYS):
             for reason in apply_forwarded(environ, server.forwarded_trust):
                 error_log.debug("forwarded headers from %s: %s", self.remote_addr, reason)
-        self.upgrade = upgrade = is_upgrade(environ)
+        if self.tls_subject is not None:
+            # mod_ssl's name for it, which apps behind Apache already read.
+            environ["SSL_CLIENT_S_DN"] = self.tls_subject
+        self.upgrade = upgrade = "HTTP_UPGRADE" in environ and is_upgrade(environ)
         if upgrade:
             self._offer_socket(environ)
         has_body = request.chunked or request.content_length
         environ["wsgi.input"] = InputStream(self._receive_body) if has_body else EMPTY_INPUT
         disconnected = self.disconnected = environ["greenserve.disconnected"] = \
             Disconnected(self)
+        if request.chunked and server.config.buffer_chunked_bodies and \
+                not self._buffer_chunked_body(environ):
+            disconnected.finish(True)
+            if started and self.error_status:
+                server.access_log(environ, self.error_status, 0, perf_counter() - started)
+            return False
 
         result = None
         try:
@@ -378,7 +448,8 @@ class Connection:
         finally:
             if result is not None and hasattr(result, "close"):
                 self._close_result(result)
-            keep = self._keep_alive()
+            response = self.response
+            keep = not self.must_close and (response is None or response.keep_alive)
             disconnected.finish(not keep)
         response = self.response
         if self.handed_over:
@@ -392,10 +463,38 @@ class Connection:
             self._reject(self.body_error)
         if started:
             status = self.error_status or (response.code if response is not None else 500)
-            server.access_log(environ, status, response.body_sent if response else 0,
-                              perf_counter() - started,
-                              response.headers if response is not None else ())
+            elapsed = perf_counter() - started
+            sent = response.body_sent if response is not None else 0
+            if stats is not None:
+                stats.observe(request.method, status, elapsed, self.body_read, sent)
+            if server.access_log:
+                server.access_log(environ, status, sent, elapsed,
+                                  response.headers if response is not None else ())
         return keep and self.body_error is None and self._finish_body()
+
+    def _buffer_chunked_body(self, environ):
+        """--buffer-chunked-bodies: read the whole chunked body first and give the app a
+        CONTENT_LENGTH (RFC 9112 §7.1.3 describes this decoding). False: answered already."""
+        limit = self.server.config.buffer_chunked_bodies
+        pieces, size = [], 0
+        try:
+            while True:
+                data = self._receive_body(RECEIVE_SIZE)
+                if not data:
+                    break
+                size += len(data)
+                if size > limit:
+                    raise ContentTooLarge(f"chunked request body larger than {limit} bytes")
+                pieces.append(data)
+        except (ProtocolError, BodyReadTimeout) as exc:
+            self._reject(exc)
+            return False
+        except ClientDisconnected:
+            return False
+        body = b"".join(pieces)
+        environ["CONTENT_LENGTH"] = str(size)
+        environ["wsgi.input"] = InputStream(_BufferedBody(body).read)
+        return True
 
     def _offer_socket(self, environ):
         """An Upgrade request (e.g. WebSocket): let the app take the connection over.
@@ -409,11 +508,6 @@ class Connection:
         environ["greenserve.socket"] = environ["gunicorn.socket"] = self.sock
         self.request_deadline = 0.0
         self._enter(APP, 0)
-
-    def _keep_alive(self):
-        """The verdict after a request: may the connection carry another?"""
-        response = self.response
-        return not self.must_close and (response is None or response.keep_alive)
 
     def _close_result(self, result):
         """PEP 3333: the iterable's close() runs once the response is over, whatever
@@ -442,6 +536,8 @@ class Connection:
         else:
             error_log.error("Error handling %s %s", environ["REQUEST_METHOD"],
                             environ["RAW_URI"], exc_info=exc)
+            if self.server.stats is not None:
+                self.server.stats.app_exception()
             answer = AppFailed()
         if response is not None and response.started:
             self.must_close = True
@@ -522,6 +618,7 @@ class Connection:
         except BodyReadTimeout:
             self.must_close = True
             raise
+        self.body_read += len(data)
         return data
 
     def _body_deadline(self):
@@ -555,15 +652,24 @@ class Connection:
         if self.reading_body or parser.buffered >= WATCH_BUFFER_LIMIT:
             return STOP_WATCHING
         try:
-            data = raw_socket(self.sock).recv(WATCH_BUFFER_LIMIT)
-        except BlockingIOError:
-            return None
+            data = read_nowait(self.sock, WATCH_BUFFER_LIMIT)
         except OSError:
             return PEER_GONE
+        if data is None:
+            return None
         if not data:
-            return HALF_CLOSED
+            # Over TLS a reset also reads as the end of the stream: the TCP state tells.
+            return PEER_GONE if self._tcp_reset() else HALF_CLOSED
         parser.feed(data)
         return STOP_WATCHING if parser.buffered >= WATCH_BUFFER_LIMIT else None
+
+    def _tcp_reset(self):
+        """True if the kernel has seen the peer reset the connection (TCP state CLOSE)."""
+        try:
+            info = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
+        except (OSError, AttributeError):  # not TCP (a unix socket), or not Linux
+            return False
+        return bool(info) and info[0] == TCP_STATE_CLOSE
 
     # -- response ------------------------------------------------------------------------------
 
@@ -632,9 +738,14 @@ class Connection:
             data = result[0]
             if type(data) is not bytes:
                 raise TypeError(f"the app yielded {type(data).__name__}, not bytes")
-            response = self._started_response()
-            self._send(response.whole(data, self._must_say_close()))
-            self._log_framing_errors(response)
+            if response is None:
+                raise AssertionError("the app returned a body before calling start_response()")
+            # Inline of _must_say_close(): this is the hot path of most responses.
+            unread = self.parser.body_unread
+            self._send(response.whole(data, self.server.stopping or (
+                unread != 0 and unread_body_forces_close(unread, self.continue_pending))))
+            if response.excess or response.short:
+                self._log_framing_errors(response)
             return
         for data in result:
             if type(data) is not bytes:
@@ -652,7 +763,8 @@ class Connection:
         else:
             # The body was empty: say so with a length rather than chunked framing.
             self._send(response.whole(b"", self._must_say_close()))
-        self._log_framing_errors(response)
+        if response.excess or response.short:
+            self._log_framing_errors(response)
 
     def _log_framing_errors(self, response):
         environ = self.environ
@@ -669,10 +781,14 @@ class Connection:
         """Send all of ``data``; ClientDisconnected if the peer is gone or stalls."""
         if not data:
             return
+        raw_send = self.raw_send
+        if raw_send is None:  # TLS: every send goes through the SSL object
+            self._send_slowly(memoryview(data))
+            return
         try:
             # Usually the kernel takes it all at once: one syscall on the raw non-blocking
             # socket, no timer phase, no gevent wrapper. Only a full buffer waits below.
-            sent = self.raw_send(data)
+            sent = raw_send(data)
         except BlockingIOError:
             sent = 0
         except OSError as exc:
@@ -708,7 +824,8 @@ class Connection:
         if response is not None and response.started:
             return False  # write() already started the body: keep its framing, iterate
         source = wrapper.sendfile_source()
-        if source is None or not hasattr(os, "sendfile") or \
+        # Over TLS the bytes must be encrypted on their way: read and send instead.
+        if source is None or self.raw_send is None or not hasattr(os, "sendfile") or \
                 self.sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
             return False
         fd, offset, available = source

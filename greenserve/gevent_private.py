@@ -32,3 +32,22 @@ def accept_raw(listener):
     """``listener``'s accept returning ``(fd, address)``, without making a socket object
     we would only replace with a gevent one."""
     return listener._accept
+
+
+def read_nowait(sock, size):
+    """What the peer has sent, without waiting: bytes, b"" at the end of its stream, or None
+    when nothing is there yet. Over TLS it reads decrypted bytes from the SSL object (the
+    raw socket holds ciphertext)."""
+    sslobj = getattr(sock, "_sslobj", None)
+    if sslobj is None:
+        try:
+            return sock._sock.recv(size)
+        except BlockingIOError:
+            return None
+    import ssl
+    try:
+        return sslobj.read(size)
+    except ssl.SSLWantReadError:
+        return None
+    except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+        return b""

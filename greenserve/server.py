@@ -11,7 +11,7 @@ from time import monotonic
 import gevent
 from gevent.event import Event
 
-from .acceptor import Acceptor
+from .acceptor import ACCEPT_BATCH, SHARED_ACCEPT_BATCH, Acceptor
 from .config import Config, load_config
 from .connection import Connection
 from .log import ErrorStream, make_access_log
@@ -30,10 +30,12 @@ class Server:
 
     ``Server(app, bind="127.0.0.1:0", keep_alive=2)`` takes the same settings as the command
     line (see ``greenserve --help``), or a ready ``config=Config(...)``. ``listeners`` may
-    pass already-bound sockets (the CLI binds before loading the app).
+    pass already-bound sockets (the CLI binds before loading the app), ``tls_context`` a
+    ready SSL context (else one is made from --certfile when set).
     """
 
-    def __init__(self, app, config=None, *, listeners=None, **options):
+    def __init__(self, app, config=None, *, listeners=None, tls_context=None, stats=None,
+                 **options):
         if config is None:
             config = load_config(cli=options)
         elif options:
@@ -46,6 +48,8 @@ class Server:
         self.script_name = config.root_path
         self.access_log = make_access_log(config)
         self.server_line = server_line(config.server_header)
+        # Given by the CLI, which reads the key before dropping privileges.
+        self.tls_context = tls_context if tls_context is not None else _tls_context(config)
         self.forwarded_trust = TrustedProxies.parse(config.forwarded_allow_ips)
         self.proxy_allow = (TrustedProxies.parse(config.proxy_allow_ips)
                             if config.proxy_protocol else None)
@@ -53,6 +57,7 @@ class Server:
         self._errors = ErrorStream()
         self.connections = set()
         self.requests_served = 0  # read by a supervised worker for --max-requests
+        self.stats = stats  # a metrics.RequestStats, or None: nothing counted
         self.stopping = False
         self.spawner = Spawner(config.max_connections, self._resume_accepting)
         self._listeners = list(listeners) if listeners is not None else None
@@ -72,6 +77,9 @@ class Server:
             from .listeners import create_listeners
             self._listeners = create_listeners(self.config.bind, self.config.backlog)
         multiprocess = self.config.workers > 1
+        # Several workers on one listener (no --reuse-port copies): take turns fairly.
+        batch = SHARED_ACCEPT_BATCH if multiprocess and not self.config.reuse_port \
+            else ACCEPT_BATCH
         for sock in self._listeners:
             # Non-blocking: a worker that loses the race for a shared listener's connection
             # must not block its hub in accept().
@@ -79,10 +87,12 @@ class Server:
             name, port = _server_name_port(sock)
             base = base_environ(self.config, name, port, multiprocess,
                                 errors=self._errors)
+            if self.tls_context is not None:
+                base["wsgi.url_scheme"] = "https"
             handler = self._connection_handler(base)
             spawn = self.spawner.spawn
             acceptor = Acceptor(sock, lambda client, address, handler=handler:
-                                spawn(handler, client, address), self._full)
+                                spawn(handler, client, address), self._full, batch)
             acceptor.start()
             self._acceptors.append(acceptor)
         self._sweeper.start()
@@ -151,8 +161,10 @@ class Server:
 
     def _full(self, acceptor=None):
         """At the connection cap? Then, if a client is waiting, make room for it."""
-        if not self.spawner.full():
+        spawner = self.spawner
+        if not spawner.full():
             return False
+        spawner.note_full()
         if acceptor is not None and acceptor.client_waiting():
             self._make_room()
         return True
@@ -180,6 +192,10 @@ class Server:
 
     def _check_cap(self):
         """Every sweep: while paused at the cap, make room if a client has come since."""
+        stats = self.stats
+        if stats is not None and stats.census_wanted():
+            from .admin import answer_census
+            answer_census(self, stats)
         if self.stopping or not self.spawner.full():
             return
         for acceptor in self._acceptors:
@@ -192,6 +208,15 @@ class Server:
         if not self.stopping:
             for acceptor in self._acceptors:
                 acceptor.start()
+
+def _tls_context(config):
+    """The SSL context for --certfile, made of gevent's SSLContext so that the sockets it
+    wraps are cooperative even when the process is not monkey-patched."""
+    if not getattr(config, "certfile", None):
+        return None
+    from .tls import server_context
+    return server_context(config, cooperative=True)
+
 
 # Descriptors a worker needs beyond one per connection: listeners, log files, the app's own
 # files and database connections.
@@ -248,7 +273,7 @@ def serve(app, **options):
     return run_until_signalled(server)
 
 
-def run_until_signalled(server, banner=None):
+def run_until_signalled(server, banner=None, admin_socket=None):
     """Start ``server``, log where it listens, and serve until SIGTERM or SIGINT; then stop
     gracefully (up to --graceful-timeout). A second signal stops at once.
 
@@ -261,12 +286,18 @@ def run_until_signalled(server, banner=None):
     from .log import reopen_log_files
 
     stop_requested, force = Event(), Event()
+    health = admin_server = watch = None
+    if admin_socket is not None:
+        from .admin import Health
+        health = Health()
 
     def on_stop(signum):
         # Handlers only record the request; the waiting greenlet below does the work.
         if stop_requested.is_set():
             force.set()
         else:
+            if health is not None:
+                health.set_draining()  # before any connection is closed
             error_log.info("%s received; stopping gracefully (up to %gs)",
                            signal.Signals(signum).name, server.config.graceful_timeout)
             stop_requested.set()
@@ -288,6 +319,19 @@ def run_until_signalled(server, banner=None):
                  for signum in (signal.SIGHUP, signal.SIGUSR2)]
     try:
         server.start()
+        if admin_socket is not None:
+            from .admin import AdminRoutes, local_collector, serve_in_process
+            routes = AdminRoutes(health, local_collector(server.stats, server,
+                                                         server._listeners))
+            admin_server = serve_in_process(admin_socket, routes, server.config)
+            error_log.info("Admin listener at %s", describe(admin_socket))
+            health.set_ready()
+        if server.config.block_warning:
+            from .blockwatch import BlockWatch
+            stats = server.stats
+            watch = BlockWatch(server.config.block_warning / 1000,
+                               on_block=stats.hub_blocked if stats is not None else None)
+            watch.start()
         if banner:
             error_log.info("%s", banner)
         for sock in server._listeners:
@@ -303,5 +347,9 @@ def run_until_signalled(server, banner=None):
         error_log.info("stopped")
         return 0
     finally:
+        if watch is not None:
+            watch.stop()
+        if admin_server is not None:
+            admin_server.stop(timeout=1)
         for handler in handlers:
             handler.cancel()

@@ -31,10 +31,11 @@ class Spawner:
         return len(self.greenlets)
 
     def full(self):
-        if len(self.greenlets) >= self.limit:
-            self._was_full = True
-            return True
-        return False
+        return len(self.greenlets) >= self.limit
+
+    def note_full(self):
+        """An acceptor paused at the cap: call ``on_slot_free`` when a slot frees."""
+        self._was_full = True
 
     def spawn(self, handler, sock, address):
         """Start ``handler(sock, address)`` in a new greenlet at the hub's next turn."""

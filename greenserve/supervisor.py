@@ -47,11 +47,12 @@ class WorkerInfo:
     """What a worker is told about itself: its slot, its ``ipc.Writer`` to the master
     (``channel``), the master's pid and the worker count."""
 
-    __slots__ = ("slot", "channel", "master_pid", "workers")
+    __slots__ = ("slot", "channel", "master_pid", "workers", "stats")
 
-    def __init__(self, slot, channel, master_pid, workers):
+    def __init__(self, slot, channel, master_pid, workers, stats=None):
         self.slot, self.channel, self.master_pid, self.workers = (
             slot, channel, master_pid, workers)
+        self.stats = stats  # the worker's metrics.RequestStats, or None
 
 
 class Worker:
@@ -92,7 +93,8 @@ class Supervisor:
     the next start, so our copy is not ours to close early).
     """
 
-    def __init__(self, config, sockets, boot, keep_listening=()):
+    def __init__(self, config, sockets, boot, keep_listening=(), monitor=None, health=None,
+                 admin=None):
         self.config = config
         self.count = config.workers
         self.sockets = list(sockets)
@@ -107,6 +109,9 @@ class Supervisor:
         self.stop_deadline = None  # set once stopping: kill what is left after it
         self.listening = True      # until stopping closes the master's listeners
         self.exit_code = 0
+        self.monitor = monitor  # metrics.Supervision: worker slots and lifecycle counters
+        self.health = health    # admin.Health: what /healthz and /readyz answer
+        self.admin = admin      # admin.AdminThread: its descriptors are closed in workers
         self._wake_r = self._wake_w = None
 
     # -- the loop ------------------------------------------------------------------------
@@ -121,6 +126,8 @@ class Supervisor:
         try:
             error_log.info("master (pid %d) starting %d worker(s)", os.getpid(), self.count)
             while True:
+                if self.health is not None:
+                    self.health.beat()
                 self._reap()
                 self._act_on_signals()
                 if self.stop_deadline is not None:
@@ -175,6 +182,12 @@ class Supervisor:
             if kind == ipc.BOOTED:
                 worker.booted = self.ever_booted = True
                 error_log.info("worker %d (pid %d) booted", worker.slot, worker.pid)
+                if self.monitor is not None:
+                    self.monitor.booted(worker.pid)
+                if self.health is not None and self.stop_deadline is None and all(
+                        any(w.slot == slot and w.current and w.booted
+                            for w in self.workers.values()) for slot in range(self.count)):
+                    self.health.set_ready()
             elif kind == ipc.RETIRE and not worker.outdated:
                 worker.outdated = True
                 error_log.info("worker (pid %d) served its --max-requests; starting its "
@@ -198,6 +211,8 @@ class Supervisor:
     def handle_term(self, signum):
         """Graceful stop; a second TERM or INT stops at once (exit status 1)."""
         name = signal.Signals(signum).name
+        if self.health is not None:
+            self.health.set_draining()  # before any connection is closed
         if self.stop_deadline is None:
             error_log.info("%s received; stopping %d worker(s) gracefully (up to %gs)",
                            name, len(self.workers), self.config.graceful_timeout)
@@ -211,6 +226,8 @@ class Supervisor:
     handle_int = handle_term
 
     def handle_quit(self, signum):
+        if self.health is not None:
+            self.health.set_draining()
         error_log.info("SIGQUIT received; stopping every worker at once")
         self._stop_all(fast=True)
 
@@ -225,6 +242,8 @@ class Supervisor:
         """Reload: every worker is replaced by one that loads the app afresh."""
         if self._ignored_while_stopping(signum):
             return
+        if self.health is not None:
+            self.health.set_unready("reloading")
         error_log.info("SIGHUP received; reloading: %d new worker(s) load the app, then the "
                        "old ones drain", self.count)
         for worker in self.workers.values():
@@ -286,6 +305,7 @@ class Supervisor:
             self._back_off()
             return
         read_end, write_end = os.pipe()
+        index = self.monitor.reserve() if self.monitor is not None else None
         for stream in (sys.stdout, sys.stderr):
             stream.flush()  # or the child would write the buffered text a second time
         pid = os.fork()
@@ -294,7 +314,9 @@ class Supervisor:
             try:
                 os.close(read_end)
                 self._become_worker(slot)
-                info = WorkerInfo(slot, ipc.Writer(write_end), os.getppid(), self.count)
+                stats = self.monitor.adopt(index) if self.monitor is not None else None
+                info = WorkerInfo(slot, ipc.Writer(write_end), os.getppid(), self.count,
+                                  stats)
                 status = self.boot(sockets, info)
             except SystemExit as exc:
                 status = exc.code if isinstance(exc.code, int) else 1
@@ -304,6 +326,8 @@ class Supervisor:
                 _flush_logs()
                 os._exit(status if isinstance(status, int) else 1)
         os.close(write_end)
+        if self.monitor is not None:
+            self.monitor.spawned(pid, index, slot)
         self.workers[pid] = Worker(pid, slot, ipc.Reader(read_end))
         error_log.info("started worker %d (pid %d)", slot, pid)
 
@@ -318,6 +342,8 @@ class Supervisor:
             signal.signal(signum, signal.SIG_IGN)
         os.close(self._wake_r)
         os.close(self._wake_w)
+        if self.admin is not None:
+            self.admin.close()  # the master's threads are not here; their sockets are
         mine = self._slot_sockets(slot)
         for worker in self.workers.values():
             worker.channel.close()
@@ -355,18 +381,24 @@ class Supervisor:
     def _reap(self):
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
             worker = self.workers.pop(pid, None)
             if worker is not None:
-                self._exited(worker, status)
+                self._exited(worker, status, usage.ru_utime + usage.ru_stime)
 
-    def _exited(self, worker, status):
+    def _exited(self, worker, status, cpu_seconds=None):
         self._read_all(worker)  # its last messages (a boot error's reason) first
         code = os.waitstatus_to_exitcode(status)
+        if self.monitor is not None:
+            cause = ("timeout" if worker.aborted
+                     else "stopped" if worker.stop_signal is not None or
+                     self.stop_deadline is not None
+                     else "boot_error" if code == BOOT_ERROR else "crashed")
+            self.monitor.exited(worker.pid, cause, cpu_seconds)
         how = (f"was killed by {signal.Signals(-code).name}" if code < 0
                else f"exited with status {code}")
         if worker.aborted:

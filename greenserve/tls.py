@@ -19,19 +19,23 @@ from .errors import ConfigError
 ALPN_PROTOCOLS = ("http/1.1",)
 
 
-def server_context(config):
+def server_context(config, cooperative=False):
     """An ``ssl.SSLContext`` for serving HTTPS as ``config`` says, or None without TLS.
 
-    Build it once per process, before dropping privileges (the key may be root's only),
-    and after gevent's monkey-patching when gevent is to drive it (then ``ssl.SSLContext``
-    is gevent's, and so are the sockets it wraps).
+    Build it once per process, before dropping privileges (the key may be root's only).
+    ``cooperative``: made of gevent's SSLContext, whose sockets cooperate with the hub.
     """
     _check_combination(config)
     if not config.certfile:
         return None
     import ssl
 
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context_class = ssl.SSLContext
+    if cooperative:
+        # gevent's context wraps sockets into gevent SSL sockets even in a process that is
+        # not monkey-patched (a Server inside a library user's program, the tests).
+        from gevent.ssl import SSLContext as context_class
+    context = context_class(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = {"1.2": ssl.TLSVersion.TLSv1_2,
                                "1.3": ssl.TLSVersion.TLSv1_3}[config.tls_min_version]
     # Client-initiated renegotiation lets one client make the server do handshake work

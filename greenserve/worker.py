@@ -34,7 +34,7 @@ BEAT_INTERVAL = 0.25
 CLOSE_NOTICE = 1.0
 
 
-def run(spec, config, sockets, info, notes=()):
+def run(spec, config, sockets, info, notes=(), tls_context=None):
     """Serve ``spec`` on ``sockets`` until the master says stop; returns the exit status.
 
     ``info`` is the ``supervisor.WorkerInfo``; ``notes`` are warnings to log once logging
@@ -56,12 +56,19 @@ def run(spec, config, sockets, info, notes=()):
         channel.send(ipc.ERROR, str(exc))
         return BOOT_ERROR
 
-    server = Server(app, config, listeners=sockets)
+    server = Server(app, config, listeners=sockets, tls_context=tls_context,
+                    stats=info.stats)
     stop, fast = Event(), Event()
     handlers = [gevent.signal_handler(signal.SIGTERM, stop.set),
                 gevent.signal_handler(signal.SIGQUIT, fast.set)]
+    watch = None
     try:
         server.start()
+        if config.block_warning:
+            from .blockwatch import BlockWatch
+            watch = BlockWatch(config.block_warning / 1000,
+                               on_block=info.stats.hub_blocked if info.stats else None)
+            watch.start()
         channel.send(ipc.BOOTED)
         limit = 0
         if config.max_requests:
@@ -85,6 +92,10 @@ def run(spec, config, sockets, info, notes=()):
             stopping.get()
         return 0
     finally:
+        if watch is not None:
+            watch.stop()
+        if info.stats is not None:
+            info.stats.retire()
         for handler in handlers:
             handler.cancel()
 

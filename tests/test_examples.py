@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -134,13 +135,16 @@ def test_chat_poll_returns_history_at_once(chat):
     assert status == 200 and data["messages"] == [sent]
 
 
-def test_chat_disconnected_poller_leaves_the_waiters_before_its_poll_ends(chat):
+def test_chat_reset_poller_leaves_the_waiters_before_its_poll_ends(chat):
     last = chat.json("GET", "/stats")[1]["last_id"]
     sock = socket.create_connection((HOST, chat.port), timeout=WAIT)
     try:
         sock.sendall(f"GET /poll?since={last} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         wait_until(lambda: waiters(chat) == 1, what="the poller to wait")
     finally:
+        # A reset is certain to mean "gone"; a plain close (FIN) may be a half-close by a
+        # client still reading (RFC 9112 §9.6), so that one waits for the poll's end.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
     # Noticed as the client leaves (milliseconds), not when the 25 s poll would end.
     wait_until(lambda: waiters(chat) == 0, timeout=10,

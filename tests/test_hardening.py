@@ -253,3 +253,25 @@ def test_server_header_setting(serve, setting, expected):
             assert b"Server:" not in head
         else:
             assert expected in head
+
+
+# -- --buffer-chunked-bodies ---------------------------------------------------------------------
+
+def test_buffered_chunked_body_reaches_the_app_with_a_length(serve):
+    seen = []
+
+    def app(environ, start_response):
+        seen.append(environ.get("CONTENT_LENGTH"))
+        return echo(environ, start_response)
+
+    with serve(app, buffer_chunked_bodies=100) as srv, srv.connect() as sock:
+        reader = sock.makefile("rb")
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        assert read_response(reader)[2] == b"hello world"
+        # Over the limit: 413, and the app never runs.
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"65\r\n" + b"x" * 101 + b"\r\n0\r\n\r\n")
+        code, headers, _, _ = read_response(reader)
+    assert (code, headers["connection"]) == (413, "close")
+    assert seen == ["11"]

@@ -925,3 +925,31 @@ def test_round_trip(version, src, dst, src_port, dst_port, after):
     assert header.client == (str(src), str(src_port))
     assert (header.dst_addr, header.dst_port) == (str(dst), dst_port)
     assert parser.rest == after
+
+
+# =============================================================================================
+# Corners: caches at their bounds, hosts that are not quite IPv6 literals
+# =============================================================================================
+
+def test_repr_names_the_setting():
+    assert repr(TrustedProxies.parse("127.0.0.1,unix")) == "TrustedProxies('127.0.0.1,unix')"
+
+
+def test_peer_cache_is_bounded_and_still_right():
+    proxies = TrustedProxies.parse("10.0.0.0/8")
+    for i in range(3000):  # more distinct peers than the cache holds
+        assert proxies.trusts(f"10.{i // 256}.{i % 256}.1")
+        assert not proxies.trusts(f"11.{i // 256}.{i % 256}.1")
+
+
+def test_a_long_chain_is_applied_without_being_cached():
+    chain = ", ".join(["10.0.0.1"] * 100 + ["203.0.113.7"] + ["10.0.0.2"] * 10)
+    for _ in range(2):
+        changed, _ = forward([("X-Forwarded-For", chain)])
+        assert changed["REMOTE_ADDR"] == "203.0.113.7"
+
+
+@pytest.mark.parametrize("host", ["[zz::1]", "[::1", "[::1]x", "[1::2::3]", "[1::2::3]:80"])
+def test_malformed_ipv6_forwarded_host_is_not_applied(host):
+    changed, reasons = forward([("X-Forwarded-Host", host)])
+    assert "HTTP_HOST" not in changed and reasons

@@ -26,6 +26,13 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
 ]
 
+# Request bodies: wsgi.py caps each route's whole body (examples/limits.py); these are
+# Django's own ceilings for what it holds in memory, set explicitly rather than inherited.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 1 << 20      # a body read as request.body or form fields
+FILE_UPLOAD_MAX_MEMORY_SIZE = 256 << 10    # an uploaded file larger than this goes to disk
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 100
+DATA_UPLOAD_MAX_NUMBER_FILES = 10
+
 USE_TZ = True
 # Django sets the process time zone (TZ) from this; UTC keeps the server log stamps in UTC.
 TIME_ZONE = "UTC"

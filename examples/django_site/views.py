@@ -14,10 +14,13 @@
 The POST views are csrf_exempt: they are API-style endpoints driven by scripts and tests
 (curl, requests) that have no CSRF cookie or token. A browser-facing form in a real project
 would keep CSRF protection and render {% csrf_token %} instead.
+
+Limits (examples/limits.py): bodies of at most 64 KiB for /form, 1 MiB for /json and 10 MiB
+for /upload (413 beyond, enforced by with_length in wsgi.py before Django reads); /stream
+takes n from 0 to 100 and delay from 0 to 1 s (400 with the reason otherwise).
 """
 
 import hashlib
-import json
 import time
 
 from django.http import (HttpResponse, HttpResponseBadRequest, JsonResponse,
@@ -25,6 +28,8 @@ from django.http import (HttpResponse, HttpResponseBadRequest, JsonResponse,
 from django.shortcuts import redirect
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST, require_safe
+
+from examples import limits
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>greenserve + Django</title></head>
@@ -51,18 +56,20 @@ def form(request):
 @csrf_exempt
 @require_POST
 def json_echo(request):
+    # with_length has capped the body at limits.MAX_JSON_BODY.
     try:
-        data = json.loads(request.body)
-    except ValueError:
-        return HttpResponseBadRequest("invalid JSON\n")
-    return JsonResponse({"framework": "django", "echo": data,
-                         "sum": sum(data.get("numbers", []))})
+        data, total = limits.json_numbers(request.body)
+    except limits.BadInput as exc:
+        return bad_request(exc)
+    return JsonResponse({"framework": "django", "echo": data, "sum": total})
 
 
 @csrf_exempt
 @require_POST
 def upload(request):
-    uploaded = request.FILES["file"]
+    uploaded = request.FILES.get("file")
+    if uploaded is None:
+        return bad_request('send the file in a multipart field named "file"')
     digest = hashlib.sha256()
     for block in uploaded.chunks():  # Django spools big uploads to disk; read in pieces
         digest.update(block)
@@ -73,9 +80,10 @@ def upload(request):
 
 @require_safe
 def stream(request):
-    count = int(request.GET.get("n", 5))
-    delay = float(request.GET.get("delay", 0.2))
-    tag = request.GET.get("tag", "-")
+    try:
+        count, delay, tag = limits.stream_params(request.GET.get)
+    except limits.BadInput as exc:
+        return bad_request(exc)
 
     def lines():
         for i in range(count):
@@ -89,3 +97,7 @@ def stream(request):
 @require_safe
 def to_text(request):
     return redirect("/text")
+
+
+def bad_request(reason):
+    return HttpResponseBadRequest(f"{reason}\n", content_type="text/plain; charset=utf-8")

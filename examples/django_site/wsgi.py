@@ -7,6 +7,7 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
+from examples import limits
 from examples.chunked_bodies import with_length
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "examples.django_site.settings")
@@ -14,5 +15,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "examples.django_site.settings")
 django_application = get_wsgi_application()
 
 
-# Django reads no body without CONTENT_LENGTH: see examples/chunked_bodies.py.
-application = with_length(django_application)
+# Django reads no body without CONTENT_LENGTH, and does not limit the size of file uploads:
+# see examples/chunked_bodies.py.
+application = with_length(django_application, limits.BODY_LIMITS)

@@ -568,10 +568,11 @@ def _apply_host(environ, host, port, reasons):
 def _split_host(host):
     """("name", "port" or "") of a Host value; IPv6 literals keep their brackets."""
     if host.startswith("["):
-        close = host.find("]")
-        if close >= 0:
-            name, rest = host[:close + 1], host[close + 1:]
-            return name, rest[1:] if rest.startswith(":") else ""
+        # Hosts here were validated, so a literal has its "]"; were one missing, the whole
+        # text would be the name.
+        close = host.find("]") + 1 or len(host)
+        rest = host[close:]
+        return host[:close], rest[1:] if rest.startswith(":") else ""
     name, _, port = host.partition(":")
     return name, port
 
@@ -848,12 +849,9 @@ def _parse_tlvs(buf, pos, total):
 
 
 def _common_prefix(data, signature):
-    size = 0
-    for got, wanted in zip(data, signature):
-        if got != wanted:
-            break
-        size += 1
-    return size
+    """How many leading octets ``data`` shares with ``signature`` (the caller knows they
+    differ somewhere in their common length)."""
+    return next(i for i, (got, wanted) in enumerate(zip(data, signature)) if got != wanted)
 
 
 def _quote(data, limit=60):

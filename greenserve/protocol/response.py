@@ -25,12 +25,6 @@ UNTIL_CLOSE = 3   # the end of the connection marks the end of the body (HTTP/1.
 DRAIN_LIMIT = 1 << 20
 
 
-def body_allowed(head_request, code):
-    """RFC 9110 §9.3.2, §15.3.5, §15.3.6, §15.4.5: HEAD responses, 204, 205 and 304 carry
-    no content (a 1xx never reaches here: the WSGI bridge refuses it)."""
-    return not (head_request or code == 204 or code == 205 or code == 304)
-
-
 def unread_body_forces_close(unread, continue_pending, drain_limit=DRAIN_LIMIT):
     """RFC 9112 §9.6: a request body we cannot skip means the connection must close.
 
@@ -82,7 +76,9 @@ class Response:
         if app_length is not None:
             content_length = app_length
         keep_alive = self.keep_alive and not close
-        if not body_allowed(self.head_request, code):
+        # RFC 9110 §9.3.2, §15.3.5, §15.3.6, §15.4.5: HEAD responses, 204, 205 and 304
+        # carry no content (a 1xx never reaches here: the WSGI bridge refuses it).
+        if self.head_request or code == 204 or code == 205 or code == 304:
             framing = NO_BODY
         elif content_length is not None:
             framing = FIXED
@@ -153,10 +149,10 @@ class Response:
         return data
 
     def sent_directly(self, count):
-        """Account for ``count`` body bytes the connection sent itself (sendfile)."""
+        """Account for ``count`` body bytes the connection sent itself (sendfile, which it
+        uses only under Content-Length framing)."""
         self.body_sent += count
-        if self.framing == FIXED:
-            self.remaining -= count
+        self.remaining -= count
 
     def end(self):
         """The body is over: the bytes that end it (the last chunk) or b""."""
@@ -179,4 +175,8 @@ class Response:
             # An empty body answering HEAD says nothing of the GET's length: no "0" then.
             length = len(data)
         head = self.head(length, close)
+        if self.framing == FIXED and len(data) == length:
+            self.remaining = 0
+            self.body_sent = length
+            return head + data if data else head  # the usual case, framed in place
         return head + self.body(data) + self.end() if data else head + self.end()

@@ -1,0 +1,47 @@
+"""Without a master, HUP, USR1 and USR2 never kill greenserve: HUP and USR2 are logged and
+ignored, USR1 reopens the log files (logrotate's `kill -USR1` after moving them)."""
+
+import signal
+
+import procs
+from procs import get
+
+
+def test_hup_usr1_usr2_keep_the_server_serving(tmp_path):
+    error_log = tmp_path / "error.log"
+    access_log = tmp_path / "access.log"
+    with procs.Processes() as started:
+        server = started.greenserve("webapp:app", "-b", "127.0.0.1:0", "--error-log",
+                                    error_log, "--access-log", access_log)
+        procs.wait_until(lambda: error_log.exists() and "Listening at" in error_log.read_text(),
+                         what="the start-up line in the error log")
+        address = server_address(error_log)
+        assert get(address, "/one")[0] == 200
+
+        # logrotate: move the files away, then USR1.
+        error_log.rename(tmp_path / "error.log.1")
+        access_log.rename(tmp_path / "access.log.1")
+        server.signal(signal.SIGUSR1)
+        procs.wait_until(lambda: error_log.exists() and "reopening log files" in
+                         error_log.read_text() + (tmp_path / "error.log.1").read_text(),
+                         what="the reopen")
+        assert get(address, "/two")[0] == 200
+        procs.wait_until(lambda: access_log.exists() and "/two" in access_log.read_text(),
+                         what="the access line in the new file")
+        assert "/two" not in (tmp_path / "access.log.1").read_text()
+
+        for signum in (signal.SIGHUP, signal.SIGUSR2):
+            server.signal(signum)
+            name = signal.Signals(signum).name
+            procs.wait_until(lambda: f"{name} received and ignored" in error_log.read_text(),
+                             what=f"the {name} line")
+            assert server.running()
+            assert get(address, "/after")[0] == 200
+
+        server.signal(signal.SIGTERM)
+        assert server.exit_code() == 0
+
+
+def server_address(error_log):
+    match = procs.LISTENING.search(error_log.read_text())
+    return match["host"], int(match["port"])
