@@ -234,7 +234,6 @@ class Config:
         help="Give each worker its own SO_REUSEPORT listening socket per TCP address, so "
              "the kernel spreads connections evenly (Linux).")
 
-
     # -- sockets and privileges -------------------------------------------------------------
     umask: int = setting(
         0, "--umask", parse=_octal_mode, metavar="MODE",

@@ -343,6 +343,7 @@ def remove_unix_files(paths):
 # uid_t and gid_t are 32 bits; (uid_t)-1 means "unchanged" to the system calls, not an id.
 _NO_ID = 2**32 - 1
 
+
 @dataclass(frozen=True)
 class Identity:
     """Who the server becomes after binding: ``uid``, ``gid``, and the user ``name`` whose

@@ -57,10 +57,6 @@ def random_loopback():
     return f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
 
 
-def random_port():
-    return random.randint(20000, 30999)  # below Linux's ephemeral range (32768-60999)
-
-
 def render(template, replacements, drop=()):
     """The text of ``template`` with each key of ``replacements`` replaced (each must occur:
     a test must notice when the example changes), and the lines containing any of ``drop``
@@ -74,37 +70,32 @@ def render(template, replacements, drop=()):
     return "".join(lines)
 
 
-def connectable(host, port):
-    try:
-        socket.create_connection((host, port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-def start_on_random_ports(processes, build, count, attempts=20):
+def start_on_random_ports(processes, build, count, ready, attempts=20):
     """Start a proxy listening on ``count`` random ports of a random loopback address.
 
-    ``build(host, ports)`` writes the config and returns the command. Returns
-    (process, host, ports) once every port answers; another address is tried when a port
-    turns out to be taken.
+    ``build(host, ports)`` writes the config and returns the command; ``ready`` is the
+    pattern of the log line the proxy writes once it has bound every port (a socket that
+    answers could be another program's). Returns (process, host, ports); another address is
+    tried when a port turns out to be taken.
     """
     for _ in range(attempts):
         host = random_loopback()
+        # Below Linux's ephemeral range (32768-60999), where clients' own ports come from.
         ports = random.sample(range(20000, 31000), count)
         proc = processes.start(build(host, ports))
-        wait_until(lambda: not proc.running() or all(connectable(host, p) for p in ports),
+        wait_until(lambda: proc.matches(ready) or not proc.running(),
                    what=f"{proc.argv[0]} to listen on {host}")
         if proc.running():
             return proc, host, ports
         proc.exit_code()
-        if "in use" not in proc.text():  # anything but a taken port is a real failure
-            proc._fail("did not start")
+        output = proc.output()
+        if "in use" not in output:  # anything but a taken port is a real failure
+            pytest.fail(f"{' '.join(proc.argv)} did not start:\n{output}")
     pytest.fail(f"no free port found in {attempts} attempts")
 
 
 def worker_user():
-    """The config line that runs the proxy's workers unprivileged (as root only)."""
+    """(user, group) for the proxy's workers when the test runs as root, else None."""
     if not ROOT:
         return None
     nobody = pwd.getpwnam("nobody")
@@ -168,7 +159,8 @@ def start_nginx(processes, prefix, site_for, extra=""):
         return [NGINX, "-e", "stderr", "-p", str(prefix), "-c", str(conf),
                 "-g", "daemon off;"]
 
-    return start_on_random_ports(processes, build, 2)
+    # The master starts its workers only once every listening socket is bound.
+    return start_on_random_ports(processes, build, 2, r"\[notice\].* start worker processes")
 
 
 # -- Apache httpd ---------------------------------------------------------------------------------
@@ -230,7 +222,7 @@ def start_apache(processes, prefix, site_for):
             user=f"User {user[0]}\nGroup {user[1]}" if user else ""))
         return [APACHE, "-f", str(conf), "-DFOREGROUND"]
 
-    return start_on_random_ports(processes, build, 2)
+    return start_on_random_ports(processes, build, 2, r"AH00489: .* resuming normal operations")
 
 
 # -- certificates and clients --------------------------------------------------------------------

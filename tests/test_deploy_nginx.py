@@ -50,7 +50,7 @@ class Stack:
             connection.close()
 
     def echo(self, method="GET", path="/echo", body=None, headers=None, source=None):
-        status, response_headers, data = self.get(method, path, body, headers, source)
+        status, _, data = self.get(method, path, body, headers, source)
         assert status == 200, data
         return json.loads(data)
 
@@ -78,8 +78,8 @@ def folder():
 
 
 def start_stack(processes, folder, ca, upstream, server):
-    """nginx from the example, in front of the greenserve ``server`` is running: the
-    example's upstream line becomes ``upstream``."""
+    """nginx from the example in front of the running greenserve ``server``; the example's
+    upstream line becomes ``upstream``."""
     prefix = Path(tempfile.mkdtemp(prefix="nginx-", dir=folder))
     prefix.chmod(0o755)
     cert = proxies.issue_certificate(ca, prefix)
