@@ -316,12 +316,16 @@ class Connection:
             error_log.debug("closing %s: not allowed to send a PROXY header", peer or "unix")
             return False
         proxy = ProxyProtocolParser()
+        # With TLS next, not one byte past the header may be taken: the ClientHello that
+        # follows it belongs to the handshake. So then it is read a byte at a time (one
+        # header per connection, at most a few hundred bytes).
+        size = 1 if server.tls_context is not None else RECEIVE_SIZE
         # The whole header must come within the head timer, like a request head.
         self._enter(READING_HEAD, server.config.header_timeout)
         try:
             header = None
             while header is None:
-                data = self.sock.recv(RECEIVE_SIZE)
+                data = self.sock.recv(size)
                 if not data:
                     return False
                 header = proxy.feed(data)

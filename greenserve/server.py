@@ -24,6 +24,10 @@ from .wsgi import base_environ
 
 error_log = logging.getLogger("greenserve.error")
 
+# On a graceful stop, how long busy keep-alive connections get to receive one more response
+# (with Connection: close) before idle ones are closed; see Server.drain.
+CLOSE_NOTICE = 1.0
+
 
 class Server:
     """A WSGI server on one gevent hub.
@@ -74,8 +78,9 @@ class Server:
             return
         _ensure_fd_limit(self.config.max_connections)
         if self._listeners is None:
-            from .listeners import create_listeners
-            self._listeners = create_listeners(self.config.bind, self.config.backlog)
+            from .listeners import create_listeners, unix_socket_mode
+            self._listeners = create_listeners(self.config.bind, self.config.backlog,
+                                               unix_mode=unix_socket_mode(self.config))
         multiprocess = self.config.workers > 1
         # Several workers on one listener (no --reuse-port copies): take turns fairly.
         batch = SHARED_ACCEPT_BATCH if multiprocess and not self.config.reuse_port \
@@ -124,6 +129,20 @@ class Server:
         self._acceptors = []
         self._started = False
         self._stopped.set()
+
+    def drain(self, timeout=None):
+        """A graceful stop that does not race clients: stop accepting, then for up to
+        CLOSE_NOTICE seconds let every response say ``Connection: close`` so busy clients
+        leave cleanly, and only then close the connections still idle (a request may be on
+        its way on one of them: closing it at once would fail that request)."""
+        if timeout is None:
+            timeout = self.config.graceful_timeout
+        self.stop_accepting()
+        notice = min(CLOSE_NOTICE, timeout / 2)
+        deadline = monotonic() + notice
+        while self.connections and monotonic() < deadline:
+            gevent.sleep(0.05)
+        self.stop(timeout=max(0.0, deadline - monotonic()) + timeout - notice)
 
     def stop_accepting(self):
         """Close the listeners and mark the server stopping: every response from now on
@@ -340,7 +359,7 @@ def run_until_signalled(server, banner=None, admin_socket=None):
         for sock in server._listeners:
             error_log.info("Listening at %s (pid %d)", describe(sock), os.getpid())
         stop_requested.wait()
-        stopping = gevent.spawn(server.stop)
+        stopping = gevent.spawn(server.drain)
         gevent.wait([stopping, force], count=1)
         if not stopping.ready():
             error_log.warning("second signal received; exiting without waiting for "
