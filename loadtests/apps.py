@@ -17,16 +17,25 @@ server, not the app. Routes:
   GET  /poll?since=N     long poll: waits (?timeout=S, default 10) for messages after id N;
                          answers {"messages": [...], "last_id": M} like examples/chat.py
   POST /send             body is a message; wakes every waiting poll        (locust longpoll)
+  GET  /big              ?bytes=N (default 100 MB) with Content-Length, yielded in pieces of
+                         ?piece=BYTES (default 10 MiB)          (slowloris: slow readers, download)
+  GET  /debug/counts     JSON: live greenlets and gc-tracked objects                (soak)
+  GET  /nan-timer        starts a libev timer due in NaN seconds, the worst an app can do to
+                         the hub's timer heap; answers 200                     (slowloris nan)
 
 The module patches nothing and starts nothing at import: the server under test owns the hub.
 """
 
+import functools
+import gc
 import json
 import time
 import zlib
 from urllib.parse import parse_qs
 
+import gevent
 import gevent.event
+import greenlet
 
 HELLO = b"Hello, World!"
 BODY_64K = b"x" * 65536
@@ -34,6 +43,9 @@ CHUNK_4K = b"y" * 4096
 MAX_STREAM_BYTES = 64 * 1024 * 1024  # keeps a typo in ?size= from eating the box
 MAX_MESSAGES = 1000  # the chat board keeps only the newest messages
 MAX_ITEMS = 10000
+MAX_BIG_BYTES = 1 << 30  # /big answers at most 1 GiB
+MAX_PIECE = 16 << 20
+MAX_NAN_TIMERS = 16  # a client cannot make the app keep more than this many
 
 
 def _qs(environ):
@@ -79,6 +91,56 @@ def _iter_body(environ, blocksize=65536):
             if not block:
                 return
             yield block
+
+
+@functools.lru_cache(maxsize=4)
+def _piece(size):
+    """One shared bytes object per piece size, so a thousand slow readers cost no copies."""
+    return b"z" * size
+
+
+def big(environ, start_response):
+    """``bytes`` bytes with Content-Length, yielded ``piece`` bytes at a time."""
+    q = _qs(environ)
+    total = _int_arg(q, "bytes", 100_000_000, 0, MAX_BIG_BYTES)
+    size = _int_arg(q, "piece", 10 << 20, 1, MAX_PIECE)
+    start_response(
+        "200 OK",
+        [("Content-Type", "application/octet-stream"), ("Content-Length", str(total))],
+    )
+
+    def pieces():
+        left = total
+        while left > 0:
+            n = min(size, left)
+            yield _piece(n) if n == size else _piece(size)[:n]
+            left -= n
+
+    return pieces()
+
+
+def counts():
+    """What a leak would grow: live greenlets (gevent's and plain) and gc-tracked objects.
+
+    Walks every gc-tracked object, so it costs milliseconds: for a few samples, not for load.
+    """
+    objects = gc.get_objects()
+    greenlets = sum(1 for o in objects if isinstance(o, greenlet.greenlet))
+    return {"greenlets": greenlets, "gc_objects": len(objects)}
+
+
+_nan_timers = []  # started timers stay referenced, so nothing stops them behind our back
+
+
+def start_nan_timer():
+    """A hub timer due in NaN seconds: NaN compares false with everything, so in libev's
+    timer heap it blocks every timer queued before it (gevent.sleep would refuse NaN under
+    greenserve; the loop's own timer does not)."""
+    if len(_nan_timers) < MAX_NAN_TIMERS:
+        timer = gevent.get_hub().loop.timer(float("nan"))
+        timer.start(lambda: None)
+        _nan_timers.append(timer)
+    return len(_nan_timers)
 
 
 class Board:
@@ -204,6 +266,12 @@ def make_app():
             timeout = _int_arg(q, "timeout", 10, 0, 300)
             found = board.wait(since, timeout)
             return _json(start_response, {"messages": found, "last_id": board.last_id})
+        if path == "/big":
+            return big(environ, start_response)
+        if path == "/debug/counts":
+            return _json(start_response, counts())
+        if path == "/nan-timer":
+            return _json(start_response, {"nan_timers": start_nan_timer()})
         if path == "/send" and method == "POST":
             text = b"".join(_iter_body(environ))[:1000].decode("utf-8", "replace")
             return _json(start_response, {"id": board.send(text)})

@@ -1,4 +1,4 @@
-"""Command line: ``python -m loadtests run|compare|wrk ...``.
+"""Command line: ``python -m loadtests run|compare|wrk|soak|slowloris ...``.
 
 Exit codes: 0 ok; 1 an SLO gate (or a compared server) failed; 2 bad input or the harness could not
 run; 130 interrupted. Every error is one line on stderr, and nothing started is left running.
@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 
-from loadtests import report, wrk_bench
+from loadtests import report, slowloris, soak, wrk_bench
 from loadtests.appspec import check_app
 from loadtests.errors import RunError, UsageError
 from loadtests.runner import locust_missing, parse_duration, run_once
@@ -114,6 +114,17 @@ def build_parser():
 
     wrk = sub.add_parser("wrk", help="BENCHMARKING.md throughput/latency method with wrk")
     wrk_bench.add_arguments(wrk)
+
+    soak_ = sub.add_parser(
+        "soak", help="many requests and connections through one worker: RSS, fds, greenlets"
+    )
+    soak.add_arguments(soak_)
+
+    slow = sub.add_parser(
+        "slowloris",
+        help="a normal client's req/s and p99 while slow clients attack, greenserve vs gunicorn",
+    )
+    slowloris.add_arguments(slow)
     return parser
 
 
@@ -234,6 +245,10 @@ def main(argv=None):
             return cmd_run(args)
         if args.command == "compare":
             return cmd_compare(args)
+        if args.command == "soak":
+            return soak.main(args)
+        if args.command == "slowloris":
+            return slowloris.main(args)
         return wrk_bench.main(args)
     except (UsageError, RunError) as exc:
         print(f"loadtests: {exc}", file=sys.stderr)
