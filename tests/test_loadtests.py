@@ -238,9 +238,6 @@ def test_slowloris_nan_timer_leaves_greenserve_timers_running(tmp_path):
 
 
 @needs_wrk
-@pytest.mark.xfail(strict=True, reason="at the cap the acceptor's zero-timeout poll is gevent's "
-                   "patched select.poll, which cannot block in a loop callback "
-                   "(BlockingSwitchOutError), and the worker stops accepting")
 def test_slowloris_slow_bodies_at_the_cap_leave_room_for_a_normal_client(tmp_path):
     proc = harness("slowloris", "--attacks", "slow-bodies", "--servers", "greenserve",
                    "--bodies", 5, "--baseline", 1, "--duration", 3, "--normal-connections", 2,
