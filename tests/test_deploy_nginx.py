@@ -536,3 +536,27 @@ def test_django_admin_login_and_forms_over_https(django_stack):
     assert status == 200
     assert json.loads(body) == {"secure": True, "name": "caf\u00e9", "remote_addr": client,
                                 "url": f"https://{SITE}:{stack.https_port}/form/"}
+
+
+# -- WebSocket ------------------------------------------------------------------------------------
+
+def test_websocket_through_nginx(folder, ca):
+    import websocket  # websocket-client
+
+    with procs.Processes() as processes:
+        server = processes.greenserve("ws_apps:wsproto_app", "-b", "127.0.0.1:0")
+        stack = start_stack(processes, folder, ca,
+                            f"server 127.0.0.1:{server.address()[1]};", server)
+        raw = socket.create_connection(stack.address, timeout=procs.WAIT)
+        tls = stack.context.wrap_socket(raw, server_hostname=SITE)
+        ws = websocket.create_connection(f"wss://{SITE}:{stack.https_port}/ws", socket=tls,
+                                         timeout=procs.WAIT)
+        try:
+            for message in ("through nginx", "é" * 5000):
+                ws.send(message)
+                assert ws.recv() == message
+        finally:
+            ws.close()
+        # Ordinary requests still reuse upstream connections (an empty Connection header).
+        status, _, body = stack.get("GET", "/")
+        assert (status, body) == (400, b"a WebSocket endpoint\n")
