@@ -11,8 +11,10 @@ import time
 
 import pytest
 
-from corpus_format import Case, load_corpus
+from corpus_format import Case, CorpusError, load_corpus
+from greenserve.config import Config
 from greenserve.errors import ProtocolError
+from greenserve.protocol import writer
 from greenserve.protocol.parser import MAX_CHUNK_LINE, Limits, RequestParser
 
 CASES = load_corpus()
@@ -31,11 +33,12 @@ def _record(request):
             "headers": list(request.headers), "trailers": [] if request.chunked else None}
 
 
-def run(data, pieces, limits=None, sizes=(65536,)):
+def run(data, pieces, limits=None, sizes=(65536,), finished=None):
     """Feed ``pieces`` (which join to ``data``) and read every request and body to the end.
 
     ``sizes`` cycles through the ``max_bytes`` passed to ``read_body``. Returns the list of
     request records and the outcome: ``("error", status)``, ``("pending",)`` or ``("idle",)``.
+    Records whose body was read to its end are also appended to ``finished`` if given.
     """
     assert b"".join(pieces) == data
     parser = RequestParser(Limits(**(limits or {})))
@@ -70,6 +73,8 @@ def run(data, pieces, limits=None, sizes=(65536,)):
                     current["trailers"] = list(parser.request.trailers)
                 else:
                     assert parser.request.trailers is None
+                if finished is not None:
+                    finished.append(current)
                 current = None
         except ProtocolError as exc:
             _assert_stays_failed(parser, exc.status)
@@ -318,10 +323,108 @@ def test_mutated_corpus_requests_are_split_independent():
         _assert_split_independent(_mutate(rng, case.data), case.limits)
 
 
+def test_body_unread_counts_what_is_left():
+    parser = RequestParser()
+    parser.feed(b"GET / HTTP/1.1\r\nHost: h\r\n\r\nPOST / HTTP/1.1\r\nHost: h\r\n"
+                b"Content-Length: 5\r\n\r\nab")
+    parser.next_request()
+    assert parser.body_unread == 0
+    parser.next_request()
+    assert parser.body_unread == 5
+    assert parser.read_body() == b"ab" and parser.body_unread == 3
+    parser.feed(b"cde")
+    assert parser.read_body() == b"cde" and parser.body_unread == 0
+    # Chunked: how much is left is not known until the last chunk.
+    parser.feed(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert parser.next_request().chunked and parser.body_unread is None
+
+
+def test_limits_follow_the_config():
+    config = Config(limit_request_line=11, limit_request_field_size=12,
+                    limit_request_fields=13, limit_request_head=14, max_body_size=15)
+    limits = Limits.from_config(config)
+    assert [getattr(limits, name) for name in Limits.__slots__] == [11, 12, 13, 14, 15]
+    defaults = Limits.from_config(Config())
+    assert [getattr(defaults, name) for name in Limits.__slots__] == \
+        [getattr(Limits(), name) for name in Limits.__slots__]
+
+
+def test_request_repr_names_the_request_line():
+    parser = RequestParser()
+    parser.feed(b"OPTIONS * HTTP/1.0\r\n\r\n")
+    assert repr(parser.next_request()) == "<Request b'OPTIONS' b'*' HTTP/1.0>"
+
+
 def test_corpus_format_rejects_typos():
-    with pytest.raises(Exception):
+    with pytest.raises(CorpusError, match="unknown key 'requets'"):
         Case("typo", "# rfc: RFC 9112\n# requets: GET / HTTP/1.1\nGET / HTTP/1.1\\r\\n\\r\\n\n")
-    with pytest.raises(Exception):
+    with pytest.raises(CorpusError, match="unknown escape"):
         Case("bad-escape", "# rfc: RFC 9112\n# error: 400\nGET /\\q\n")
     case = Case("ok", "# rfc: RFC 9112\n# error: 400\nA\\r\\n\\0\\x80\\\\\n\\t\n")
     assert case.data == b"A\r\n\0\x80\\\t"
+
+
+# -- writer.py: response bytes (to move next to protocol/response.py's table test) -------------
+
+PINNED = 784111777  # Sun, 06 Nov 1994 08:49:37 GMT, RFC 9110 §5.6.7's example
+
+
+@pytest.fixture
+def pinned_clock(monkeypatch):
+    """The writer's clock stopped at PINNED, with its once-a-second Date cache emptied."""
+    monkeypatch.setattr(writer.time, "time", lambda: PINNED + 0.25)
+    monkeypatch.setattr(writer, "_date_second", 0)
+
+
+def test_http_date_is_formatted_once_a_second(pinned_clock, monkeypatch):
+    first = writer.http_date()
+    assert first == "Sun, 06 Nov 1994 08:49:37 GMT"
+    assert writer.http_date() is first  # cached within the second
+    monkeypatch.setattr(writer.time, "time", lambda: PINNED + 1.0)
+    assert writer.http_date() == "Sun, 06 Nov 1994 08:49:38 GMT"
+
+
+@pytest.mark.parametrize("method, status, allowed", [
+    ("GET", 200, True), ("HEAD", 200, False), ("GET", 101, False), ("GET", 204, False),
+    ("GET", 205, False), ("GET", 304, False), ("POST", 404, True)])
+def test_body_allowed(method, status, allowed):
+    assert writer.body_allowed(method, status) is allowed
+
+
+@pytest.mark.parametrize("method, status, version, length, keep, want", [
+    ("HEAD", 200, 1, 5, True, (writer.NO_BODY, True)),
+    ("GET", 200, 1, 5, True, (writer.FIXED, True)),
+    ("GET", 200, 1, None, True, (writer.CHUNKED, True)),
+    # RFC 9112 §6.3: without a length an HTTP/1.0 body ends when the connection closes.
+    ("GET", 200, 0, None, True, (writer.UNTIL_CLOSE, False)),
+])
+def test_choose_framing(method, status, version, length, keep, want):
+    assert writer.choose_framing(method, status, version, length, keep) == want
+
+
+def test_format_head_and_chunks():
+    assert writer.format_head("200 OK", [("A", "1"), ("B", "\xe9")], "C: 2\r\n") == \
+        b"HTTP/1.1 200 OK\r\nA: 1\r\nB: \xe9\r\nC: 2\r\n\r\n"
+    assert writer.format_head("204 No Content", (), "") == b"HTTP/1.1 204 No Content\r\n\r\n"
+    assert writer.frame_chunk(b"x" * 26) == b"1a\r\n" + b"x" * 26 + b"\r\n"
+    assert writer.CONTINUE_RESPONSE == b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def test_status_line():
+    assert writer.status_line(431) == "431 Request Header Fields Too Large"
+    assert writer.status_line(599) == "599 Unknown"
+
+
+def test_error_response_bytes(pinned_clock):
+    head = (b"Date: Sun, 06 Nov 1994 08:49:37 GMT\r\nServer: greenserve\r\n"
+            b"Content-Type: text/plain; charset=utf-8\r\n")
+    assert writer.error_response(400, "bad \u2603") == (
+        b"HTTP/1.1 400 Bad Request\r\n" + head + b"Content-Length: 22\r\n"
+        b"Connection: close\r\n\r\n400 Bad Request\nbad ?\n")
+    assert writer.error_response(503, reason="Draining", keep_alive=True) == (
+        b"HTTP/1.1 503 Draining\r\n" + head + b"Content-Length: 13\r\n"
+        b"Connection: keep-alive\r\n\r\n503 Draining\n")
+    # RFC 9110 §9.3.2: the same header fields for HEAD, without the content.
+    assert writer.error_response(404, head=True) == (
+        b"HTTP/1.1 404 Not Found\r\n" + head + b"Content-Length: 14\r\n"
+        b"Connection: close\r\n\r\n")

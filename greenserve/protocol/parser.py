@@ -135,11 +135,20 @@ class RequestParser:
 
     def feed(self, data):
         """Append received bytes."""
-        if self._pos >= len(self._buf):
+        buf = self._buf
+        if self._pos >= len(buf):
             self._buf = data
+            self._pos = 0
+        elif self._partial:
+            # An unfinished head grows in place: joining bytes would copy all of it again for
+            # every piece, quadratic in the head size for a client sending an octet at a time.
+            if type(buf) is not bytearray:
+                self._buf = buf = bytearray(memoryview(buf)[self._pos:])
+                self._pos = 0
+            buf += data
         else:
-            self._buf = self._buf[self._pos:] + data
-        self._pos = 0
+            self._buf = buf[self._pos:] + data
+            self._pos = 0
 
     @property
     def buffered(self):
@@ -187,6 +196,10 @@ class RequestParser:
             # long poll would hold them for minutes).
             self._buf = b""
             self._pos = 0
+        elif type(buf) is bytearray:
+            # The rest (body, next request) goes back to bytes, which the body reader returns.
+            self._buf = bytes(memoryview(buf)[self._pos:])
+            self._pos = 0
         self.request = request
         if request.chunked:
             self._state = _CHUNK_SIZE
@@ -207,15 +220,13 @@ class RequestParser:
                 pos = self._skip_empty_lines(buf, pos)
             # Resume where the last look stopped: no CRLF CRLF can start before that.
             end = buf.find(b"\r\n\r\n", pos + max(self._clean - 2, 0))
-            if end < 0:
+            # A head ending past the limit is checked as one whose end has not arrived: that
+            # raises what a byte-at-a-time reader finds first, at the latest the 431.
+            if end < 0 or end + 4 - pos > self.limits.head:
                 self._check_partial_head(buf, pos, len(buf))
                 return None, -1
-            if end + 4 - pos > self.limits.head:
-                # Report what a byte-at-a-time reader would have found before the limit.
-                self._check_partial_head(buf, pos, pos + self.limits.head)
-                raise HeaderTooLarge(f"header block over {self.limits.head} bytes")
             try:
-                request = self._parse_head(buf[pos:end].split(b"\r\n"))
+                request = self._parse_head(bytes(buf[pos:end]).split(b"\r\n"))
             except ProtocolError:
                 # An earlier line may hold an error that comes first in byte order.
                 self._check_partial_head(buf, pos, end + 2)
@@ -304,7 +315,7 @@ class RequestParser:
             raise HeaderTooLarge(f"more than {limits.fields} header fields")
         headers = []
         host = content_length = transfer_encoding = connection = expect = None
-        host_count = 0
+        host_count = seen_singletons = 0
         field_size = limits.field_size
         for line in lines[1:]:
             if len(line) > field_size:
@@ -316,7 +327,8 @@ class RequestParser:
             value = value.strip(b" \t")
             headers.append((name, value))
             lname = name.lower()
-            if lname in _FRAMING_FIELDS:
+            # One set lookup for every name; only the fields noted here cost more.
+            if lname in _NOTED_FIELDS:
                 if lname == b"host":
                     host_count += 1
                     host = value
@@ -328,8 +340,15 @@ class RequestParser:
                         else transfer_encoding + b"," + value
                 elif lname == b"connection":
                     connection = value if connection is None else connection + b"," + value
-                else:
+                elif lname == b"expect":
                     expect = value if expect is None else expect + b"," + value
+                else:
+                    # RFC 9110 §5.3: only a list-valued field may be sent as several lines; a
+                    # second one of these would be joined into a value no sender meant.
+                    bit = _SINGLETON_BITS[lname]
+                    if seen_singletons & bit:
+                        raise BadRequest(f"more than one {_quote(name)} header field")
+                    seen_singletons |= bit
 
         request = Request()
         request.method = method
@@ -578,8 +597,32 @@ class RequestParser:
                     self.request.trailers.append((name, value.strip(b" \t")))
 
 
-_FRAMING_FIELDS = frozenset((b"host", b"content-length", b"transfer-encoding", b"connection",
-                             b"expect"))
+# Request fields RFC 9110 defines as one value, not a list (§5.6.1): a repeated line would
+# reach the application joined into one value that neither sender nor grammar allows.
+# Host (RFC 9112 §3.2) and Content-Length (RFC 9110 §8.6 allows identical repeats) are
+# handled with the framing fields; Cookie is joined with "; " (RFC 6265 §5.4); fields that
+# only responses carry (ETag, Location, Retry-After, ...) mean nothing to an application here.
+SINGLETON_FIELDS = (
+    b"authorization",        # §11.6.2 credentials
+    b"proxy-authorization",  # §11.7.2 credentials
+    b"content-type",         # §8.3 media-type
+    b"content-location",     # §8.7 absolute-URI / partial-URI
+    b"content-range",        # §14.4 range-unit SP range-resp
+    b"date",                 # §6.6.1 HTTP-date
+    b"from",                 # §10.1.2 mailbox
+    b"if-modified-since",    # §13.1.3 HTTP-date
+    b"if-unmodified-since",  # §13.1.4 HTTP-date
+    b"if-range",             # §13.1.5 entity-tag / HTTP-date
+    b"max-forwards",         # §7.6.2 1*DIGIT
+    b"range",                # §14.2 ranges-specifier
+    b"referer",              # §10.1.3 absolute-URI / partial-URI
+    b"user-agent",           # §10.1.5 product *( RWS ( product / comment ) )
+)
+# A bit for each, so _parse_head finds a repeat with a mask, not a set built per request.
+_SINGLETON_BITS = {name: 1 << bit for bit, name in enumerate(SINGLETON_FIELDS)}
+# The fields _parse_head looks at: framing, connection control, and the singletons.
+_NOTED_FIELDS = frozenset((b"host", b"content-length", b"transfer-encoding", b"connection",
+                           b"expect", *SINGLETON_FIELDS))
 
 
 def _parse_request_line(line):
