@@ -43,15 +43,8 @@ functions as MODULE:FUNCTION; a hook that raises at start-up stops greenserve (e
 
 def version():
     """greenserve's version, without importing the server (and so gevent)."""
-    try:
-        from . import __version__
-        return __version__
-    except ImportError:  # the package's __init__ is not there yet (early checkouts)
-        try:
-            from importlib.metadata import version as dist_version
-            return dist_version("greenserve")
-        except Exception:
-            return "unknown"
+    from . import __version__
+    return __version__
 
 
 def _show_default(spec):

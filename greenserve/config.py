@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 
 from .accessformat import ATOMS, JSON_PRESET, compile_format
 from .errors import ConfigError
+from .protocol.parser import Limits
 
 ENV_PREFIX = "GREENSERVE_"
+_PARSER_LIMITS = Limits()
 
 
 # -- value parsers: str -> value, raising ValueError with a short reason --------------------
@@ -317,17 +319,19 @@ class Config:
         help="wsgi.url_scheme for requests (set to https behind a TLS-terminating proxy).")
 
     # -- limits (RFC 9112 leaves them to the server) ----------------------------------------
+    # The numbers are the protocol core's own defaults (it cannot import this module, so
+    # they are written once, there) and reach it back through Limits.from_config().
     limit_request_line: int = setting(
-        8192, "--limit-request-line", parse=_positive_int, metavar="BYTES",
+        _PARSER_LIMITS.request_line, "--limit-request-line", parse=_positive_int, metavar="BYTES",
         help="Longest request line; longer gets 414.")
     limit_request_field_size: int = setting(
-        8192, "--limit-request-field-size", parse=_positive_int, metavar="BYTES",
+        _PARSER_LIMITS.field_size, "--limit-request-field-size", parse=_positive_int, metavar="BYTES",
         help="Longest header line; longer gets 431.")
     limit_request_fields: int = setting(
-        100, "--limit-request-fields", parse=_positive_int, metavar="N",
+        _PARSER_LIMITS.fields, "--limit-request-fields", parse=_positive_int, metavar="N",
         help="Most header fields in one request; more gets 431.")
     limit_request_head: int = setting(
-        65536, "--limit-request-head", parse=_positive_int, metavar="BYTES",
+        _PARSER_LIMITS.head, "--limit-request-head", parse=_positive_int, metavar="BYTES",
         help="Largest header block; larger gets 431.")
     buffer_chunked_bodies: int = setting(
         0, "--buffer-chunked-bodies", parse=_non_negative_int, metavar="BYTES",
@@ -335,7 +339,7 @@ class Config:
              "set CONTENT_LENGTH, for frameworks that ignore bodies without one (Django, "
              "Bottle); 0 = off, the app reads the body as it arrives.")
     max_body_size: int = setting(
-        0, "--max-body-size", parse=_non_negative_int, metavar="BYTES",
+        _PARSER_LIMITS.body, "--max-body-size", parse=_non_negative_int, metavar="BYTES",
         help="Largest request body; larger gets 413 without being read (0 = unlimited).")
 
     # -- timers (seconds, 0 = off) ----------------------------------------------------------
