@@ -254,7 +254,8 @@ class Connection:
         # Between keep-alive requests the next one has almost never arrived yet: wait for
         # readability first instead of paying a failing recv() (syscall + exception). Not
         # over TLS: decrypted bytes may be waiting inside the SSL object.
-        wait_readable = readable_waiter(self.sock) if self.raw_send is not None else None
+        wait_readable, read_event = readable_waiter(self.sock) if self.raw_send is not None \
+            else (None, None)
         between_requests = False
         keep_alive_timeout = config.keep_alive
         header_timeout = config.header_timeout
@@ -269,7 +270,7 @@ class Connection:
                     if between_requests:
                         between_requests = False
                         if wait_readable is not None:
-                            wait_readable()
+                            wait_readable(read_event)
                     if parser.buffered and self.phase == IDLE:
                         # RFC 9112 has no head timer, but a slowloris client must not
                         # hold a greenlet forever: the head must arrive within the timer.

@@ -5,7 +5,6 @@ release may move them; ``tests/test_gevent_private.py`` fails loudly when it doe
 functions here are the only code that needs to change.
 """
 
-from functools import partial
 
 
 def raw_socket(sock):
@@ -15,17 +14,19 @@ def raw_socket(sock):
 
 
 def readable_waiter(sock):
-    """A callable that parks the current greenlet until ``sock`` is readable, or None.
+    """``(wait, event)``: ``wait(event)`` parks the current greenlet until ``sock`` is
+    readable; ``(None, None)`` where gevent lacks them.
 
     gevent's ``recv()`` does this wait internally after a failed attempt; calling it first
     saves a failing syscall and an exception when the data has almost surely not arrived
-    (between keep-alive requests).
+    (between keep-alive requests). Two values rather than a ready callable: every parked
+    connection keeps them, and a wrapper object would cost it memory.
     """
     wait = getattr(sock, "_wait", None)
     event = getattr(sock, "_read_event", None)
     if wait is None or event is None:
-        return None
-    return partial(wait, event)
+        return None, None
+    return wait, event
 
 
 def accept_raw(listener):
