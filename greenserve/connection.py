@@ -8,29 +8,27 @@ Timers are phases and deadlines fired by the server's sweeper (see ``timers.py``
 """
 
 import logging
-import os
 import socket
 from time import monotonic, perf_counter
 
 from gevent import getcurrent
-from gevent.socket import wait_write
 
+from .bodies import RECEIVE_SIZE, BodyReading
 from .disconnect import (HALF_CLOSED, PEER_GONE, STOP_WATCHING, WATCH_BUFFER_LIMIT,
                          Disconnected)
-from .errors import (AppFailed, BodyReadTimeout, ClientDisconnected, ContentTooLarge,
-                     ProtocolError, RequestDeadlineExceeded, RequestTimeout)
+from .errors import (AppFailed, BodyReadTimeout, ClientDisconnected, ProtocolError,
+                     RequestDeadlineExceeded, RequestTimeout)
 from .gevent_private import raw_socket, read_nowait, readable_waiter
+from .preludes import ConnectionPreludes
 from .protocol.parser import RequestParser
-from .protocol.proxy import FORWARDED_KEYS, ProxyProtocolParser, apply_forwarded
-from .protocol.response import DRAIN_LIMIT, NO_BODY, Response, unread_body_forces_close
-from .protocol.writer import CONTINUE_RESPONSE, error_response, format_head
+from .protocol.proxy import FORWARDED_KEYS, apply_forwarded
+from .protocol.writer import error_response
+from .sending import ResponseSending
 from .timers import APP, BODY, IDLE, LINGER, READING_HEAD, SEND, IdleTimeout, phase_timeout
-from .wsgi import (EMPTY_INPUT, FileWrapper, InputStream, build_environ, check_headers,
-                   check_status, is_upgrade)
+from .wsgi import EMPTY_INPUT, InputStream, build_environ, is_upgrade
 
 error_log = logging.getLogger("greenserve.error")
 
-RECEIVE_SIZE = 65536
 # Linux's TCP_INFO tcpi_state for a connection the peer has reset (include/net/tcp_states.h).
 TCP_STATE_CLOSE = 7
 # The refusal cause a phase timer counts as (metrics.REFUSAL_CAUSES); idle is no refusal.
@@ -39,8 +37,6 @@ _TIMEOUT_CAUSES = {READING_HEAD: "head_timeout", BODY: "body_timeout",
 # Waiting this long for a client's bytes makes a connection a candidate for eviction when
 # the server is full and a newcomer waits (see eviction_rank).
 EVICTABLE_STALL = 1.0
-# An unread request body is discarded for at most this long after the response.
-DRAIN_SECONDS = 5.0
 # Closing with request bytes still arriving: read and discard this long (or this much)
 # first, so the kernel does not answer them with a reset that destroys our response.
 LINGER_SECONDS = 2.0
@@ -51,22 +47,12 @@ class _Closing(Exception):
     """The server is shutting down and this connection is idle."""
 
 
-class _BufferedBody:
-    """A request body already read: served to wsgi.input in pieces of at most max_bytes."""
+class Connection(ConnectionPreludes, BodyReading, ResponseSending):
+    """Serves the requests of one accepted socket; ``run()`` is the greenlet body.
 
-    __slots__ = ("data", "pos")
-
-    def __init__(self, data):
-        self.data, self.pos = data, 0
-
-    def read(self, max_bytes):
-        start = self.pos
-        self.pos = min(len(self.data), start + max_bytes)
-        return self.data[start:self.pos]
-
-
-class Connection:
-    """Serves the requests of one accepted socket; ``run()`` is the greenlet body."""
+    Its other halves live in their own modules: ``preludes`` (PROXY header, TLS),
+    ``bodies`` (wsgi.input and unread bodies), ``sending`` (start_response and sending).
+    """
 
     # Slots: thousands of parked long polls each hold one of these.
     __slots__ = ("server", "sock", "raw_send", "parser", "greenlet", "phase", "deadline",
@@ -308,62 +294,6 @@ class Connection:
             self._enter(IDLE, keep_alive_timeout)
             between_requests = not parser.buffered
 
-    def _read_proxy_header(self):
-        """--proxy-protocol: read the PROXY header (HAProxy spec v1/v2) that precedes the
-        first request; take the client address from it. False: close the connection."""
-        server = self.server
-        peer = self.remote_addr
-        if not server.proxy_allow.trusts(peer):
-            error_log.debug("closing %s: not allowed to send a PROXY header", peer or "unix")
-            return False
-        proxy = ProxyProtocolParser()
-        # With TLS next, not one byte past the header may be taken: the ClientHello that
-        # follows it belongs to the handshake. So then it is read a byte at a time (one
-        # header per connection, at most a few hundred bytes).
-        size = 1 if server.tls_context is not None else RECEIVE_SIZE
-        # The whole header must come within the head timer, like a request head.
-        self._enter(READING_HEAD, server.config.header_timeout)
-        try:
-            header = None
-            while header is None:
-                data = self.sock.recv(size)
-                if not data:
-                    return False
-                header = proxy.feed(data)
-        except ProtocolError as exc:  # malformed, or RequestTimeout from the timer
-            error_log.debug("closing %s: %s", peer or "unix", exc.detail or exc)
-            return False
-        if header.client is not None:
-            self.remote_addr, self.remote_port = header.client
-            self.proxied = server.forwarded_trust.trusts(self.remote_addr)
-        if proxy.rest:
-            self.parser.feed(proxy.rest)
-        return True
-
-    def _start_tls(self):
-        """TLS handshake in this greenlet, bounded by --header-timeout like a request head
-        (a client that connects and never speaks TLS is closed). False: close."""
-        import ssl
-        server = self.server
-        self._enter(READING_HEAD, server.config.header_timeout)
-        try:
-            sock = server.tls_context.wrap_socket(self.sock, server_side=True,
-                                                  do_handshake_on_connect=False)
-            self.sock = sock
-            sock.do_handshake()
-        except (ssl.SSLError, OSError, ProtocolError) as exc:
-            # A port scanner, an HTTP client on the HTTPS port, a slow or bad handshake:
-            # the client's business, so debug.
-            error_log.debug("TLS handshake with %s failed: %s", self.remote_addr or "unix",
-                            getattr(exc, "detail", None) or exc)
-            return False
-        self.raw_send = None
-        certificate = sock.getpeercert()
-        if certificate:
-            from .tls import subject_dn
-            self.tls_subject = subject_dn(certificate)
-        return True
-
     # -- errors --------------------------------------------------------------------------------
 
     def _send_error(self, exc, keep_alive=False):
@@ -477,30 +407,6 @@ class Connection:
                                   response.headers if response is not None else ())
         return keep and self.body_error is None and self._finish_body()
 
-    def _buffer_chunked_body(self, environ):
-        """--buffer-chunked-bodies: read the whole chunked body first and give the app a
-        CONTENT_LENGTH (RFC 9112 §7.1.3 describes this decoding). False: answered already."""
-        limit = self.server.config.buffer_chunked_bodies
-        pieces, size = [], 0
-        try:
-            while True:
-                data = self._receive_body(RECEIVE_SIZE)
-                if not data:
-                    break
-                size += len(data)
-                if size > limit:
-                    raise ContentTooLarge(f"chunked request body larger than {limit} bytes")
-                pieces.append(data)
-        except (ProtocolError, BodyReadTimeout) as exc:
-            self._reject(exc)
-            return False
-        except ClientDisconnected:
-            return False
-        body = b"".join(pieces)
-        environ["CONTENT_LENGTH"] = str(size)
-        environ["wsgi.input"] = InputStream(_BufferedBody(body).read)
-        return True
-
     def _offer_socket(self, environ):
         """An Upgrade request (e.g. WebSocket): let the app take the connection over.
 
@@ -559,87 +465,6 @@ class Connection:
             keep = False
         self.must_close = not keep
 
-    def _finish_body(self):
-        """Skip what the app did not read of the request body; True if the connection lives."""
-        parser = self.parser
-        if parser.body_done:
-            return True
-        if self.continue_pending:
-            # RFC 9110 §10.1.1: we never said 100 Continue, so the client may not send the
-            # body at all; closing is the only way to stay in sync.
-            return False
-        # Bounded in time too: a client dripping an unread body must not hold the slot.
-        self.body_cap = monotonic() + DRAIN_SECONDS
-        drained = 0
-        try:
-            while drained <= DRAIN_LIMIT:
-                data = self._receive_body(RECEIVE_SIZE)
-                if not data:
-                    return True
-                drained += len(data)
-        except (ProtocolError, ClientDisconnected, BodyReadTimeout):
-            pass
-        return False
-
-    # -- request body --------------------------------------------------------------------------
-
-    def _receive_body(self, max_bytes):
-        """Next piece of the body for wsgi.input; b"" at its end."""
-        parser = self.parser
-        try:
-            data = parser.read_body(max_bytes)
-            while data is None:
-                if self.continue_pending:
-                    # RFC 9110 §10.1.1: the client waits for 100 Continue before sending;
-                    # RFC 9110 §15.2: but never a 1xx once the final response has begun.
-                    self.continue_pending = False
-                    if self.response is None or not self.response.started:
-                        self._send(CONTINUE_RESPONSE)
-                previous = self.phase
-                self._enter(BODY, self.server.config.body_timeout, self._body_deadline())
-                self.reading_body = True
-                try:
-                    chunk = self.sock.recv(RECEIVE_SIZE)
-                except (BodyReadTimeout, ClientDisconnected):
-                    raise
-                except OSError as exc:
-                    raise ClientDisconnected(f"connection lost while reading the body: {exc}")
-                finally:
-                    self.reading_body = False
-                    self._enter(previous, 0)
-                if not chunk:
-                    raise ClientDisconnected("client closed the connection mid-body")
-                self.body_received += len(chunk)
-                parser.feed(chunk)
-                data = parser.read_body(max_bytes)
-        except ProtocolError as exc:
-            self.body_error = exc
-            self.must_close = True
-            raise
-        except ClientDisconnected:
-            self.must_close = True
-            self.disconnected.set()
-            raise
-        except BodyReadTimeout:
-            self.must_close = True
-            raise
-        self.body_read += len(data)
-        return data
-
-    def _body_deadline(self):
-        """When the whole body must have arrived, at --body-min-rate: --body-timeout of
-        grace plus a second for every ``rate`` bytes received (0 = no such deadline)."""
-        config = self.server.config
-        if not self.body_started:
-            self.body_started = monotonic()
-        cap = self.body_cap
-        rate = config.body_min_rate
-        if rate:
-            by_rate = self.body_started + config.body_timeout + self.body_received / rate
-            if not cap or by_rate < cap:
-                cap = by_rate
-        return cap
-
     # -- for the disconnect watcher ------------------------------------------------------------
 
     def fileno(self):
@@ -675,191 +500,3 @@ class Connection:
         except (OSError, AttributeError):  # not TCP (a unix socket), or not Linux
             return False
         return bool(info) and info[0] == TCP_STATE_CLOSE
-
-    # -- response ------------------------------------------------------------------------------
-
-    def _start_response(self, status, headers, exc_info=None):
-        response = self.response
-        if exc_info is not None:
-            try:
-                if response is not None and response.started:
-                    # PEP 3333: too late to change the status; re-raise the app's error.
-                    raise exc_info[1].with_traceback(exc_info[2])
-            finally:
-                exc_info = None
-        elif response is not None or self.handed_over:
-            raise AssertionError("start_response() called twice without exc_info (PEP 3333)")
-        code = check_status(status, self.upgrade)
-        if code == 101:
-            # RFC 9110 §15.2.2: the switch takes effect right after this response's head.
-            check_headers(headers, upgrade=True)
-            self.handed_over = True
-            self._send(format_head(status, headers, ""))
-            return self._write
-        info = check_headers(headers)
-        request = self.request
-        self.response = Response(status, code, headers, info, request.method == b"HEAD",
-                                 request.version, not self.must_close,
-                                 self.server.server_line)
-        return self._write
-
-    def _must_say_close(self):
-        """Reasons outside the response to announce ``Connection: close``: a draining
-        server, or a request body we cannot skip (RFC 9112 §9.6)."""
-        return self.server.stopping or unread_body_forces_close(
-            self.parser.body_unread, self.continue_pending)
-
-    def _started_response(self):
-        response = self.response
-        if response is None:
-            raise AssertionError("the app returned a body before calling start_response()")
-        return response
-
-    def _write(self, data):
-        """The ``write()`` callable of PEP 3333: send at once."""
-        response = self.response
-        if type(data) is not bytes:
-            raise TypeError(f"write() takes bytes, not {type(data).__name__}")
-        if self.handed_over:
-            self._send(data)  # after a 101: the other protocol's bytes, as they are
-            return
-        if response is None:
-            raise AssertionError("write() called before start_response()")
-        if not data:
-            return
-        if response.started:
-            self._send(response.body(data))
-        else:
-            self._send(response.head(None, self._must_say_close()) + response.body(data))
-
-    def _send_result(self, result):
-        """Send the app's iterable; the head leaves with the first non-empty piece."""
-        if isinstance(result, FileWrapper) and self._send_file(result):
-            return
-        response = self.response
-        if type(result) in (list, tuple) and len(result) == 1 and (
-                response is None or not response.started):
-            # A single-piece body has a known length: one send, with Content-Length.
-            data = result[0]
-            if type(data) is not bytes:
-                raise TypeError(f"the app yielded {type(data).__name__}, not bytes")
-            if response is None:
-                raise AssertionError("the app returned a body before calling start_response()")
-            # Inline of _must_say_close(): this is the hot path of most responses.
-            unread = self.parser.body_unread
-            self._send(response.whole(data, self.server.stopping or (
-                unread != 0 and unread_body_forces_close(unread, self.continue_pending))))
-            if response.excess or response.short:
-                self._log_framing_errors(response)
-            return
-        for data in result:
-            if type(data) is not bytes:
-                raise TypeError(f"the app yielded {type(data).__name__}, not bytes")
-            if not data:
-                continue
-            response = self._started_response()
-            if response.started:
-                self._send(response.body(data))
-            else:
-                self._send(response.head(None, self._must_say_close()) + response.body(data))
-        response = self._started_response()
-        if response.started:
-            self._send(response.end())
-        else:
-            # The body was empty: say so with a length rather than chunked framing.
-            self._send(response.whole(b"", self._must_say_close()))
-        if response.excess or response.short:
-            self._log_framing_errors(response)
-
-    def _log_framing_errors(self, response):
-        environ = self.environ
-        if response.excess:
-            error_log.error("%s %s: the app sent %d bytes more than its Content-Length; "
-                            "the excess was dropped", environ["REQUEST_METHOD"],
-                            environ["RAW_URI"], response.excess)
-        if response.short:
-            error_log.error("%s %s: the app sent %d bytes less than its Content-Length; "
-                            "closing the connection", environ["REQUEST_METHOD"],
-                            environ["RAW_URI"], response.short)
-
-    def _send(self, data):
-        """Send all of ``data``; ClientDisconnected if the peer is gone or stalls."""
-        if not data:
-            return
-        raw_send = self.raw_send
-        if raw_send is None:  # TLS: every send goes through the SSL object
-            self._send_slowly(memoryview(data))
-            return
-        try:
-            # Usually the kernel takes it all at once: one syscall on the raw non-blocking
-            # socket, no timer phase, no gevent wrapper. Only a full buffer waits below.
-            sent = raw_send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            self._lost(exc)
-        if sent < len(data):
-            self._send_slowly(memoryview(data)[sent:])
-
-    def _send_slowly(self, view):
-        """Wait for room in the kernel's buffer, re-arming the send timer on every bit of
-        progress: --send-timeout bounds a stalled reader, not a slow steady one."""
-        send = self.sock.send
-        send_timeout = self.server.config.send_timeout
-        try:
-            while view:
-                self._enter(SEND, send_timeout)
-                view = view[send(view):]
-        except OSError as exc:
-            self._lost(exc)
-        finally:
-            self._enter(APP, 0)
-
-    def _lost(self, exc):
-        """A send failed: the peer is gone (or stopped reading past the send timeout)."""
-        if self.disconnected is not None:
-            self.disconnected.set()
-        if isinstance(exc, ClientDisconnected):
-            raise exc
-        raise ClientDisconnected(f"connection lost while sending: {exc}") from None
-
-    def _send_file(self, wrapper):
-        """Send a real file with os.sendfile; False if it is not one (then iterate)."""
-        response = self.response
-        if response is not None and response.started:
-            return False  # write() already started the body: keep its framing, iterate
-        source = wrapper.sendfile_source()
-        # Over TLS the bytes must be encrypted on their way: read and send instead.
-        if source is None or self.raw_send is None or not hasattr(os, "sendfile") or \
-                self.sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
-            return False
-        fd, offset, available = source
-        response = self._started_response()
-        self._send(response.head(available, self._must_say_close()))
-        if response.framing != NO_BODY:
-            self._sendfile(fd, offset, min(available, response.remaining), response)
-        self._send(response.end())
-        self._log_framing_errors(response)
-        return True
-
-    def _sendfile(self, fd, offset, length, response):
-        sock_fd = self.sock.fileno()
-        send_timeout = self.server.config.send_timeout
-        self._enter(SEND, send_timeout)
-        try:
-            while length > 0:
-                try:
-                    sent = os.sendfile(sock_fd, fd, offset, min(length, 1 << 20))
-                except BlockingIOError:
-                    wait_write(sock_fd)
-                    continue
-                except OSError as exc:
-                    self._lost(exc)
-                if sent == 0:
-                    break  # the file shrank under us
-                offset += sent
-                length -= sent
-                response.sent_directly(sent)
-                self._enter(SEND, send_timeout)
-        finally:
-            self._enter(APP, 0)

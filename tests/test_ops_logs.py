@@ -8,7 +8,7 @@ import socket
 import pytest
 
 import procs
-from conftest import read_response, recv_until_closed
+from conftest import recv_until_closed
 
 GUNICORN_DEFAULT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 

@@ -1,0 +1,212 @@
+"""Sending a response: the connection's half that turns the app's status, headers and body
+into bytes on the socket (the framing rules are protocol/response.py's).
+
+A mixin of ``connection.Connection``, in a module of its own so that each file keeps one job;
+only the connection touches its socket.
+"""
+
+import logging
+import os
+import socket
+
+from gevent.socket import wait_write
+
+from .errors import ClientDisconnected
+from .protocol.response import NO_BODY, Response, unread_body_forces_close
+from .protocol.writer import format_head
+from .timers import APP, SEND
+from .wsgi import FileWrapper, check_headers, check_status
+
+error_log = logging.getLogger("greenserve.error")
+
+
+class ResponseSending:
+    """start_response, write() and the sending of the app's iterable and files."""
+
+    __slots__ = ()
+
+    def _start_response(self, status, headers, exc_info=None):
+        response = self.response
+        if exc_info is not None:
+            try:
+                if response is not None and response.started:
+                    # PEP 3333: too late to change the status; re-raise the app's error.
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif response is not None or self.handed_over:
+            raise AssertionError("start_response() called twice without exc_info (PEP 3333)")
+        code = check_status(status, self.upgrade)
+        if code == 101:
+            # RFC 9110 §15.2.2: the switch takes effect right after this response's head.
+            check_headers(headers, upgrade=True)
+            self.handed_over = True
+            self._send(format_head(status, headers, ""))
+            return self._write
+        info = check_headers(headers)
+        request = self.request
+        self.response = Response(status, code, headers, info, request.method == b"HEAD",
+                                 request.version, not self.must_close,
+                                 self.server.server_line)
+        return self._write
+
+    def _must_say_close(self):
+        """Reasons outside the response to announce ``Connection: close``: a draining
+        server, or a request body we cannot skip (RFC 9112 §9.6)."""
+        return self.server.stopping or unread_body_forces_close(
+            self.parser.body_unread, self.continue_pending)
+
+    def _started_response(self):
+        response = self.response
+        if response is None:
+            raise AssertionError("the app returned a body before calling start_response()")
+        return response
+
+    def _write(self, data):
+        """The ``write()`` callable of PEP 3333: send at once."""
+        response = self.response
+        if type(data) is not bytes:
+            raise TypeError(f"write() takes bytes, not {type(data).__name__}")
+        if self.handed_over:
+            self._send(data)  # after a 101: the other protocol's bytes, as they are
+            return
+        if response is None:
+            raise AssertionError("write() called before start_response()")
+        if not data:
+            return
+        if response.started:
+            self._send(response.body(data))
+        else:
+            self._send(response.head(None, self._must_say_close()) + response.body(data))
+
+    def _send_result(self, result):
+        """Send the app's iterable; the head leaves with the first non-empty piece."""
+        if isinstance(result, FileWrapper) and self._send_file(result):
+            return
+        response = self.response
+        if type(result) in (list, tuple) and len(result) == 1 and (
+                response is None or not response.started):
+            # A single-piece body has a known length: one send, with Content-Length.
+            data = result[0]
+            if type(data) is not bytes:
+                raise TypeError(f"the app yielded {type(data).__name__}, not bytes")
+            if response is None:
+                raise AssertionError("the app returned a body before calling start_response()")
+            # Inline of _must_say_close(): this is the hot path of most responses.
+            unread = self.parser.body_unread
+            self._send(response.whole(data, self.server.stopping or (
+                unread != 0 and unread_body_forces_close(unread, self.continue_pending))))
+            if response.excess or response.short:
+                self._log_framing_errors(response)
+            return
+        for data in result:
+            if type(data) is not bytes:
+                raise TypeError(f"the app yielded {type(data).__name__}, not bytes")
+            if not data:
+                continue
+            response = self._started_response()
+            if response.started:
+                self._send(response.body(data))
+            else:
+                self._send(response.head(None, self._must_say_close()) + response.body(data))
+        response = self._started_response()
+        if response.started:
+            self._send(response.end())
+        else:
+            # The body was empty: say so with a length rather than chunked framing.
+            self._send(response.whole(b"", self._must_say_close()))
+        if response.excess or response.short:
+            self._log_framing_errors(response)
+
+    def _log_framing_errors(self, response):
+        environ = self.environ
+        if response.excess:
+            error_log.error("%s %s: the app sent %d bytes more than its Content-Length; "
+                            "the excess was dropped", environ["REQUEST_METHOD"],
+                            environ["RAW_URI"], response.excess)
+        if response.short:
+            error_log.error("%s %s: the app sent %d bytes less than its Content-Length; "
+                            "closing the connection", environ["REQUEST_METHOD"],
+                            environ["RAW_URI"], response.short)
+
+    def _send(self, data):
+        """Send all of ``data``; ClientDisconnected if the peer is gone or stalls."""
+        if not data:
+            return
+        raw_send = self.raw_send
+        if raw_send is None:  # TLS: every send goes through the SSL object
+            self._send_slowly(memoryview(data))
+            return
+        try:
+            # Usually the kernel takes it all at once: one syscall on the raw non-blocking
+            # socket, no timer phase, no gevent wrapper. Only a full buffer waits below.
+            sent = raw_send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._lost(exc)
+        if sent < len(data):
+            self._send_slowly(memoryview(data)[sent:])
+
+    def _send_slowly(self, view):
+        """Wait for room in the kernel's buffer, re-arming the send timer on every bit of
+        progress: --send-timeout bounds a stalled reader, not a slow steady one."""
+        send = self.sock.send
+        send_timeout = self.server.config.send_timeout
+        try:
+            while view:
+                self._enter(SEND, send_timeout)
+                view = view[send(view):]
+        except OSError as exc:
+            self._lost(exc)
+        finally:
+            self._enter(APP, 0)
+
+    def _lost(self, exc):
+        """A send failed: the peer is gone (or stopped reading past the send timeout)."""
+        if self.disconnected is not None:
+            self.disconnected.set()
+        if isinstance(exc, ClientDisconnected):
+            raise exc
+        raise ClientDisconnected(f"connection lost while sending: {exc}") from None
+
+    def _send_file(self, wrapper):
+        """Send a real file with os.sendfile; False if it is not one (then iterate)."""
+        response = self.response
+        if response is not None and response.started:
+            return False  # write() already started the body: keep its framing, iterate
+        source = wrapper.sendfile_source()
+        # Over TLS the bytes must be encrypted on their way: read and send instead.
+        if source is None or self.raw_send is None or not hasattr(os, "sendfile") or \
+                self.sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
+            return False
+        fd, offset, available = source
+        response = self._started_response()
+        self._send(response.head(available, self._must_say_close()))
+        if response.framing != NO_BODY:
+            self._sendfile(fd, offset, min(available, response.remaining), response)
+        self._send(response.end())
+        self._log_framing_errors(response)
+        return True
+
+    def _sendfile(self, fd, offset, length, response):
+        sock_fd = self.sock.fileno()
+        send_timeout = self.server.config.send_timeout
+        self._enter(SEND, send_timeout)
+        try:
+            while length > 0:
+                try:
+                    sent = os.sendfile(sock_fd, fd, offset, min(length, 1 << 20))
+                except BlockingIOError:
+                    wait_write(sock_fd)
+                    continue
+                except OSError as exc:
+                    self._lost(exc)
+                if sent == 0:
+                    break  # the file shrank under us
+                offset += sent
+                length -= sent
+                response.sent_directly(sent)
+                self._enter(SEND, send_timeout)
+        finally:
+            self._enter(APP, 0)
