@@ -91,19 +91,20 @@ def test_bad_framing_is_rejected_and_the_connection_closed(serve, request_bytes,
 
 
 def test_http2_preface_gets_505_not_a_hang(serve):
-    with serve(hello) as srv:
+    # Answered at once, not when the (long) header timer would end a hung read.
+    with serve(hello, header_timeout=60) as srv:
         start = time.monotonic()
-        raw = exchange(srv, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        raw = exchange(srv, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", timeout=60)
     assert status_of(raw) == 505
-    assert time.monotonic() - start < 2
+    assert time.monotonic() - start < 20
 
 
 def test_bare_lf_request_is_rejected_promptly(serve):
-    with serve(hello) as srv:
+    with serve(hello, header_timeout=60) as srv:
         start = time.monotonic()
-        raw = exchange(srv, b"GET / HTTP/1.1\nHost: x\n\n")
+        raw = exchange(srv, b"GET / HTTP/1.1\nHost: x\n\n", timeout=60)
     assert status_of(raw) == 400
-    assert time.monotonic() - start < 2
+    assert time.monotonic() - start < 20
 
 
 # -- limits ----------------------------------------------------------------------------------
@@ -366,8 +367,9 @@ def test_client_closing_mid_body_does_not_hang(serve):
         with srv.connect() as sock:
             sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
             sock.shutdown(socket.SHUT_WR)
-            raw = recv_until_closed(sock, 3)
-        assert raw == b"" or status_of(raw) >= 400
+            raw = recv_until_closed(sock, 20)
+        # The body can never be complete: nothing is answered, and the connection closes.
+        assert raw == b""
         # The server is still fine.
         assert status_of(exchange(srv, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close"
                                        b"\r\n\r\n")) == 200

@@ -342,7 +342,7 @@ def test_slow_header_gets_408_while_others_are_served(serve):
                 time.sleep(0.1)
             raw = recv_until_closed(slow, 5)
         assert raw.startswith(b"HTTP/1.1 408 ")
-        assert 0.5 < time.monotonic() - start < 2.0
+        assert 0.5 < time.monotonic() - start < 6.0
 
 
 def test_idle_keep_alive_connection_is_closed(serve):
@@ -351,7 +351,7 @@ def test_idle_keep_alive_connection_is_closed(serve):
         read_response(sock)
         start = time.monotonic()
         assert sock.recv(10) == b""  # closed by the server, without a response
-        assert 0.3 < time.monotonic() - start < 2.0
+        assert 0.3 < time.monotonic() - start < 5.0
 
 
 def test_stalled_upload_gets_408(serve):
@@ -442,7 +442,7 @@ def test_request_deadline_gives_503_and_the_server_lives_on(serve):
     with serve(app, request_timeout=0.5) as srv:
         start = time.monotonic()
         code, headers, body = get(srv, "/slow")
-        assert code == 503 and 0.4 < time.monotonic() - start < 2
+        assert code == 503 and 0.4 < time.monotonic() - start < 5
         assert closed.wait(2)
         assert get(srv, "/")[2] == b"quick"  # a new connection is served as usual
 
@@ -470,7 +470,7 @@ def test_connection_cap_evicts_idle_keep_alive_connections_first(serve):
         # longest-idle connection, not left waiting behind idle keep-alive clients.
         start = time.monotonic()
         assert get(srv, "/")[2] == b"ok"
-        assert time.monotonic() - start < 2
+        assert time.monotonic() - start < 15  # long before the 30 s keep-alive
         assert idle[0].recv(10) == b""
         release.set()
         assert read_response(busy)[2] == b"ok"
@@ -555,9 +555,18 @@ def test_no_100_continue_after_the_response_started(serve):
     with serve(app) as srv, srv.connect() as sock:
         sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
                      b"Expect: 100-continue\r\n\r\n")
-        time.sleep(0.2)
+        # Send the body only once the response has begun (its first chunk arrived).
+        received = b""
+        while b"first;" not in received:
+            data = sock.recv(65536)
+            assert data, "closed before the first chunk"
+            received += data
         sock.sendall(b"abc")
-        code, headers, body, raw = read_response(sock)
+        while not received.endswith(b"0\r\n\r\n"):
+            data = sock.recv(65536)
+            assert data, "closed before the last chunk"
+            received += data
+        code, headers, body, raw = read_response(io.BytesIO(received))
     assert body == b"first;abc" and b"100 Continue" not in raw
 
 
