@@ -29,8 +29,9 @@ Limits, so the example can face the internet as it is (``make_app`` takes each a
   * the page shows names and texts as text, never as HTML, and its Content-Security-Policy
     lets no script run but its own.
 
-One process is one room: with several workers (``-w``) each worker has its own. When the
-server stops, open sockets close and the page reconnects by itself.
+One process is one room: with several workers (``-w``) each worker has its own. A stopping
+server waits for open sockets up to ``--graceful-timeout`` (30 s unless set), then closes
+them; pages reconnect by themselves once it is back.
 """
 
 import base64
@@ -109,7 +110,8 @@ def parse_message(raw):
 
 
 def _printable(text):
-    # Cc: control characters; Cs: lone surrogates, which JSON's \\ud800 escapes can produce.
+    # Unicode general categories Cc (controls) and Cs (lone surrogates, which a JSON "\\ud800"
+    # escape can produce).
     return not any(unicodedata.category(char) in ("Cc", "Cs") or char in DIRECTION_CONTROLS
                    for char in text)
 
@@ -131,7 +133,10 @@ def _valid_key(key):
 def _same_site(origin, host, allowed_origins):
     if allowed_origins is not None:
         return origin in allowed_origins
-    parts = urlsplit(origin)
+    try:
+        parts = urlsplit(origin)
+    except ValueError:  # e.g. "http://[::1": not an origin a browser would send
+        return False
     return parts.scheme in ("http", "https") and parts.netloc.lower() == host.lower()
 
 

@@ -64,12 +64,22 @@ def processes():
         yield started
 
 
+def assert_no_traceback(chat):
+    assert "Traceback" not in chat.process.text(), chat.process.text()
+
+
 @pytest.fixture
 def serve(processes):
-    """Start ``greenserve SPEC -b 127.0.0.1:0``; a Chat for it."""
+    """Start ``greenserve SPEC -b 127.0.0.1:0``; a Chat for it. Afterwards its log must
+    show no error."""
+    chats = []
+
     def serve(spec=APP):
-        return Chat(processes.greenserve(spec, "-b", f"{HOST}:0"))
-    return serve
+        chats.append(Chat(processes.greenserve(spec, "-b", f"{HOST}:0")))
+        return chats[-1]
+    yield serve
+    for chat in chats:
+        assert_no_traceback(chat)
 
 
 @pytest.fixture
@@ -247,10 +257,13 @@ def test_a_misbehaving_socket_is_closed_with_the_reason(chat, misbehave, code):
 
 @pytest.fixture(scope="module")
 def lenient_chat():
-    """One server for the tests that send many messages: its rate limit is out of the way."""
+    """One server shared by the tests that leave no state behind; its rate limit is raised
+    so that they may send many messages."""
     with procs.Processes() as started:
-        yield Chat(started.greenserve("examples.ws_chat:make_app(rate=1000.0, burst=1000)",
-                                      "-b", f"{HOST}:0"))
+        chat = Chat(started.greenserve("examples.ws_chat:make_app(rate=1000.0, burst=1000)",
+                                       "-b", f"{HOST}:0"))
+        yield chat
+        assert_no_traceback(chat)
 
 
 INVALID = {
@@ -339,7 +352,6 @@ def test_a_client_that_does_not_keep_up_is_dropped(serve):
             fast.recv()
             if sent % 100 == 0 and chat.sockets() == 1:
                 break
-        print("SENT", sent)
         assert chat.sockets() == 1, f"the slow client is still in the room after {sent}"
         # The slow client finds its stream cut once it reads what was buffered.
         read_to_the_end(slow)
@@ -363,6 +375,7 @@ BAD_HANDSHAKES = {
     "key not base64": ("GET", {"Sec-WebSocket-Key": "!" * 24}, 400),
     "other site": ("GET", {"Origin": "http://evil.example"}, 403),
     "null origin": ("GET", {"Origin": "null"}, 403),
+    "broken origin": ("GET", {"Origin": "http://[::1"}, 403),
     "POST": ("POST", {}, 405),
 }
 
@@ -377,7 +390,8 @@ def test_a_bad_handshake_is_refused(lenient_chat, method, changes, status):
         assert response_headers["Sec-WebSocket-Version"] == "13"
 
 
-def test_a_page_of_this_site_may_connect(chat):
+def test_a_page_of_this_site_may_connect(lenient_chat):
+    chat = lenient_chat
     ws = chat.connect(origin=f"http://{chat.host}:{chat.port}")
     try:
         ws.send(chat_message("eve", "same site"))

@@ -384,22 +384,10 @@ def test_http_date_is_formatted_once_a_second(pinned_clock, monkeypatch):
     assert writer.http_date() == "Sun, 06 Nov 1994 08:49:38 GMT"
 
 
-@pytest.mark.parametrize("method, status, allowed", [
-    ("GET", 200, True), ("HEAD", 200, False), ("GET", 101, False), ("GET", 204, False),
-    ("GET", 205, False), ("GET", 304, False), ("POST", 404, True)])
-def test_body_allowed(method, status, allowed):
-    assert writer.body_allowed(method, status) is allowed
-
-
-@pytest.mark.parametrize("method, status, version, length, keep, want", [
-    ("HEAD", 200, 1, 5, True, (writer.NO_BODY, True)),
-    ("GET", 200, 1, 5, True, (writer.FIXED, True)),
-    ("GET", 200, 1, None, True, (writer.CHUNKED, True)),
-    # RFC 9112 §6.3: without a length an HTTP/1.0 body ends when the connection closes.
-    ("GET", 200, 0, None, True, (writer.UNTIL_CLOSE, False)),
-])
-def test_choose_framing(method, status, version, length, keep, want):
-    assert writer.choose_framing(method, status, version, length, keep) == want
+def test_server_line():
+    assert writer.server_line("edge/1") == "Server: edge/1\r\n"
+    assert writer.server_line("") == ""
+    assert b"Server:" not in writer.error_response(400, server="")
 
 
 def test_format_head_and_chunks():
