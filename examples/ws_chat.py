@@ -146,8 +146,10 @@ def handshake_refusal(environ, allowed_origins=None):
     # RFC 6455 §4.2.1 item 1: the opening handshake is a GET request.
     if environ["REQUEST_METHOD"] != "GET":
         return "405 Method Not Allowed", [("Allow", "GET")], "use GET"
-    # RFC 6455 §4.2.1 items 3 and 4: Upgrade names websocket, Connection names Upgrade.
-    if "websocket" not in _tokens(environ.get("HTTP_UPGRADE", "")) or \
+    # RFC 6455 §4.2.1 items 1, 3 and 4: HTTP/1.1 (RFC 9110 §7.8: Upgrade in an HTTP/1.0
+    # request is ignored), Upgrade names websocket, Connection names Upgrade.
+    if environ.get("SERVER_PROTOCOL") != "HTTP/1.1" or \
+            "websocket" not in _tokens(environ.get("HTTP_UPGRADE", "")) or \
             "upgrade" not in _tokens(environ.get("HTTP_CONNECTION", "")):
         return "400 Bad Request", [], "this is a WebSocket endpoint: connect with a WebSocket"
     # RFC 6455 §4.2.2 and §4.4: only version 13 is spoken, and the refusal says so.

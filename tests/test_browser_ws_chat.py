@@ -390,6 +390,17 @@ def test_a_bad_handshake_is_refused(lenient_chat, method, changes, status):
         assert response_headers["Sec-WebSocket-Version"] == "13"
 
 
+def test_an_http_1_0_request_is_not_an_upgrade(lenient_chat):
+    request = (b"GET /ws HTTP/1.0\r\nHost: x\r\n"
+               + b"".join(f"{name}: {value}\r\n".encode() for name, value in UPGRADE.items())
+               + b"\r\n")
+    with socket.create_connection((lenient_chat.host, lenient_chat.port), timeout=WAIT) as sock:
+        sock.sendall(request)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 400, response.read()
+
+
 def test_a_page_of_this_site_may_connect(lenient_chat):
     chat = lenient_chat
     ws = chat.connect(origin=f"http://{chat.host}:{chat.port}")
@@ -407,3 +418,16 @@ def test_without_wsproto_the_error_names_the_package(processes, tmp_path):
                                   env=procs.environment(pythonpath=[tmp_path]))
     assert server.exit_code() == 2
     assert "pip install wsproto" in server.output().splitlines()[-1]
+
+
+def test_behind_a_proxy_the_allowed_origins_are_named(serve):
+    chat = serve("examples.ws_chat:make_app(allowed_origins=['https://chat.example'])")
+    ws = chat.connect(origin="https://chat.example")  # the Host is 127.0.0.1:PORT
+    try:
+        ws.send(chat_message("eve", "through the proxy"))
+        assert json.loads(ws.recv()) == {"name": "eve", "text": "through the proxy"}
+    finally:
+        ws.close()
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        chat.connect()  # its own host is no longer enough
+    assert refused.value.status_code == 403
