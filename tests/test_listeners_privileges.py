@@ -170,15 +170,21 @@ def python_for_all(shared_dir):
     """
     if readable_by_others(sys.base_prefix) and readable_by_others(os.__file__):
         return [sys.executable], procs.environment()
-    if sys.prefix != sys.base_prefix or shutil.which("unshare") is None:
+    in_venv = sys.prefix != sys.base_prefix
+    if shutil.which("unshare") is None or (in_venv and not readable_by_others(sys.prefix)):
         pytest.skip("this Python is private to root and cannot be mounted elsewhere here")
     view = shared_dir / "python"
     view.mkdir(mode=0o755)
     site = [str(view / Path(entry).relative_to(sys.base_prefix)) for entry in sys.path
             if entry.startswith(sys.base_prefix + os.sep) and entry.endswith("-packages")]
+    # In a virtual environment (as CI runs) its own packages are readable where they are.
+    site += [entry for entry in sys.path if in_venv and entry.endswith("-packages")
+             and entry.startswith(sys.prefix + os.sep)]
+    # A virtual environment's python is a link to the base one: run that, from the view.
+    executable = Path(os.path.realpath(sys.executable)) if in_venv else Path(sys.executable)
     mount = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
              'mount --bind "$1" "$0" && shift && exec "$@"', str(view), sys.base_prefix,
-             str(view / Path(sys.executable).relative_to(sys.base_prefix))]
+             str(view / executable.relative_to(sys.base_prefix))]
     return mount, procs.environment(pythonpath=site)
 
 
