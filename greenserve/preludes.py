@@ -7,13 +7,12 @@ only the connection touches its socket.
 
 import logging
 
+from .bodies import RECEIVE_SIZE
 from .errors import ProtocolError
 from .protocol.proxy import ProxyProtocolParser
 from .timers import READING_HEAD
 
 error_log = logging.getLogger("greenserve.error")
-
-RECEIVE_SIZE = 65536
 
 
 class ConnectionPreludes:
