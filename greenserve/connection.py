@@ -415,8 +415,12 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
         on the socket, or calls start_response("101 Switching Protocols", ...), which is
         sent at once. Either way the connection is the app's until it returns: no
         --request-timeout (it would cut a long-lived socket), no keep-alive afterwards.
+        ``greenserve.stopping`` (a gevent Event) is set when a graceful stop begins, so
+        such an app can close its side (WebSocket 1001) instead of being cut off at the
+        end of --graceful-timeout.
         """
         environ["greenserve.socket"] = environ["gunicorn.socket"] = self.sock
+        environ["greenserve.stopping"] = self.server.stopping_event
         self.request_deadline = 0.0
         self._enter(APP, 0)
 

@@ -63,6 +63,9 @@ class Server:
         self.requests_served = 0  # read by a supervised worker for --max-requests
         self.stats = stats  # a metrics.RequestStats, or None: nothing counted
         self.stopping = False
+        # Set when a graceful stop begins: apps holding a handed-over connection (a
+        # WebSocket) get it as environ["greenserve.stopping"] to say goodbye early.
+        self.stopping_event = Event()
         self.spawner = Spawner(config.max_connections, self._resume_accepting)
         self._listeners = list(listeners) if listeners is not None else None
         self._acceptors = []
@@ -148,6 +151,7 @@ class Server:
         """Close the listeners and mark the server stopping: every response from now on
         says ``Connection: close``. Connections already open are left to finish."""
         self.stopping = True
+        self.stopping_event.set()
         for acceptor in self._acceptors:
             acceptor.close()
 

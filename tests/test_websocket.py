@@ -3,6 +3,7 @@ flask-sock (simple-websocket) as it runs on gunicorn, a plain WSGI app with wspr
 sends its own 101, and a thousand sockets held open by one worker."""
 
 import http.client
+import signal
 import socket
 import time
 
@@ -99,3 +100,21 @@ def test_a_thousand_open_sockets_in_one_worker(serve, capsys):
         for ws in sockets:
             ws.close()
         warm.close()
+
+
+def test_a_graceful_stop_tells_a_handed_over_socket_to_say_goodbye(serve):
+    process, (host, port) = serve("wsproto_stopping_app", "--graceful-timeout", "60")
+    ws = websocket.create_connection(f"ws://{host}:{port}/", timeout=WAIT)
+    try:
+        ws.send("before")
+        assert ws.recv() == "before"
+        started = time.monotonic()
+        process.signal(signal.SIGTERM)
+        opcode, frame = ws.recv_data_frame(True)
+        assert opcode == websocket.ABNF.OPCODE_CLOSE
+        assert int.from_bytes(frame.data[:2], "big") == 1001
+    finally:
+        ws.close()
+    # The stop ends with the app's goodbye, not at the end of --graceful-timeout (60 s).
+    assert process.exit_code() == 0
+    assert time.monotonic() - started < 20

@@ -80,3 +80,39 @@ def wsproto_app(environ, start_response):
                 return []
         if not data:
             return []
+
+
+def wsproto_stopping_app(environ, start_response):
+    """As wsproto_app, and says goodbye (close 1001) as soon as greenserve begins to stop."""
+    import gevent
+    from wsproto import ConnectionType
+    from wsproto.connection import Connection, ConnectionState
+    from wsproto.events import BytesMessage, CloseConnection, TextMessage
+
+    key = environ.get("HTTP_SEC_WEBSOCKET_KEY")
+    accept = base64.b64encode(hashlib.sha1(key.encode() + _GUID).digest()).decode()
+    start_response("101 Switching Protocols", [
+        ("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Accept", accept)])
+    sock, stopping = environ["greenserve.socket"], environ["greenserve.stopping"]
+    ws = Connection(ConnectionType.SERVER)
+
+    def goodbye():
+        stopping.wait()
+        sock.sendall(ws.send(CloseConnection(code=1001, reason="server stopping")))
+
+    waiter = gevent.spawn(goodbye)
+    try:
+        while True:
+            data = sock.recv(65536)
+            ws.receive_data(data or None)
+            for event in ws.events():
+                if isinstance(event, (TextMessage, BytesMessage)):
+                    sock.sendall(ws.send(event.__class__(data=event.data)))
+                elif isinstance(event, CloseConnection):
+                    if ws.state == ConnectionState.REMOTE_CLOSING:
+                        sock.sendall(ws.send(event.response()))
+                    return []
+            if not data:
+                return []
+    finally:
+        waiter.kill()
