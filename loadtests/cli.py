@@ -112,7 +112,7 @@ def build_parser():
         help="build the table from existing summary.json files (or run dirs); run nothing",
     )
 
-    wrk = sub.add_parser("wrk", help="BENCHMARKING.md throughput/latency method with wrk")
+    wrk = sub.add_parser("wrk", help="throughput and latency with wrk (pinned cores, servers alternated)")
     wrk_bench.add_arguments(wrk)
 
     soak_ = sub.add_parser(

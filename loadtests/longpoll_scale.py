@@ -1,4 +1,4 @@
-"""Scale benchmark: one worker holding 10,000 waiting long polls (BENCHMARKING.md, memory).
+"""Scale benchmark: one worker holding 10,000 waiting long polls (memory and wake-up time).
 
     python -m loadtests.longpoll_scale [-n 10000] [--rounds 1] [--servers greenserve,...]
     python -m loadtests.longpoll_scale --profile      # where greenserve's bytes go
@@ -24,7 +24,7 @@ HOST = "127.0.0.1"
 MODULE = "loadtests.longpoll_scale"  # not __name__: that is "__main__" under python -m
 HEADROOM = 64
 SERVERS = ("greenserve", "gevent-pywsgi", "gunicorn-gevent")
-TARGETS = {"kib": 10.0, "all_ms": 350.0, "fresh_ms": 100.0}  # issue 4, for greenserve
+TARGETS = {"kib": 10.0, "all_ms": 350.0, "fresh_ms": 100.0}  # greenserve's targets
 
 # -- the app every server runs ----------------------------------------------------------------
 
@@ -109,7 +109,7 @@ def _server_argv(name, port, capacity):
 
 
 def _serve_pywsgi(port, capacity):
-    """gevent.pywsgi as BENCHMARKING.md configures it (patched first, Pool, no access log)."""
+    """gevent.pywsgi as loadtests/README.md describes it (patched first, Pool, no access log)."""
     from gevent import monkey
     monkey.patch_all()
     import gevent

@@ -1,4 +1,4 @@
-"""The gevent.pywsgi peer, configured as BENCHMARKING.md describes.
+"""The gevent.pywsgi peer, configured as loadtests/README.md describes.
 
     python -m loadtests.pywsgi_server MODULE:APP --bind 127.0.0.1:PORT [--nodelay]
 

@@ -70,7 +70,7 @@ def child_env():
 def cpu_plan(pin=True):
     """Split the CPUs we may use: (server cpus, load-generator cpus); None means unpinned.
 
-    One core for the server and the rest for the load side, as BENCHMARKING.md measures; with a
+    One core for the server and the rest for the load side, as the wrk method measures; with a
     single CPU or no taskset both sides share everything and the summary says so.
     """
     cpus = sorted(os.sched_getaffinity(0))

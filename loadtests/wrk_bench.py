@@ -1,4 +1,4 @@
-"""BENCHMARKING.md's throughput/latency method, with wrk: the figures issue notes quote.
+"""The throughput/latency method, with wrk (described in loadtests/README.md).
 
 For each scenario the servers are alternated A B C A B C ...; each run starts its server fresh,
 pinned to the first CPU, warms it up, then measures with one wrk thread pinned to the next CPU
