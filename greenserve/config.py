@@ -86,7 +86,7 @@ def _field_value(text):
 
 
 def _trusted_peers(text):
-    from .protocol.proxy import TrustedProxies
+    from .protocol.forwarded import TrustedProxies
     text = ",".join(str(text).replace(",", " ").split())
     TrustedProxies.parse(text)  # ValueError names the bad entry
     return text

@@ -21,7 +21,7 @@ from .errors import (AppFailed, BodyReadTimeout, ClientDisconnected, ProtocolErr
 from .gevent_private import raw_socket, read_nowait, readable_waiter
 from .preludes import ConnectionPreludes
 from .protocol.parser import RequestParser
-from .protocol.proxy import FORWARDED_KEYS, apply_forwarded
+from .protocol.forwarded import FORWARDED_KEYS, apply_forwarded
 from .protocol.writer import error_response
 from .sending import ResponseSending
 from .timers import APP, BODY, IDLE, LINGER, READING_HEAD, SEND, IdleTimeout, phase_timeout

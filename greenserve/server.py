@@ -16,7 +16,7 @@ from .config import Config, load_config
 from .connection import Connection
 from .log import ErrorStream, make_access_log
 from .protocol.parser import Limits
-from .protocol.proxy import TrustedProxies
+from .protocol.forwarded import TrustedProxies
 from .protocol.writer import server_line
 from .spawner import Spawner
 from .timers import Sweeper

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from greenserve.errors import ProtocolError, ProxyProtocolError
 from greenserve.protocol.parser import RequestParser
-from greenserve.protocol.proxy import (V1_MAX_LINE, V2_MAX_HEADER, ProxyHeader,
-                                       ProxyProtocolParser, TrustedProxies, apply_forwarded)
+from greenserve.protocol.forwarded import TrustedProxies, apply_forwarded
+from greenserve.protocol.proxy import V1_MAX_LINE, V2_MAX_HEADER, ProxyHeader, ProxyProtocolParser
 from greenserve.wsgi import base_environ, build_environ
 
 DEFAULT_TRUST = "127.0.0.1,::1,10.0.0.0/8"
