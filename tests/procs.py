@@ -84,6 +84,41 @@ def wait_until(predicate, timeout=WAIT, what="the condition", interval=0.02):
         time.sleep(interval)
 
 
+class StderrLines:
+    """Collects a child's stderr line by line (``self.proc``, opened with stderr=PIPE) and
+    waits for patterns in it; for tests that start their own kind of child process."""
+
+    def _collect_stderr(self):
+        self.lines = []
+        self.changed = threading.Condition()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+
+    def _read_stderr(self):
+        for line in self.proc.stderr:
+            with self.changed:
+                self.lines.append(line)
+                self.changed.notify_all()
+
+    @property
+    def text(self):
+        with self.changed:
+            return "".join(self.lines)
+
+    def wait_for(self, pattern, count=1, timeout=WAIT):
+        """Wait until ``pattern`` has matched ``count`` times; all its matches."""
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while True:
+                found = re.findall(pattern, "".join(self.lines), re.MULTILINE)
+                if len(found) >= count:
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    pytest.fail(f"{pattern!r} x{count} not seen within {timeout}s; exit="
+                                f"{self.proc.poll()}; stderr:\n{''.join(self.lines)}")
+                self.changed.wait(min(left, 0.2))
+
+
 class Process:
     """A child process in its own session, its output collected line by line."""
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from procs import StderrLines
+
 from greenserve.blockwatch import BlockWatch
 from greenserve.config import load_config
 from greenserve.errors import ConfigError
@@ -95,7 +97,7 @@ watch.stop()
 '''
 
 
-class Program:
+class Program(StderrLines):
     """The program above in a subprocess; its stderr collected by a thread."""
 
     def __init__(self, tmp_path):
@@ -106,35 +108,9 @@ class Program:
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True,
                                      start_new_session=True)
-        self.lines = []
-        self.changed = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
+        self._collect_stderr()
         app, admin = self.wait_for(r"app (\d+) admin (\d+)")[0]
         self.app, self.admin = ("127.0.0.1", int(app)), ("127.0.0.1", int(admin))
-
-    def _read(self):
-        for line in self.proc.stderr:
-            with self.changed:
-                self.lines.append(line)
-                self.changed.notify_all()
-
-    @property
-    def text(self):
-        with self.changed:
-            return "".join(self.lines)
-
-    def wait_for(self, pattern, count=1):
-        deadline = time.monotonic() + WAIT
-        with self.changed:
-            while True:
-                found = re.findall(pattern, "".join(self.lines), re.MULTILINE)
-                if len(found) >= count:
-                    return found
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    pytest.fail(f"{pattern!r} x{count} not seen within {WAIT}s; exit="
-                                f"{self.proc.poll()}; stderr:\n{''.join(self.lines)}")
-                self.changed.wait(min(left, 0.2))
 
     def get(self, path, address=None):
         conn = http.client.HTTPConnection(*(address or self.app), timeout=WAIT)

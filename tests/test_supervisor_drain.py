@@ -8,17 +8,17 @@ The app's slow request waits for a file the test creates, so no wait here is a s
 
 import http.client
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
+
+from procs import StderrLines
 
 REPO = Path(__file__).resolve().parent.parent
 WAIT = 20  # seconds: the bound on every wait below
@@ -52,7 +52,7 @@ BOOTED = r"worker \d+ \(pid (\d+)\) booted"
 DRAINING = r"worker \(pid (\d+)\) stopping gracefully"
 
 
-class Master:
+class Master(StderrLines):
     """``python -m greenserve`` in its own process group; stderr collected by a thread."""
 
     def __init__(self, directory, *args):
@@ -65,33 +65,7 @@ class Master:
             [sys.executable, "-m", "greenserve", *args], cwd=directory, env=env,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True, start_new_session=True)
-        self.lines = []
-        self.changed = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.proc.stderr:
-            with self.changed:
-                self.lines.append(line)
-                self.changed.notify_all()
-
-    @property
-    def text(self):
-        with self.changed:
-            return "".join(self.lines)
-
-    def wait_for(self, pattern, count=1):
-        """Wait until ``pattern`` has matched ``count`` times; all its matches."""
-        deadline = time.monotonic() + WAIT
-        with self.changed:
-            while True:
-                found = re.findall(pattern, "".join(self.lines), re.MULTILINE)
-                if len(found) >= count:
-                    return found
-                if time.monotonic() > deadline:
-                    pytest.fail(f"{pattern!r} x{count} not seen within {WAIT}s; exit="
-                                f"{self.proc.poll()}; stderr:\n{''.join(self.lines)}")
-                self.changed.wait(0.2)
+        self._collect_stderr()
 
     def address(self):
         port = self.wait_for(r"Listening at http://127\.0\.0\.1:(\d+) \(pid \d+\)")[0]

@@ -14,11 +14,11 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
+
+from procs import StderrLines
 
 from greenserve import ipc
 from greenserve.config import Config
@@ -99,7 +99,7 @@ def main(directory, workers, unloadable=False):
 
 # -- the tests' side ----------------------------------------------------------------------------
 
-class Master:
+class Master(StderrLines):
     """This file run as a master in its own process group; stderr collected by a thread."""
 
     def __init__(self, directory, workers, *extra):
@@ -109,33 +109,7 @@ class Master:
             [sys.executable, __file__, str(directory), str(workers), *extra],
             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True, start_new_session=True)
-        self.lines = []
-        self.changed = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.proc.stderr:
-            with self.changed:
-                self.lines.append(line)
-                self.changed.notify_all()
-
-    @property
-    def text(self):
-        with self.changed:
-            return "".join(self.lines)
-
-    def wait_for(self, pattern, count=1):
-        """Wait until ``pattern`` has matched ``count`` times; all its matches."""
-        deadline = time.monotonic() + WAIT
-        with self.changed:
-            while True:
-                found = re.findall(pattern, "".join(self.lines), re.MULTILINE)
-                if len(found) >= count:
-                    return found
-                if time.monotonic() > deadline:
-                    pytest.fail(f"{pattern!r} x{count} not seen within {WAIT}s; exit="
-                                f"{self.proc.poll()}; stderr:\n{''.join(self.lines)}")
-                self.changed.wait(0.2)
+        self._collect_stderr()
 
     def port(self, name):
         return int(self.wait_for(rf"{name} listener on port (\d+)")[0])
