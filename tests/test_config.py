@@ -172,3 +172,26 @@ def test_config_is_frozen_and_replace_validates():
 def test_empty_bind_is_refused():
     with pytest.raises(ConfigError, match=r"^bind: at least one address is needed$"):
         load_config(environ={"GREENSERVE_BIND": " "})
+
+
+@pytest.mark.parametrize("cli, message", [
+    ({"server_header": "edge\r\nX-Injected: 1"}, "server-header: "),
+    ({"server_header": " padded"}, "server-header: "),
+    ({"body_min_rate": "-1"}, "body-min-rate: "),
+    ({"buffer_chunked_bodies": "lots"}, "buffer-chunked-bodies: "),
+    ({"forwarded_allow_ips": "127.0.0.1,10.0.0.300/8"}, "forwarded-allow-ips: "),
+    ({"proxy_allow_ips": "localhost"}, "proxy-allow-ips: "),
+])
+def test_bad_values_of_the_proxy_and_hardening_settings(cli, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(cli=cli)
+    text = str(info.value)
+    assert text.startswith(message) and "\n" not in text
+
+
+def test_proxy_and_hardening_settings_accept_good_values():
+    config = load_config(cli={"server_header": "", "body_min_rate": "0",
+                              "forwarded_allow_ips": " 10.0.0.0/8 , unix ",
+                              "proxy_allow_ips": "*"})
+    assert config.server_header == "" and config.body_min_rate == 0
+    assert config.forwarded_allow_ips == "10.0.0.0/8,unix"
