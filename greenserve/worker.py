@@ -14,7 +14,6 @@ import random
 import signal
 import sys
 import traceback
-from time import monotonic
 
 import gevent
 import greenlet
@@ -30,9 +29,6 @@ from .supervisor import BOOT_ERROR
 
 # The most often the heartbeat greenlet wakes (it also checks --max-requests then).
 BEAT_INTERVAL = 0.25
-# On SIGTERM, how long busy keep-alive connections get to receive one more response
-# (with Connection: close) before idle ones are closed; see _drain.
-CLOSE_NOTICE = 1.0
 
 
 def run(spec, config, sockets, info, notes=(), app=None, server_view=None, tls_context=None):
@@ -105,7 +101,7 @@ def _serve(app, config, sockets, info, channel, tls_context=None):
         server.stop_accepting()
         error_log.info("worker (pid %d) stopping gracefully (up to %gs)", os.getpid(),
                        config.graceful_timeout)
-        stopping = gevent.spawn(_drain, server, config.graceful_timeout)
+        stopping = gevent.spawn(server.drain, config.graceful_timeout)
         gevent.wait([stopping, fast], count=1)
         if stopping.ready():
             stopping.get()
@@ -124,22 +120,6 @@ def _reopen_logs():
     from .log import reopen_log_files
     for problem in reopen_log_files():
         error_log.warning("%s", problem)
-
-
-def _drain(server, timeout):
-    """``server.stop(timeout)`` once the server stopped accepting, after telling busy
-    keep-alive clients first.
-
-    Closing an idle keep-alive connection races with the client's next request, which may
-    already be on its way: that request would fail. So for up to CLOSE_NOTICE seconds
-    every response says ``Connection: close`` (``server.stopping``) and clients that are
-    active close cleanly; only connections idle all that time are then closed by stop().
-    """
-    notice = min(CLOSE_NOTICE, timeout / 2)
-    deadline = monotonic() + notice
-    while server.connections and monotonic() < deadline:
-        gevent.sleep(0.05)
-    server.stop(timeout=max(0.0, deadline - monotonic()) + timeout - notice)
 
 
 def _heartbeat(server, channel, interval, limit, master_pid, stop):
