@@ -14,7 +14,15 @@ from loadtests.appspec import check_app
 from loadtests.errors import RunError, UsageError
 from loadtests.runner import locust_missing, parse_duration, run_once
 from loadtests.scenarios import SCENARIOS
-from loadtests.servers import DEFAULT_APP, SERVERS, child_env, port_in_use, raise_nofile
+from loadtests.servers import (
+    DEFAULT_APP,
+    SERVERS,
+    child_env,
+    port_in_use,
+    raise_nofile,
+    unavailable,
+    usable_servers,
+)
 
 COMPARE_DEFAULT = "greenserve,gunicorn-gevent,gevent-pywsgi,gevent-pywsgi-nodelay"
 
@@ -165,6 +173,9 @@ def cmd_run(args):
     if args.port and port_in_use(args.port):
         raise UsageError(f"port {args.port} on 127.0.0.1 is already in use")
     _validate(args)
+    reason = None if args.target else unavailable(args.server)
+    if reason:
+        raise UsageError(f"cannot run {args.server}: {reason}")
     summary = run_once(
         args, None if args.target else args.server, args.out, show_progress=not args.quiet
     )
@@ -179,7 +190,9 @@ def cmd_run(args):
 def _write_compare(summaries, out):
     os.makedirs(out, exist_ok=True)
     table = report.compare_table(summaries)
-    text = report.describe_run(summaries) + "\n\n" + table + "\n"
+    headline = report.headline(summaries)
+    text = report.describe_run(summaries) + "\n\n" + (headline + "\n\n" if headline else "")
+    text += table + "\n"
     with open(os.path.join(out, "compare.md"), "w") as f:
         f.write(text)
     links = [
@@ -209,6 +222,11 @@ def cmd_compare(args):
         )
     args.port, args.target = 0, None
     _validate(args)
+    names, skipped = usable_servers(names)
+    for line in skipped:
+        print(line, file=sys.stderr)
+    if not names:
+        raise UsageError("no server left to compare")
     summaries, failed = [], []
     for name in names:
         try:

@@ -138,6 +138,7 @@ def load_summary(path):
 
 COLUMNS = [  # (key, header, format)
     ("rps", "req/s", "{:,.0f}"),
+    ("cpu_us_per_req", "server CPU µs/req", "{:.1f}"),
     ("p50_ms", "p50 ms", "{:g}"),
     ("p99_ms", "p99 ms", "{:g}"),
     ("max_ms", "max ms", "{:,.0f}"),
@@ -146,11 +147,78 @@ COLUMNS = [  # (key, header, format)
 ]
 CHARTS = [  # figures that get a bar chart, and which way is better
     ("rps", "requests per second", "higher is better"),
+    ("cpu_us_per_req", "server CPU per request (µs)", "lower is better"),
     ("p50_ms", "median latency (ms)", "lower is better"),
     ("p99_ms", "p99 latency (ms)", "lower is better"),
     ("failures", "failed requests", "lower is better"),
     ("server_rss_mib", "server RSS at end (MiB)", "lower is better"),
 ]
+
+
+# The load generator ran out of CPU first when its cores were this busy (CPU seconds over wall
+# seconds, per locust process) while the server's was at least SERVER_HEADROOM lower.
+LOAD_SATURATED = 0.85
+SERVER_HEADROOM = 0.2
+
+
+def _busy(summary, side):
+    return ((summary.get("cores") or {}).get(side) or {}).get("busy")
+
+
+def _locust_busy_per_core(summary):
+    """locust's busy figure per process it ran (several processes add up past 1.0)."""
+    busy = _busy(summary, "locust")
+    if busy is None:
+        return None
+    load = (summary.get("cores") or {}).get("locust") or {}
+    processes = load.get("processes") or 1
+    if processes < 1:  # -1: one per CPU it was given
+        processes = len(load.get("pinned") or []) or os.cpu_count() or 1
+    return busy / processes
+
+
+def client_bound(summary):
+    """True when locust, not the server, was the limit of this run."""
+    load, server = _locust_busy_per_core(summary), _busy(summary, "server")
+    if load is None or server is None:
+        return False
+    return load >= LOAD_SATURATED and server <= load - SERVER_HEADROOM
+
+
+def cpu_us_per_request(summary):
+    """Server CPU microseconds per request.
+
+    From the server's CPU seconds when the summary has them; otherwise derived from its busy
+    figure (CPU seconds over the seconds of the load) over req/s, which is the same ratio to
+    within the rounding of "busy" and the second locust takes to start and stop.
+    """
+    if summary.get("error"):
+        return None
+    server = (summary.get("cores") or {}).get("server") or {}
+    if server.get("cpu_s") is not None and summary.get("requests"):
+        return server["cpu_s"] / summary["requests"] * 1e6
+    if server.get("busy") is None or not summary.get("rps"):
+        return None
+    return server["busy"] / summary["rps"] * 1e6
+
+
+def figure(summary, key):
+    """A column's value for one summary (server CPU per request is computed)."""
+    return cpu_us_per_request(summary) if key == "cpu_us_per_req" else summary.get(key)
+
+
+def headline(summaries):
+    """The compare page's lead sentence when the load generator saturated first, else ''."""
+    bound = [s for s in summaries if not s.get("error") and client_bound(s)]
+    if not bound:
+        return ""
+    names = ", ".join(s.get("server") or s.get("target") or "?" for s in bound)
+    return (
+        f"**Headline: server CPU per request.** locust ran out of CPU before the server "
+        f"(client-bound: {names}), so req/s there is what the client could send, a floor for "
+        "the server, not its limit; compare the servers by server CPU µs per request (lower "
+        "is better)."
+    )
 
 
 def _fmt(value, spec):
@@ -174,7 +242,10 @@ def _rows(summaries):
         if s.get("error"):
             yield [name] + ["-"] * len(COLUMNS) + [f"failed: {s['error']}"]
         else:
-            yield [name] + [_fmt(s.get(k), spec) for k, _, spec in COLUMNS] + [_cores(s)]
+            cells = [_fmt(figure(s, k), spec) for k, _, spec in COLUMNS]
+            if client_bound(s):
+                cells[0] += " (client-bound)"
+            yield [name] + cells + [_cores(s)]
 
 
 def compare_table(summaries):
@@ -205,10 +276,15 @@ def describe_run(summaries):
     )
 
 
-def _bar_chart(title, note, rows):
-    """Inline SVG horizontal bar chart; rows are (label, value or None)."""
+def _bar_chart(title, note, rows, warning=None, marked=()):
+    """Inline SVG horizontal bar chart; rows are (label, value or None).
+
+    ``warning`` is a red line under the title; labels in ``marked`` get their bar hatched grey
+    and the word "client-bound" after the value.
+    """
     width, label_w, bar_h, gap = 640, 190, 24, 8
-    height = 40 + len(rows) * (bar_h + gap)
+    first = 54 if warning else 34
+    height = first + 6 + len(rows) * (bar_h + gap)
     top = max([v for _, v in rows if v is not None] + [0]) or 1
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
@@ -216,8 +292,18 @@ def _bar_chart(title, note, rows):
         f'<text x="{width}" y="18" font-size="12" text-anchor="end" fill="#666">'
         f"{html.escape(note)}</text>",
     ]
+    if warning:
+        parts.append(
+            f'<text x="0" y="38" font-size="13" fill="#b00020">{html.escape(warning)}</text>'
+        )
+    if marked:  # one page holds one chart with marked bars, so the id stays unique
+        parts.append(
+            '<defs><pattern id="bound" width="6" height="6" patternUnits="userSpaceOnUse" '
+            'patternTransform="rotate(45)"><rect width="6" height="6" fill="#9aa"/>'
+            '<line x1="0" y1="0" x2="0" y2="6" stroke="#fff" stroke-width="2"/></pattern></defs>'
+        )
     for i, (label, value) in enumerate(rows):
-        y = 34 + i * (bar_h + gap)
+        y = first + i * (bar_h + gap)
         parts.append(
             f'<text x="{label_w - 8}" y="{y + bar_h * 0.7}" font-size="13" text-anchor="end">'
             f"{html.escape(label)}</text>"
@@ -227,11 +313,14 @@ def _bar_chart(title, note, rows):
                 f'<text x="{label_w}" y="{y + bar_h * 0.7}" font-size="13" fill="#999">n/a</text>'
             )
             continue
-        w = max(1.0, (width - label_w - 90) * value / top)
+        bound = label in marked
+        w = max(1.0, (width - label_w - 170) * value / top)
+        fill = "url(#bound)" if bound else "#3a7d44"
         parts.append(
-            f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="#3a7d44" rx="3"/>'
+            f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{fill}" rx="3"/>'
         )
         shown = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+        shown += " client-bound" if bound else ""
         parts.append(
             f'<text x="{label_w + w + 6:.1f}" y="{y + bar_h * 0.7}" font-size="13">{shown}</text>'
         )
@@ -246,10 +335,20 @@ def compare_html(summaries, links=None):
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
         for cells in _rows(summaries)
     ]
-    charts = [
-        _bar_chart(title, note, [(s.get("server") or "?", s.get(key)) for s in good])
-        for key, title, note in CHARTS
-    ]
+    bound = [s.get("server") or "?" for s in good if client_bound(s)]
+    charts = []
+    for key, title, note in CHARTS:
+        bars = [(s.get("server") or "?", figure(s, key)) for s in good]
+        if key == "rps" and bound:
+            warning = ("hatched: client-bound (locust saturated its core first), so the bar is "
+                       "the client's limit")
+            charts.append(_bar_chart(title + " (client-bound)", note, bars, warning, bound))
+        elif key == "cpu_us_per_req" and bound:
+            charts.insert(0, _bar_chart("Headline: " + title, note, bars))
+        else:
+            charts.append(_bar_chart(title, note, bars))
+    lead = headline(summaries).replace("**", "")
+    lead_html = f"<p><strong>{html.escape(lead)}</strong></p>\n" if lead else ""
     link_items = "".join(
         f'<li><a href="{html.escape(href)}">{html.escape(label)}</a></li>'
         for label, href in (links or [])
@@ -260,10 +359,12 @@ def compare_html(summaries, links=None):
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}
 td:first-child,th:first-child{{text-align:left}}svg{{display:block;margin:1.5em 0}}</style></head>
 <body><h1>Load comparison</h1><p>{html.escape(describe_run(summaries))}</p>
+{lead_html}
 <table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in HEAD)}</tr>{"".join(rows)}</table>
 {"".join(charts)}
 <h2>Locust reports</h2><ul>{link_items}</ul>
 <p>Percentiles are locust's: whole milliseconds below 100 ms.
-"cores busy" is CPU time over wall time during the load.</p>
+"cores busy" is CPU time over wall time during the load; server CPU per request is the
+server's CPU time over the requests it answered.</p>
 </body></html>
 """

@@ -25,35 +25,118 @@ PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_APP = "loadtests.apps:app"
 
 
-def _greenserve(app, port):
-    # Access log stays off (greenserve's default); -w 1 and the graceful bound are explicit so a
+def _greenserve(app, port, workers=1):
+    # Access log stays off (greenserve's default); -w and the graceful bound are explicit so a
     # GREENSERVE_* variable in the environment cannot turn this into a different benchmark.
     return [sys.executable, "-m", "greenserve", app, "-b", f"{HOST}:{port}",
-            "-w", "1", "--graceful-timeout", "5"]
+            "-w", str(workers), "--graceful-timeout", "5"]
 
 
-def _gunicorn(app, port):
-    return [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1",
+def _gunicorn(app, port, workers=1):
+    return [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", str(workers),
             "--worker-connections", "10000", "--keep-alive", "30",
             "--graceful-timeout", "5", "--log-level", "warning",
             "-b", f"{HOST}:{port}", app]
 
 
-def _pywsgi(app, port):
+def _pywsgi(app, port, workers=1):
     return [sys.executable, "-m", "loadtests.pywsgi_server", app, "--bind", f"{HOST}:{port}"]
 
 
-def _pywsgi_nodelay(app, port):
+def _pywsgi_nodelay(app, port, workers=1):
     return _pywsgi(app, port) + ["--nodelay"]
 
 
-# name -> (argv builder, module that must be importable for it to run)
+def _meinheld(app, port, workers=1):
+    return [sys.executable, "-m", "loadtests.meinheld_server", app, "--bind", f"{HOST}:{port}"]
+
+
+# granian runs a WSGI app in a pool of Python threads. Its own default (2.8) is half of its
+# per-worker backpressure, that is (1024 // workers) // 2: 512 threads with one worker. The
+# same figure is passed explicitly, so a GRANIAN_BLOCKING_THREADS variable cannot change the
+# benchmark and the comparison is granian as shipped. It also bounds the sleep row: 512 threads
+# x 20 sleeps/s each = at most ~10,240 req/s out of the ideal 20,000.
+GRANIAN_BACKLOG = 1024
+
+
+def granian_blocking_threads(workers):
+    return max(1, (GRANIAN_BACKLOG // workers) // 2)
+
+
+def _granian(app, port, workers=1):
+    return [sys.executable, "-m", "granian", "--interface", "wsgi", "--host", HOST,
+            "--port", str(port), "--workers", str(workers),
+            "--backlog", str(GRANIAN_BACKLOG),
+            "--blocking-threads", str(granian_blocking_threads(workers)),
+            "--no-access-log", "--log-level", "warning", app]
+
+
+# name -> (argv builder, module that must import for it to run)
 SERVERS = {
     "greenserve": (_greenserve, "greenserve"),
     "gunicorn-gevent": (_gunicorn, "gunicorn"),
     "gevent-pywsgi": (_pywsgi, "gevent"),
     "gevent-pywsgi-nodelay": (_pywsgi_nodelay, "gevent"),
+    "meinheld": (_meinheld, "meinheld.server"),
+    "granian": (_granian, "granian"),
 }
+# Servers with a worker-process count; the others always run as one process.
+MULTI_WORKER = ("greenserve", "gunicorn-gevent", "granian")
+INSTALL_HINTS = {
+    "greenserve": "pip install -e .",
+    "gunicorn-gevent": "pip install 'greenserve[load]'",
+    "gevent-pywsgi": "pip install gevent",
+    "gevent-pywsgi-nodelay": "pip install gevent",
+    # meinheld 1.0.2 pins greenlet<0.5, which does not build on current Python; it runs on
+    # greenlet 3, so it is installed without its pinned dependencies.
+    "meinheld": "pip install --no-deps meinheld",
+    "granian": "pip install 'greenserve[bench]'",
+}
+
+
+def unavailable(name, timeout=60):
+    """None if server ``name`` can run here, else why not (one line, with how to install it).
+
+    The import is tried in a child interpreter (with the children's environment): a compiled
+    peer may be installed and still fail to load, and the harness itself imports no server.
+    """
+    module, hint = SERVERS[name][1], INSTALL_HINTS[name]
+    if _missing(module.split(".")[0]):
+        return f"not installed ({hint})"
+    try:
+        proc = subprocess.run([sys.executable, "-c", f"import {module}"], env=child_env(),
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"importing {module} took over {timeout} s"
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"cannot import {module}: {last} ({hint})"
+    return None
+
+
+def choose_servers(names, workers, reasons):
+    """(servers to run, one 'skipping ...' line per server left out), in the order given.
+
+    ``reasons`` maps a name to why it cannot run (None when it can); a server without a
+    worker count is left out when ``workers`` > 1.
+    """
+    kept, skipped = [], []
+    for name in names:
+        if reasons.get(name):
+            skipped.append(f"skipping {name}: {reasons[name]}")
+        elif workers > 1 and name not in MULTI_WORKER:
+            skipped.append(f"skipping {name}: it runs as one process and has no workers "
+                           f"setting (--workers {workers})")
+        else:
+            kept.append(name)
+    return kept, skipped
+
+
+def usable_servers(names, workers=1):
+    """choose_servers() with the reasons found on this machine."""
+    wanted = [n for n in names if workers == 1 or n in MULTI_WORKER]
+    return choose_servers(names, workers, {n: unavailable(n) for n in wanted})
 
 
 def child_env():
@@ -197,24 +280,73 @@ def _socket_inodes(pid):
     return inodes
 
 
+TCP_ESTABLISHED, TCP_LISTEN = "01", "0A"  # the kernel's state numbers, as /proc/net/tcp prints them
+
+
+def parse_tcp_table(text):
+    """[(local address, local port, state, inode)] from the text of /proc/net/tcp (IPv4)."""
+    rows = []
+    for line in text.splitlines()[1:]:  # the first line is the header
+        fields = line.split()
+        if len(fields) < 10:
+            continue
+        address, port = fields[1].split(":")
+        # The kernel prints the address as one 32-bit number in host byte order.
+        host = socket.inet_ntoa(struct.pack("=I", int(address, 16)))
+        rows.append((host, int(port, 16), fields[3], fields[9]))
+    return rows
+
+
+def _tcp_table():
+    with open("/proc/net/tcp") as f:
+        return parse_tcp_table(f.read())
+
+
 def listening_ports(pid, host=HOST):
     """TCP ports on ``host`` (IPv4) where the process tree of ``pid`` listens (Linux /proc)."""
     inodes = set()
     for p in process_tree(pid):
         inodes |= _socket_inodes(p)
-    ports = set()
-    with open("/proc/net/tcp") as table:
-        next(table)  # the header
-        for row in table:
-            fields = row.split()
-            local, state, inode = fields[1], fields[3], fields[9]
-            if state != "0A" or inode not in inodes:  # 0A: TCP_LISTEN
-                continue
-            address, port = local.split(":")
-            # The kernel prints the address as one 32-bit number in host byte order.
-            if socket.inet_ntoa(struct.pack("=I", int(address, 16))) == host:
-                ports.add(int(port, 16))
-    return sorted(ports)
+    return sorted({port for address, port, state, inode in _tcp_table()
+                   if state == TCP_LISTEN and inode in inodes and address == host})
+
+
+def worker_pids(pid, port):
+    """The processes of the server ``pid`` that serve ``port``: the descendants holding its
+    listening socket (a master's other helpers left out), or ``pid`` itself when it is alone."""
+    below = [p for p in process_tree(pid) if p != pid]
+    if not below:
+        return [pid]
+    listening = {inode for _, p, state, inode in _tcp_table() if p == port and state == TCP_LISTEN}
+    serving = [p for p in below if _socket_inodes(p) & listening]
+    return sorted(serving or below)
+
+
+def connections_per_worker(pids, port):
+    """(established TCP connections to ``port`` that each process in ``pids`` holds, in order;
+    established connections no process has accepted yet, waiting in the listen queue)."""
+    established = [inode for _, p, state, inode in _tcp_table()
+                   if p == port and state == TCP_ESTABLISHED]
+    held = [len(_socket_inodes(pid) & set(established)) for pid in pids]
+    return held, established.count("0")  # a socket not accepted yet has no inode
+
+
+def own_cpu_seconds(pids):
+    """{pid: CPU seconds of that process alone (utime + stime)} for the pids still alive."""
+    out = {}
+    for p in pids:
+        st = _proc_stat(p, own_only=True)
+        if st:
+            out[p] = st[2]
+    return out
+
+
+def percent_shares(values):
+    """Each value's share of the total in whole percent; None when the total is 0."""
+    total = sum(values)
+    if not total:
+        return None
+    return [round(100 * v / total) for v in values]
 
 
 def group_members(pgid):
@@ -261,10 +393,12 @@ def http_probe(port, timeout=2.0):
 class Server:
     """One server under test. Use as a context manager; ``stop()`` is safe to call twice."""
 
-    def __init__(self, name, app=DEFAULT_APP, port=0, cpus=None, log_path=None):
+    def __init__(self, name, app=DEFAULT_APP, port=0, cpus=None, log_path=None, workers=1):
         if name not in SERVERS:
             raise ServerError(f"unknown server {name!r}; choose from {', '.join(SERVERS)}")
-        self.name, self.app, self.cpus = name, app, cpus
+        if workers > 1 and name not in MULTI_WORKER:
+            raise ServerError(f"server {name!r} runs as one process (no workers setting)")
+        self.name, self.app, self.cpus, self.workers = name, app, cpus, workers
         self.port = port  # 0: the server binds any free port; start() finds out which
         self.log_path = log_path
         self.proc = None
@@ -277,13 +411,14 @@ class Server:
 
     def start(self, ready_timeout=20.0):
         builder, module = SERVERS[self.name]
-        if _missing(module):
+        if _missing(module.split(".")[0]):
             raise ServerError(
-                f"server {self.name!r} needs the Python package {module!r}, which is not installed"
+                f"server {self.name!r} needs the Python package {module.split('.')[0]!r}, "
+                f"which is not installed ({INSTALL_HINTS[self.name]})"
             )
         if self.port and port_in_use(self.port):
             raise ServerError(f"port {self.port} on {HOST} is already in use")
-        argv = pinned(builder(self.app, self.port), self.cpus)
+        argv = pinned(builder(self.app, self.port, self.workers), self.cpus)
         self._log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             argv,

@@ -6,7 +6,9 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -73,6 +75,7 @@ def test_compare_builds_its_table_from_summaries(hello_run, tmp_path):
     real = json.loads((hello_run[1] / "summary.json").read_text())
     peer = dict(real, server="gunicorn-gevent", rps=1234.5, p50_ms=2.0, p99_ms=9.0, failures=3)
     peer["server_rss_mib"] = 57.1
+    peer["cores"] = {"server": {"busy": 0.5}, "locust": {"busy": 0.5, "processes": 1}}
     broken = {"server": "gevent-pywsgi", "scenario": "hello", "error": "did not answer"}
     paths = [tmp_path / f"s{i}.json" for i in range(3)]
     for path, summary in zip(paths, (real, peer, broken)):
@@ -84,10 +87,12 @@ def test_compare_builds_its_table_from_summaries(hello_run, tmp_path):
     table = (tmp_path / "cmp" / "compare.md").read_text()
     assert table == proc.stdout
     rows = [line for line in table.splitlines() if line.startswith("| ")]
-    assert rows[0].startswith("| server | req/s | p50 ms | p99 ms |")
-    assert rows[1].startswith(f"| greenserve | {real['rps']:,.0f} |")
-    max_ms, cores = f"{real['max_ms']:,.0f}", report._cores(real)
-    assert rows[2] == f"| gunicorn-gevent | 1,234 | 2 | 9 | {max_ms} | 3 | 57.1 | {cores} |"
+    assert rows[0].startswith("| server | req/s | server CPU µs/req | p50 ms | p99 ms |")
+    assert rows[1].startswith(f"| greenserve | {real['rps']:,.0f}")
+    max_ms = f"{real['max_ms']:,.0f}"
+    # 0.5 s of server CPU per second over 1234.5 requests per second: 405.0 µs each.
+    assert rows[2] == (f"| gunicorn-gevent | 1,234 | 405.0 | 2 | 9 | {max_ms} | 3 | 57.1 "
+                       "| 0.50 / 0.50 |")
     assert rows[3].startswith("| gevent-pywsgi |") and "failed: did not answer" in rows[3]
     page = (tmp_path / "cmp" / "compare.html").read_text()
     assert page.count("<svg") == len(report.CHARTS) and "gunicorn-gevent" in page
@@ -114,6 +119,11 @@ def test_slo_gate_fails_a_run_that_breaks_it(tmp_path):
         (["soak", "--requests", "0"], "--requests, --connections,"),
         (["slowloris", "--attacks", "slow-bodies,nope"], "unknown attack or server 'nope';"),
         (["slowloris", "--servers", "gevent-pywsgi"], "unknown attack or server 'gevent-pywsgi'"),
+        (["wrk", "--scenarios", "hello,nope"], "unknown scenario nope; choose from hello,"),
+        (["wrk", "--servers", "all,nope"], "unknown server all, nope; choose from greenserve,"),
+        (["wrk", "--workers", "0"], "--workers and --idle-connections must be >= 1"),
+        (["wrk", "--scenarios", "idle-rss", "--idle-connections", "10000000"],
+         "--idle-connections 10000000 needs an open-file limit of at least 10000064"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
@@ -175,13 +185,14 @@ def test_wrk_output_is_parsed_and_tabulated():
     r = wrk_bench.parse_wrk(WRK_OUTPUT)
     assert r == {"rps": 24521.5, "p50_ms": 0.52, "p99_ms": 1100.0, "socket_errors": [0, 7, 0, 2],
                  "non_2xx": 3, "requests": 196202}
-    row = dict(r, runs_rps=[24521.5], rss_mib=30.0)
-    base = dict(row, rps=12260.75, p99_ms=550.0, runs_rps=[12260.75])
+    row = dict(r, runs_rps=[24521.5], rss_mib=30.0, cpu_us_per_req=24.04)
+    base = dict(row, rps=12260.75, p99_ms=550.0, runs_rps=[12260.75], cpu_us_per_req=None)
     servers = ["greenserve", "gevent-pywsgi-nodelay"]
     table = wrk_bench.table({"hello": dict(zip(servers, (row, base)))}, servers, ["hello"])
-    expected = ("| hello | greenserve | 24,522 | 0.52 | 1100.00 | 2.00x | 2.00x "
+    expected = ("| hello | greenserve | 24,522 | 0.52 | 1100.00 | 24.0 | 2.00x | 2.00x "
                 "| 0/7/0/2, 3 | 24,522 |")
     assert expected in table.splitlines()
+    assert "| hello | gevent-pywsgi-nodelay | 12,261 | 0.52 | 550.00 | - | 1.00x |" in table
 
 
 # -- soak and slowloris: the benchmark commands with the smallest counts ------------------------
@@ -262,3 +273,232 @@ def test_slowloris_expectations_judge_greenserve_only():
         "nan-timer: idle_after connection not closed within 4 s",
         "slow-download: 10 of 20 bytes (closed by the server)",
     ]
+
+
+# -- peers, idle-rss, workers, the client-bound headline ------------------------------------------
+
+from loadtests import idle_rss, servers  # noqa: E402
+
+PROC_NET_TCP = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 111 1 0
+   1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 222 1 0
+   2: 0100007F:D431 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 333 1 0
+   3: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 444 1 0
+"""
+
+
+def test_proc_net_tcp_rows_are_parsed():
+    assert servers.parse_tcp_table(PROC_NET_TCP) == [
+        ("127.0.0.1", 8080, "0A", "111"),
+        ("127.0.0.1", 8080, "01", "222"),
+        ("127.0.0.1", 54321, "01", "333"),  # the client's end: its local port is not 8080
+        ("0.0.0.0", 22, "0A", "444"),
+    ]
+    assert servers.parse_tcp_table(PROC_NET_TCP.splitlines()[0]) == []
+
+
+def test_connections_not_accepted_yet_are_counted_apart_from_those_a_process_holds():
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)), \
+                socket.create_connection(("127.0.0.1", port)):
+            # The kernel completes both handshakes; nobody has accepted them.
+            assert servers.connections_per_worker([os.getpid()], port) == ([0], 2)
+            accepted, _ = listener.accept()
+            with accepted:
+                assert servers.connections_per_worker([os.getpid()], port) == ([1], 1)
+
+
+def test_peers_are_skipped_with_a_reason_and_single_process_servers_at_two_workers():
+    names = ["greenserve", "meinheld", "granian", "gevent-pywsgi"]
+    reasons = {"meinheld": "not installed (pip install --no-deps meinheld)", "granian": None}
+
+    assert servers.choose_servers(names, 1, reasons) == (
+        ["greenserve", "granian", "gevent-pywsgi"],
+        ["skipping meinheld: not installed (pip install --no-deps meinheld)"],
+    )
+    assert servers.choose_servers(names, 2, reasons) == (
+        ["greenserve", "granian"],
+        ["skipping meinheld: not installed (pip install --no-deps meinheld)",
+         "skipping gevent-pywsgi: it runs as one process and has no workers setting "
+         "(--workers 2)"],
+    )
+
+
+def test_peer_commands_set_workers_and_granian_keeps_its_default_thread_count():
+    granian = servers.SERVERS["granian"][0]("loadtests.apps:app", 0, 2)
+    assert granian[1:] == ["-m", "granian", "--interface", "wsgi", "--host", "127.0.0.1",
+                           "--port", "0", "--workers", "2", "--backlog", "1024",
+                           "--blocking-threads", "256", "--no-access-log", "--log-level",
+                           "warning", "loadtests.apps:app"]
+    assert servers.granian_blocking_threads(1) == 512
+    assert "-w" in (gs := servers.SERVERS["greenserve"][0]("a:b", 0, 3)) and "3" in gs
+    assert servers.SERVERS["gunicorn-gevent"][0]("a:b", 0, 2)[5:7] == ["-w", "2"]
+
+
+def test_missing_peers_are_skipped_and_none_left_is_exit_2(tmp_path):
+    # sys.modules[name] = None makes importlib treat the package as not installed, in the
+    # harness and in every child it starts (they get the same PYTHONPATH).
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['meinheld'] = None\nsys.modules['granian'] = None\n")
+    env = procs.environment(pythonpath=[tmp_path])
+    proc = harness("wrk", "--scenarios", "hello", "--servers", "meinheld,granian",
+                   "--out", tmp_path / "out", env=env, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr == ("skipping meinheld: not installed (pip install --no-deps meinheld)\n"
+                           "skipping granian: not installed (pip install 'greenserve[bench]')\n"
+                           "loadtests: no server left to measure\n")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["meinheld", "granian"])
+def test_an_installed_peer_starts_on_port_0_and_serves_the_app(name):
+    reason = servers.unavailable(name)
+    if reason:
+        pytest.skip(f"{name}: {reason}")
+    with servers.Server(name) as server:
+        assert server.port > 0
+        (sock,) = idle_rss.open_idle(server.port, 1)  # 200 and the whole body, kept alive
+        with sock:
+            assert idle_rss.is_open(sock)
+    assert not http_probe(server.port, timeout=0.5)
+
+
+def test_two_greenserve_workers_share_connections_and_cpu_as_counted_from_proc():
+    with servers.Server("greenserve", workers=2) as server:
+        pids = servers.worker_pids(server.proc.pid, server.port)
+        assert len(pids) == 2 and server.proc.pid not in pids  # the master serves nothing
+        cpu_before = servers.own_cpu_seconds(pids)
+        socks = idle_rss.open_idle(server.port, 6)
+        try:
+            for sock in socks:  # enough requests for the workers to use some clock ticks of CPU
+                for _ in range(150):
+                    sock.sendall(idle_rss.REQUEST)
+                    assert idle_rss.read_response(sock) == 200
+            conns, waiting = servers.connections_per_worker(pids, server.port)
+            assert sum(conns) == 6 and waiting == 0, (conns, waiting)
+            assert servers.connections_per_worker([server.proc.pid], server.port) == ([0], 0)
+            shares = wrk_bench.worker_shares(pids, cpu_before, servers.own_cpu_seconds(pids),
+                                             conns)
+        finally:
+            idle_rss.close_all(socks)
+        figures = idle_rss.measure(server, 5)
+    assert shares["pids"] == pids and shares["conns"] == conns and shares["waiting"] == 0
+    assert sum(shares["cpu_share"]) in (99, 100, 101) and sum(shares["cpu_s"]) > 0
+    assert wrk_bench.format_workers("greenserve", shares) == (
+        f"greenserve workers: conns {conns}, cpu [{shares['cpu_share'][0]}%, "
+        f"{shares['cpu_share'][1]}%]")
+    assert figures["connections"] == 5 and figures["closed_by_server"] == 0
+    assert figures["rss_after_mib"] >= figures["rss_before_mib"] > 0
+
+
+def test_worker_shares_are_percent_of_cpu_time_during_the_run():
+    shares = wrk_bench.worker_shares([10, 11, 12], {10: 1.0, 11: 2.0, 12: 5.0},
+                                     {10: 1.3, 11: 2.9, 12: 5.0}, [31, 33, 0])
+    assert shares == {"pids": [10, 11, 12], "conns": [31, 33, 0], "waiting": 0,
+                      "cpu_s": [0.3, 0.9, 0.0], "cpu_share": [25, 75, 0]}
+    assert wrk_bench.format_workers("granian", shares) == (
+        "granian workers: conns [31, 33, 0], cpu [25%, 75%, 0%]")
+    assert wrk_bench.format_workers("gunicorn-gevent", dict(shares, waiting=32)) == (
+        "gunicorn-gevent workers: conns [31, 33, 0] and 32 not accepted yet, cpu [25%, 75%, 0%]")
+    assert servers.percent_shares([0, 0]) is None
+    assert wrk_bench.cpu_us_per_request(1.2, 50000) == 24.0
+    assert wrk_bench.cpu_us_per_request(1.2, 0) is None
+
+
+def test_the_summary_table_puts_servers_in_columns_with_greenserve_ratios():
+    hello = {"greenserve": {"rps": 41121.0, "p99_ms": 2.0},
+             "granian": {"rps": 60851.0, "p99_ms": 3.0},
+             "meinheld": {"error": "did not answer"}}
+    sleep = {"greenserve": {"rps": 18018.0, "p99_ms": 70.2},
+             "granian": {"rps": 10046.0, "p99_ms": 107.0}, "meinheld": {"rps": 20.0}}
+    idle = {"greenserve": {"kib_per_conn": 10.24, "connections": 1000, "rss_before_mib": 32.0,
+                           "rss_after_mib": 42.0, "fresh_ms": 1.04, "closed_by_server": 0,
+                           "runs_kib": [10.24]},
+            "granian": {"error": "did not answer"}, "meinheld": {"error": "x"}}
+    results = {"hello": hello, "sleep-c1000": sleep, "idle-rss": idle}
+    names = ["greenserve", "granian", "meinheld"]
+
+    lines = wrk_bench.summary_table(results, names, list(results)).splitlines()
+    assert lines[0] == "| scenario | greenserve | granian | meinheld |"
+    assert lines[2] == "| hello | 41,121 | 60,851 [0.68x] | failed |"
+    assert lines[3] == ("| sleep-c1000 | 18,018 (p99 70 ms) | 10,046 (p99 107 ms) [1.79x] "
+                        "| 20 [900.90x] |")
+    assert lines[4] == "| idle-rss | 10.2 KiB | failed | failed |"
+    idle_lines = wrk_bench.idle_table(idle, names).splitlines()
+    assert idle_lines[2] == "| greenserve | 10.24 | 1,000 | 32.0 / 42.0 | 1.04 | 0 | 10.24 |"
+    assert idle_lines[3] == "| granian | - | - | - | - | - | failed: did not answer |"
+    assert len(wrk_bench.table({"idle-rss": idle}, names, ["idle-rss"]).splitlines()) == 2
+
+
+def _summary(server, rps, server_busy, locust_busy, processes=1):
+    return {"server": server, "scenario": "hello", "users": 50, "spawn_rate": 50,
+            "duration_s": 15, "requests": int(rps * 15), "rps": rps, "failures": 0,
+            "p50_ms": 4, "p99_ms": 13, "max_ms": 30, "server_rss_mib": 31.0,
+            "cores": {"server": {"pinned": [0], "busy": server_busy},
+                      "locust": {"pinned": [1], "processes": processes, "busy": locust_busy}}}
+
+
+def test_compare_leads_with_server_cpu_per_request_when_locust_saturated_first():
+    bound = _summary("greenserve", 9302.0, 0.29, 0.88)  # the client ran out of CPU first
+    even = _summary("gunicorn-gevent", 4020.0, 0.53, 0.54)
+    assert report.client_bound(bound) and not report.client_bound(even)
+    assert not report.client_bound(_summary("x", 10000.0, 0.8, 0.95))  # both near saturated
+    assert not report.client_bound(_summary("x", 10000.0, 0.3, 1.2, processes=2))  # 0.6 each
+    assert round(report.cpu_us_per_request(bound), 1) == 31.2  # 0.29 s/s over 9302 req/s
+    exact = dict(bound, cores={"server": {"busy": 0.29, "cpu_s": 4.5}, "locust": {}})
+    assert report.cpu_us_per_request(exact) == 4.5 / exact["requests"] * 1e6
+
+    assert report.headline([bound, even]).startswith(
+        "**Headline: server CPU per request.** locust ran out of CPU before the server "
+        "(client-bound: greenserve)")
+    rows = report.compare_table([bound, even]).splitlines()
+    assert rows[2].startswith("| greenserve | 9,302 (client-bound) | 31.2 |")
+    assert rows[3].startswith("| gunicorn-gevent | 4,020 | 131.8 |")
+    page = report.compare_html([bound, even])
+    charts = page.split("<svg")[1:]
+    assert "Headline: server CPU per request" in charts[0]
+    assert "requests per second (client-bound)" in charts[1] and "9,302 client-bound" in charts[1]
+    assert "4,020 client-bound" not in charts[1]
+
+    assert report.headline([even]) == ""
+    plain = report.compare_html([even]).split("<svg")[1:]
+    assert "requests per second</text>" in plain[0] and "client-bound" not in "".join(plain)
+
+
+LENGTH_RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\nConnection: keep-alive\r\n\r\n"
+                   b"Hello, World!")
+CHUNKED_RESPONSE = (b"HTTP/1.1 201 Created\r\nTransfer-Encoding: Chunked\r\n\r\n"
+                    b"4\r\nHell\r\n9\r\no, World!\r\n0\r\n\r\n")
+
+
+@pytest.mark.parametrize("response, status", [(LENGTH_RESPONSE, 200), (CHUNKED_RESPONSE, 201)])
+def test_the_idle_client_reads_a_whole_response_split_anywhere(response, status):
+    for cut in range(1, len(response)):
+        client, server = socket.socketpair()
+        with client, server:
+            client.settimeout(10)
+            server.sendall(response[:cut])
+            got = []
+            reader = threading.Thread(target=lambda: got.append(idle_rss.read_response(client)))
+            reader.start()
+            server.sendall(response[cut:])
+            reader.join(10)
+            assert got == [status], cut
+            server.close()
+            assert client.recv(1) == b"", cut  # the whole response was consumed, no more
+
+
+@pytest.mark.parametrize("response, error", [
+    (b"HTTP/1.1 200 OK\r\n\r\nbody", "without Content-Length or chunked"),
+    (b"HTTP/1.1 OK\r\nContent-Length: 1\r\n\r\nx", "malformed response head"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "closed the connection before"),
+])
+def test_the_idle_client_refuses_a_response_it_cannot_frame(response, error):
+    client, server = socket.socketpair()
+    with client, server:
+        server.sendall(response)
+        server.close()
+        with pytest.raises(OSError, match=error):
+            idle_rss.read_response(client)
