@@ -18,7 +18,7 @@ from .disconnect import (HALF_CLOSED, PEER_GONE, STOP_WATCHING, WATCH_BUFFER_LIM
                          Disconnected)
 from .errors import (AppFailed, BodyReadTimeout, ClientDisconnected, ProtocolError,
                      RequestDeadlineExceeded, RequestTimeout)
-from .gevent_private import raw_socket, read_nowait, readable_waiter
+from .gevent_private import park_watcher, raw_socket, read_nowait, readable_waiter
 from .preludes import ConnectionPreludes
 from .protocol.parser import RequestParser
 from .protocol.forwarded import FORWARDED_KEYS, apply_forwarded
@@ -41,6 +41,13 @@ EVICTABLE_STALL = 1.0
 # first, so the kernel does not answer them with a reset that destroys our response.
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 64 << 20
+# Idle this long between requests (or before the first), a plain-TCP connection parks: its
+# greenlet ends and a read watcher waits for the client's next bytes (see park()).
+PARK_AFTER = 1.0
+
+
+class _Park(Exception):
+    """Thrown into a connection idle for PARK_AFTER: give up the greenlet, keep the socket."""
 
 
 class _Closing(Exception):
@@ -55,8 +62,10 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
     """
 
     # Slots: thousands of parked long polls each hold one of these.
-    __slots__ = ("server", "sock", "raw_send", "parser", "greenlet", "phase", "deadline",
-                 "phase_seq", "request_deadline", "phase_started", "reading_body",
+    __slots__ = ("server", "sock", "raw_sock", "parser", "greenlet", "phase", "deadline",
+                 "phase_seq", "request_deadline", "phase_started", "idle_deadline", "parked",
+                 "send_queued",
+                 "reading_body",
                  "disconnected", "linger", "listener_environ", "remote_addr", "remote_port",
                  "proxied", "tls_subject",
                  "served", "evicted", "request", "environ", "response", "must_close",
@@ -66,8 +75,8 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
     def __init__(self, server, sock, address, listener_environ):
         self.server = server
         self.sock = sock
-        # The raw, non-blocking socket's send (see _send); None over TLS.
-        self.raw_send = raw_socket(sock).send
+        # The raw, non-blocking socket (see _send); None over TLS.
+        self.raw_sock = raw_socket(sock)
         self.tls_subject = None  # a TLS client certificate's subject, if one was given
         self.parser = RequestParser(server.limits)
         self.greenlet = None
@@ -77,6 +86,9 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
         self.phase_seq = 0
         self.request_deadline = 0.0  # absolute; 0 = none
         self.phase_started = 0.0
+        self.idle_deadline = 0.0  # when waiting for a request, when to give up (0 = never)
+        self.parked = False  # waiting for a request without a greenlet (see park())
+        self.send_queued = None  # the kernel's unsent bytes when the send timer was armed
         self.reading_body = False
         self.disconnected = None
         self.linger = False
@@ -113,13 +125,39 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
             deadline = request_deadline
         self.deadline = deadline
 
+    def _enter_idle(self, timeout):
+        """Wait for a request for up to ``timeout`` seconds (0 = forever); the timer fires
+        first after PARK_AFTER, to park the connection (see expire)."""
+        self.phase = IDLE
+        self.phase_seq += 1
+        now = self.phase_started = monotonic()
+        idle_deadline = self.idle_deadline = now + timeout if timeout else 0.0
+        park_at = now + PARK_AFTER
+        self.deadline = park_at if not idle_deadline or park_at < idle_deadline \
+            else idle_deadline
+
     def expire(self, seq):
         """Called from the hub when the deadline of phase number ``seq`` has passed."""
+        if seq != self.phase_seq:
+            return
+        if self.parked:
+            self._close_parked()  # a parked connection's one deadline: its idle timeout
+            return
         glet = self.greenlet
-        if seq != self.phase_seq or glet is None or glet.dead:
+        if glet is None or glet.dead:
             return
         config = self.server.config
         self.deadline = 0.0
+        if self.phase == IDLE and (not self.idle_deadline or
+                                   monotonic() < self.idle_deadline):
+            # Idle for PARK_AFTER, not yet for its timeout. Waiting in IDLE with nothing
+            # received, the greenlet can only be blocked in its read: nothing is lost.
+            if self.raw_sock is not None and not self.parser.buffered \
+                    and not self.server.stopping:
+                glet.throw(_Park())
+            else:  # TLS may hold decrypted bytes in its buffers: keep waiting as we are
+                self.deadline = self.idle_deadline
+            return
         stats = self.server.stats
         if self.request_deadline and monotonic() >= self.request_deadline:
             self.request_deadline = 0.0
@@ -127,6 +165,9 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
                 stats.refused("deadline")
             glet.throw(RequestDeadlineExceeded(
                 f"request still running after {config.request_timeout} s"))
+            return
+        if self.phase == SEND and self.send_progressed():
+            self.deadline = monotonic() + config.send_timeout  # slow, not stalled
             return
         exc = phase_timeout(self.phase, config)
         if exc is not None:
@@ -145,7 +186,7 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
         """How readily this connection gives up its slot to a newcomer (lower first), or
         None if it must not: (0, since) for an idle keep-alive connection, (1, since) for
         one stalled at least a second waiting for its client's bytes."""
-        if self.evicted or self.greenlet is None:
+        if self.evicted or (self.greenlet is None and not self.parked):
             return None
         phase = self.phase
         if phase == IDLE and self.served and not self.parser.buffered:
@@ -158,14 +199,16 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
     def evict(self):
         """Give up the slot (the server is at its cap and a client waits)."""
         glet = self.greenlet
-        if glet is None or glet.dead:
+        if (glet is None or glet.dead) and not self.parked:
             return
         phase = self.phase
         stats = self.server.stats
         if stats is not None and (phase == IDLE or phase == READING_HEAD or
                                   (phase == BODY and self.reading_body)):
             stats.refused("evicted")
-        if phase == IDLE:
+        if self.parked:
+            self._close_parked()
+        elif phase == IDLE:
             glet.throw(IdleTimeout())
         elif phase == READING_HEAD:
             glet.throw(RequestTimeout("the server is at its connection limit and the "
@@ -178,6 +221,9 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
 
     def close_if_idle(self):
         """Graceful stop: close now if waiting between requests; True if it did."""
+        if self.parked:
+            self._close_parked()
+            return True
         glet = self.greenlet
         if self.idle and glet is not None and not glet.dead:
             glet.throw(_Closing())
@@ -187,30 +233,79 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
     # -- the connection loop -----------------------------------------------------------------
 
     def run(self):
-        server = self.server
+        """The greenlet body of a new connection."""
         self.greenlet = getcurrent()
-        server.connections.add(self)
+        self.server.connections.add(self)
+        self._run(self._serve)
+
+    def _resume(self):
+        """The greenlet body of a parked connection whose client sent something."""
+        self.greenlet = getcurrent()
+        self._run(self._serve_requests)
+
+    def _run(self, serve):
         sock = self.sock
+        parked = False
         try:
-            if sock.family != socket.AF_UNIX:
-                # Headers and body leave in one write, so Nagle would only add latency.
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._serve()
+            serve()
+        except _Park:
+            parked = self.park()
         except (IdleTimeout, _Closing, ClientDisconnected, ConnectionError,
                 RequestDeadlineExceeded):
             pass
         except OSError as exc:
             error_log.debug("connection error: %s", exc)
         finally:
-            if self.linger and not self.evicted:
-                self._linger()
-            server.connections.discard(self)
-            self.phase = IDLE
-            self.deadline = 0.0
-            try:
-                sock.close()
-            except OSError:
-                pass
+            self.server.memory.count += 1  # its greenlet's stacks are freed
+            if not parked:
+                if self.linger and not self.evicted:
+                    self._linger()
+                self.server.connections.discard(self)
+                self.phase = IDLE
+                self.deadline = 0.0
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+    # -- parking: an idle connection without a greenlet ----------------------------------------
+
+    def park(self):
+        """Wait for the client's next bytes without a greenlet; False if it must close instead.
+
+        A greenlet waiting in a read holds its stacks (several KiB); a parked connection holds
+        only its socket, parser and slot, and a read watcher that starts a new greenlet when
+        bytes arrive. Only connections idle for PARK_AFTER park, so the busy path is unchanged.
+        """
+        server = self.server
+        if server.stopping:
+            return False
+        self.greenlet = None
+        self.parked = True
+        # Nothing of the last request need stay: its body is done, nothing is buffered.
+        self.disconnected = self.parser.request = None
+        server.spawner.hold()
+        self.deadline = self.idle_deadline  # the idle timeout still applies (expire)
+        park_watcher(self.sock).start(self._unpark)
+        return True
+
+    def _unpark(self):
+        """In the hub: the parked client sent something (or closed): serve it again."""
+        park_watcher(self.sock).stop()
+        self.parked = False
+        self.server.spawner.resume(self._resume)
+
+    def _close_parked(self):
+        """In the hub: close a parked connection (idle timeout, eviction, stop)."""
+        park_watcher(self.sock).stop()
+        self.parked = False
+        self.server.connections.discard(self)
+        self.deadline = 0.0
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.server.spawner.release()
 
     def _linger(self):
         """RFC 9112 §9.6: half-close, then read and discard until the client closes or a
@@ -230,24 +325,35 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
 
     def _serve(self):
         server = self.server
-        config = server.config
-        parser = self.parser
+        sock = self.sock
+        if sock.family != socket.AF_UNIX:
+            # Headers and body leave in one write, so Nagle would only add latency.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if server.proxy_allow is not None and not self._read_proxy_header():
             return
         if server.tls_context is not None and not self._start_tls():
             return
+        # A fresh connection gets the header timer for its first request.
+        self._enter_idle(server.config.header_timeout)
+        self._serve_requests()
+
+    def _serve_requests(self):
+        """Receive, parse and answer requests until the connection must close (or parks)."""
+        server = self.server
+        config = server.config
+        parser = self.parser
         recv = self.sock.recv
         # Between keep-alive requests the next one has almost never arrived yet: wait for
         # readability first instead of paying a failing recv() (syscall + exception). Not
         # over TLS: decrypted bytes may be waiting inside the SSL object.
-        wait_readable, read_event = readable_waiter(self.sock) if self.raw_send is not None \
+        wait_readable, read_event = readable_waiter(self.sock) if self.raw_sock is not None \
             else (None, None)
+        # With the waiter, receive from the raw socket: one syscall, not gevent's wrapper.
+        raw_recv = self.raw_sock.recv if wait_readable is not None else None
         between_requests = False
         keep_alive_timeout = config.keep_alive
         header_timeout = config.header_timeout
         request_timeout = config.request_timeout
-        # A fresh connection gets the header timer for its first request.
-        self._enter(IDLE, header_timeout)
         while True:
             try:
                 # Usually nothing is buffered after a response: go straight to receiving.
@@ -261,7 +367,14 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
                         # RFC 9112 has no head timer, but a slowloris client must not
                         # hold a greenlet forever: the head must arrive within the timer.
                         self._enter(READING_HEAD, header_timeout)
-                    data = recv(RECEIVE_SIZE)
+                    if raw_recv is not None:
+                        try:
+                            data = raw_recv(RECEIVE_SIZE)
+                        except BlockingIOError:
+                            wait_readable(read_event)
+                            continue
+                    else:
+                        data = recv(RECEIVE_SIZE)
                     if not data:
                         if parser.buffered:
                             raise ClientDisconnected("client closed mid-request")
@@ -291,7 +404,7 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
             if not keep or server.stopping:
                 return
             self.served = True
-            self._enter(IDLE, keep_alive_timeout)
+            self._enter_idle(keep_alive_timeout)
             between_requests = not parser.buffered
 
     # -- errors --------------------------------------------------------------------------------

@@ -52,3 +52,10 @@ def read_nowait(sock, size):
         return None
     except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
         return b""
+
+
+def park_watcher(sock):
+    """The read watcher gevent keeps on ``sock`` (``sock._read_event``), for a connection
+    that waits without a greenlet: ``start(callback)`` calls back from the hub when the
+    socket is readable; ``stop()`` before the socket closes or a greenlet reads again."""
+    return sock._read_event

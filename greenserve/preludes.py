@@ -69,7 +69,7 @@ class ConnectionPreludes:
             error_log.debug("TLS handshake with %s failed: %s", self.remote_addr or "unix",
                             getattr(exc, "detail", None) or exc)
             return False
-        self.raw_send = None
+        self.raw_sock = None
         certificate = sock.getpeercert()
         if certificate:
             from .tls import subject_dn

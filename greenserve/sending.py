@@ -5,9 +5,12 @@ A mixin of ``connection.Connection``, in a module of its own so that each file k
 only the connection touches its socket.
 """
 
+import fcntl
 import logging
 import os
 import socket
+import struct
+import termios
 
 from gevent.socket import wait_write
 
@@ -18,6 +21,15 @@ from .timers import APP, SEND
 from .wsgi import FileWrapper, check_headers, check_status
 
 error_log = logging.getLogger("greenserve.error")
+
+
+def unsent_bytes(sock):
+    """Bytes written to ``sock`` that the peer has not yet acknowledged (TCP) or read (unix
+    socket): Linux's SIOCOUTQ. None where the kernel cannot tell."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+    except (OSError, ValueError):
+        return None
 
 
 class ResponseSending:
@@ -133,14 +145,14 @@ class ResponseSending:
         """Send all of ``data``; ClientDisconnected if the peer is gone or stalls."""
         if not data:
             return
-        raw_send = self.raw_send
-        if raw_send is None:  # TLS: every send goes through the SSL object
+        raw_sock = self.raw_sock
+        if raw_sock is None:  # TLS: every send goes through the SSL object
             self._send_slowly(memoryview(data))
             return
         try:
             # Usually the kernel takes it all at once: one syscall on the raw non-blocking
             # socket, no timer phase, no gevent wrapper. Only a full buffer waits below.
-            sent = raw_send(data)
+            sent = raw_sock.send(data)
         except BlockingIOError:
             sent = 0
         except OSError as exc:
@@ -151,16 +163,32 @@ class ResponseSending:
     def _send_slowly(self, view):
         """Wait for room in the kernel's buffer, re-arming the send timer on every bit of
         progress: --send-timeout bounds a stalled reader, not a slow steady one."""
-        send = self.sock.send
+        sock = self.sock
+        send = sock.send
         send_timeout = self.server.config.send_timeout
         try:
             while view:
                 self._enter(SEND, send_timeout)
+                self.send_queued = unsent_bytes(sock)
                 view = view[send(view):]
         except OSError as exc:
             self._lost(exc)
         finally:
             self._enter(APP, 0)
+
+    def send_progressed(self):
+        """Did the client read anything since the send timer was last armed?
+
+        A sender waits for the kernel to signal room, which Linux does only once about a
+        third of the socket's buffer is free: a client reading slowly but steadily can take
+        longer than --send-timeout to free that much. The kernel's unsent queue shrinking
+        is the progress that counts; its new level is remembered for the next check.
+        """
+        queued = unsent_bytes(self.sock)
+        if queued is None or self.send_queued is None or queued >= self.send_queued:
+            return False
+        self.send_queued = queued
+        return True
 
     def _lost(self, exc):
         """A send failed: the peer is gone (or stopped reading past the send timeout)."""
@@ -177,7 +205,7 @@ class ResponseSending:
             return False  # write() already started the body: keep its framing, iterate
         source = wrapper.sendfile_source()
         # Over TLS the bytes must be encrypted on their way: read and send instead.
-        if source is None or self.raw_send is None or not hasattr(os, "sendfile") or \
+        if source is None or self.raw_sock is None or not hasattr(os, "sendfile") or \
                 self.sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
             return False
         fd, offset, available = source
@@ -193,6 +221,7 @@ class ResponseSending:
         sock_fd = self.sock.fileno()
         send_timeout = self.server.config.send_timeout
         self._enter(SEND, send_timeout)
+        self.send_queued = unsent_bytes(self.sock)
         try:
             while length > 0:
                 try:
@@ -208,5 +237,6 @@ class ResponseSending:
                 length -= sent
                 response.sent_directly(sent)
                 self._enter(SEND, send_timeout)
+                self.send_queued = unsent_bytes(self.sock)
         finally:
             self._enter(APP, 0)

@@ -15,6 +15,7 @@ from .acceptor import ACCEPT_BATCH, SHARED_ACCEPT_BATCH, Acceptor
 from .config import Config, load_config
 from .connection import Connection
 from .log import ErrorStream, make_access_log
+from .memory import MemoryReturner
 from .protocol.parser import Limits
 from .protocol.forwarded import TrustedProxies
 from .protocol.writer import server_line
@@ -69,7 +70,9 @@ class Server:
         self.spawner = Spawner(config.max_connections, self._resume_accepting)
         self._listeners = list(listeners) if listeners is not None else None
         self._acceptors = []
-        self._sweeper = Sweeper(self.connections, on_tick=self._check_cap)
+        self._sweeper = Sweeper(self.connections, on_tick=self._on_tick)
+        # Connections count themselves here when they park or close (see memory.py).
+        self.memory = MemoryReturner()
         self._stopped = Event()
         self._started = False
 
@@ -123,7 +126,11 @@ class Server:
         self.stop_accepting()
         run_callback = gevent.get_hub().loop.run_callback
         for connection in list(self.connections):
-            run_callback(connection.close_if_idle)
+            if connection.parked:
+                # No greenlet to wait for: close it now, before join() can return.
+                connection.close_if_idle()
+            else:
+                run_callback(connection.close_if_idle)
         if not self.spawner.join(timeout=timeout):
             error_log.warning("graceful timeout: %d connection(s) still busy are cut off",
                               len(self.spawner))
@@ -215,6 +222,11 @@ class Server:
         best.evicted = True
         gevent.get_hub().loop.run_callback(best.evict)
         return True
+
+    def _on_tick(self):
+        """Every sweep: the cap, the admin census, memory freed by a burst."""
+        self._check_cap()
+        self.memory.tick()
 
     def _check_cap(self):
         """Every sweep: while paused at the cap, make room if a client has come since."""

@@ -16,12 +16,17 @@ error_log = logging.getLogger("greenserve.error")
 
 
 class Spawner:
-    """``spawn(handler, sock, address)`` runs each connection in its own greenlet."""
+    """``spawn(handler, sock, address)`` runs each connection in its own greenlet.
+
+    A slot is a connection, not a greenlet: a connection parked without one (see
+    ``Connection.park``) keeps its slot through ``hold()`` until ``release()``.
+    """
 
     def __init__(self, limit, on_slot_free=None):
         self.limit = limit
         self.on_slot_free = on_slot_free  # called when a slot frees after we were full
         self.greenlets = set()
+        self.held = 0  # slots of parked connections (no greenlet)
         self._empty = Event()
         self._empty.set()
         self._was_full = False
@@ -31,7 +36,7 @@ class Spawner:
         return len(self.greenlets)
 
     def full(self):
-        return len(self.greenlets) >= self.limit
+        return len(self.greenlets) + self.held >= self.limit
 
     def note_full(self):
         """An acceptor paused at the cap: call ``on_slot_free`` when a slot frees."""
@@ -44,6 +49,34 @@ class Spawner:
         self._empty.clear()
         self._hub.loop.run_callback(glet.switch, handler, sock, address)
         return glet
+
+    def hold(self):
+        """The calling greenlet's connection parks: keep its slot after the greenlet ends."""
+        self.held += 1
+
+    def resume(self, handler):
+        """A parked connection has input: run ``handler()`` in a new greenlet in its held
+        slot (at the hub's next turn)."""
+        self.held -= 1
+        glet = greenlet(self._run_resumed, self._hub)
+        self.greenlets.add(glet)
+        self._empty.clear()
+        self._hub.loop.run_callback(glet.switch, handler)
+
+    def release(self):
+        """A parked connection closed without resuming: its slot is free."""
+        self.held -= 1
+        self._slot_freed()
+
+    def _run_resumed(self, handler):
+        try:
+            handler()
+        except GreenletExit:
+            pass
+        except Exception:
+            error_log.exception("unexpected error in a connection greenlet")
+        finally:
+            self._finished(greenlet.getcurrent())
 
     def _run(self, handler, sock, address):
         try:
@@ -63,7 +96,10 @@ class Spawner:
         self.greenlets.discard(glet)
         if not self.greenlets:
             self._empty.set()
-        if self._was_full and len(self.greenlets) < self.limit:
+        self._slot_freed()
+
+    def _slot_freed(self):
+        if self._was_full and len(self.greenlets) + self.held < self.limit:
             self._was_full = False
             if self.on_slot_free is not None:
                 self.on_slot_free()
