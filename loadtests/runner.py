@@ -246,7 +246,8 @@ def run_once(opts, server_name, out_dir, show_progress=True):
         "machine": {"cpus": os.cpu_count(), "loadavg_at_start": loadavg},
         # "busy": CPU seconds over wall seconds of the load, so 1.0 = one core saturated.
         "cores": {
-            "server": {"pinned": server_cpus, "busy": busy(server_cpu)},
+            "server": {"pinned": server_cpus, "busy": busy(server_cpu),
+                       "cpu_s": round(server_cpu, 4) if server_cpu is not None else None},
             "locust": {"pinned": load_cpus, "processes": opts.processes, "busy": busy(locust_cpu)},
         },
         "files": {

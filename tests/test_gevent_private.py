@@ -8,11 +8,13 @@ import ssl
 import threading
 
 import gevent
+import gevent.event
 import pytest
 import trustme
 from gevent import socket as gsocket
 
-from greenserve.gevent_private import accept_raw, raw_socket, read_nowait, readable_waiter
+from greenserve.gevent_private import (accept_raw, park_watcher, raw_socket, read_nowait,
+                                       readable_waiter)
 
 
 def test_gevent_version_is_one_this_was_checked_with():
@@ -39,6 +41,23 @@ def test_readable_waiter_parks_until_data_arrives():
         gevent.spawn_later(0.05, b.sendall, b"ping")
         wait(event)  # returns only once readable
         assert raw_socket(a).recv(10) == b"ping"
+
+
+def test_park_watcher_calls_back_from_the_hub_when_readable_and_stops_cleanly():
+    a, b = gsocket.socketpair()
+    with a, b:
+        watcher = park_watcher(a)
+        called = gevent.event.Event()
+        watcher.start(called.set)  # a plain callback, no greenlet waiting
+        assert not called.wait(0.05)
+        b.sendall(b"x")
+        assert called.wait(5)
+        watcher.stop()
+        # Stopped, it does not get in the way of a greenlet reading or of closing.
+        wait, event = readable_waiter(a)
+        wait(event)
+        assert raw_socket(a).recv(10) == b"x"
+    assert a.fileno() == -1
 
 
 def test_accept_raw_returns_a_descriptor_and_an_address():
