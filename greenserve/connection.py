@@ -261,6 +261,9 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
                 if self.linger and not self.evicted:
                     self._linger()
                 self.server.connections.discard(self)
+                # The greenlet goes on to serve other connections (Spawner): a timer or
+                # eviction of this one already queued must not reach it.
+                self.greenlet = None
                 self.phase = IDLE
                 self.deadline = 0.0
                 try:
@@ -326,8 +329,9 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
     def _serve(self):
         server = self.server
         sock = self.sock
-        if sock.family != socket.AF_UNIX:
-            # Headers and body leave in one write, so Nagle would only add latency.
+        if server.nodelay_per_connection and sock.family != socket.AF_UNIX:
+            # Headers and body leave in one write, so Nagle would only add latency (on
+            # Linux the listener's setting is inherited: see Server.start).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if server.proxy_allow is not None and not self._read_proxy_header():
             return

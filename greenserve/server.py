@@ -6,6 +6,7 @@
 import logging
 import os
 import socket
+import sys
 from time import monotonic
 
 import gevent
@@ -75,6 +76,9 @@ class Server:
         self.memory = MemoryReturner()
         self._stopped = Event()
         self._started = False
+        # Linux copies TCP_NODELAY from a listener to the connections it accepts: set once
+        # there (start) instead of one setsockopt per connection. Elsewhere, per connection.
+        self.nodelay_per_connection = not sys.platform.startswith("linux")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -95,6 +99,11 @@ class Server:
             # Non-blocking: a worker that loses the race for a shared listener's connection
             # must not block its hub in accept().
             sock.setblocking(False)
+            if sock.family != socket.AF_UNIX and not self.nodelay_per_connection:
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError:
+                    self.nodelay_per_connection = True
             name, port = _server_name_port(sock)
             base = base_environ(self.config, name, port, multiprocess,
                                 errors=self._errors)

@@ -14,6 +14,9 @@ from greenlet import GreenletExit, greenlet
 
 error_log = logging.getLogger("greenserve.error")
 
+# Greenlets kept for reuse once their connection ends (each holds a few KiB of stack).
+IDLE_GREENLETS = 64
+
 
 class Spawner:
     """``spawn(handler, sock, address)`` runs each connection in its own greenlet.
@@ -27,6 +30,7 @@ class Spawner:
         self.on_slot_free = on_slot_free  # called when a slot frees after we were full
         self.greenlets = set()
         self.held = 0  # slots of parked connections (no greenlet)
+        self._idle = []  # greenlets that finished a connection, waiting for the next
         self._empty = Event()
         self._empty.set()
         self._was_full = False
@@ -43,8 +47,15 @@ class Spawner:
         self._was_full = True
 
     def spawn(self, handler, sock, address):
-        """Start ``handler(sock, address)`` in a new greenlet at the hub's next turn."""
-        glet = greenlet(self._run, self._hub)
+        """Start ``handler(sock, address)`` in a greenlet at the hub's next turn: one that
+        finished an earlier connection if one waits, else a new one."""
+        idle = self._idle
+        if idle:
+            glet = idle.pop()
+            # What a new greenlet would have: an empty contextvars context.
+            glet.gr_context = None
+        else:
+            glet = greenlet(self._run, self._hub)
         self.greenlets.add(glet)
         self._empty.clear()
         self._hub.loop.run_callback(glet.switch, handler, sock, address)
@@ -55,42 +66,43 @@ class Spawner:
         self.held += 1
 
     def resume(self, handler):
-        """A parked connection has input: run ``handler()`` in a new greenlet in its held
-        slot (at the hub's next turn)."""
+        """A parked connection has input: run ``handler()`` in a greenlet in its held slot
+        (at the hub's next turn)."""
         self.held -= 1
-        glet = greenlet(self._run_resumed, self._hub)
-        self.greenlets.add(glet)
-        self._empty.clear()
-        self._hub.loop.run_callback(glet.switch, handler)
+        self.spawn(_call, handler, None)
 
     def release(self):
         """A parked connection closed without resuming: its slot is free."""
         self.held -= 1
         self._slot_freed()
 
-    def _run_resumed(self, handler):
-        try:
-            handler()
-        except GreenletExit:
-            pass
-        except Exception:
-            error_log.exception("unexpected error in a connection greenlet")
-        finally:
-            self._finished(greenlet.getcurrent())
-
     def _run(self, handler, sock, address):
-        try:
-            # A plain positional call: Python 3.11+ runs it in the same C frame (see
-            # acceptor.py on why the C stack depth matters).
-            handler(sock, address)
-        except GreenletExit:
-            pass
-        except Exception:
-            # The connection code catches its own errors; this is a last line of defence so a
-            # bug never reaches the hub (where it would end the whole server).
-            error_log.exception("unexpected error in a connection greenlet")
-        finally:
-            self._finished(greenlet.getcurrent())
+        """A connection greenlet: serve one connection, then wait in the idle pool for the
+        next one (a new greenlet costs a fresh Python data stack: ~10x a switch)."""
+        glet = greenlet.getcurrent()
+        hub = self._hub
+        idle = self._idle
+        while True:
+            try:
+                # A plain positional call: Python 3.11+ runs it in the same C frame (see
+                # acceptor.py on why the C stack depth matters).
+                handler(sock, address)
+            except GreenletExit:
+                self._finished(glet)
+                return  # killed: never reused
+            except Exception:
+                # The connection code catches its own errors; this is a last line of defence
+                # so a bug never reaches the hub (where it would end the whole server).
+                error_log.exception("unexpected error in a connection greenlet")
+            handler = sock = address = None  # an idle greenlet keeps nothing alive
+            self._finished(glet)
+            if len(idle) >= IDLE_GREENLETS:
+                return
+            idle.append(glet)
+            try:
+                handler, sock, address = hub.switch()  # until spawn() hands it a connection
+            except GreenletExit:  # the spawner is gone and this greenlet collected
+                return
 
     def _finished(self, glet):
         self.greenlets.discard(glet)
@@ -116,6 +128,10 @@ class Spawner:
             # delivery: a throw into a dead greenlet would land in the hub instead.
             run_callback(_throw_if_alive, glet)
         return self.join(timeout)
+
+
+def _call(handler, _unused):
+    handler()
 
 
 def _throw_if_alive(glet):

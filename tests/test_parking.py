@@ -159,3 +159,40 @@ def test_unix_socket_connections_park_too(serve, tmp_path, family):
             wait_parked(srv.server, 1)
             sock.sendall(REQUEST)
             assert read_response(sock, WAIT)[2] == b"/n"
+
+
+def test_accepted_tcp_connections_have_nagle_off(serve):
+    """Responses leave in one write: Nagle's delay must be off on every accepted TCP socket
+    (on Linux inherited from the listener, elsewhere set per connection)."""
+    with serve(app, keep_alive=60) as srv, srv.connect(WAIT) as sock:
+        sock.sendall(REQUEST)
+        read_response(sock, WAIT)
+        connection = wait_until(lambda: list(srv.server.connections), WAIT, "the connection")[0]
+        assert connection.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_connection_greenlets_are_reused_with_a_fresh_context_each_time(serve):
+    """A finished connection's greenlet serves the next connection (a new greenlet costs a
+    fresh Python stack), but starts it as a new greenlet would: an empty contextvars
+    context, nothing of the previous connection."""
+    import contextvars
+
+    import greenlet
+
+    seen = contextvars.ContextVar("seen", default="fresh")
+    runs = []
+
+    def remembering(environ, start_response):
+        runs.append((greenlet.getcurrent(), seen.get()))
+        seen.set(environ["PATH_INFO"])
+        return app(environ, start_response)
+
+    with serve(remembering, keep_alive=60) as srv:
+        for path in (b"/one", b"/two"):
+            with srv.connect(WAIT) as sock:
+                sock.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path)
+                assert read_response(sock, WAIT)[2] == path
+            wait_all_closed(srv.server)
+    (first, first_seen), (second, second_seen) = runs
+    assert second is first
+    assert first_seen == second_seen == "fresh"
