@@ -69,12 +69,18 @@ def wsproto_app(environ, start_response):
         ("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Accept", accept)])
     sock = environ["greenserve.socket"]
     ws = Connection(ConnectionType.SERVER)
+    parts = []
     while True:
         data = sock.recv(65536)
         ws.receive_data(data or None)
         for event in ws.events():
             if isinstance(event, (TextMessage, BytesMessage)):
-                sock.sendall(ws.send(event.__class__(data=event.data)))
+                # A message read in several pieces arrives as several events: echo it whole.
+                parts.append(event.data)
+                if event.message_finished:
+                    whole = "".join(parts) if isinstance(event, TextMessage) else b"".join(parts)
+                    parts = []
+                    sock.sendall(ws.send(event.__class__(data=whole)))
             elif isinstance(event, CloseConnection):
                 sock.sendall(ws.send(event.response()))
                 return []
@@ -101,13 +107,19 @@ def wsproto_stopping_app(environ, start_response):
         sock.sendall(ws.send(CloseConnection(code=1001, reason="server stopping")))
 
     waiter = gevent.spawn(goodbye)
+    parts = []
     try:
         while True:
             data = sock.recv(65536)
             ws.receive_data(data or None)
             for event in ws.events():
                 if isinstance(event, (TextMessage, BytesMessage)):
-                    sock.sendall(ws.send(event.__class__(data=event.data)))
+                    parts.append(event.data)  # echo whole messages, as wsproto_app
+                    if event.message_finished:
+                        whole = "".join(parts) if isinstance(event, TextMessage) \
+                            else b"".join(parts)
+                        parts = []
+                        sock.sendall(ws.send(event.__class__(data=whole)))
                 elif isinstance(event, CloseConnection):
                     if ws.state == ConnectionState.REMOTE_CLOSING:
                         sock.sendall(ws.send(event.response()))
