@@ -49,6 +49,37 @@ def environ_key(name):
     return key
 
 
+# Traffic repeats itself: the parser hands over the same (name, value) header tuples for the
+# lines it remembers, and apps answer with the same few status strings and header fields. What
+# each became (its environ key and text; its status code; its checked name) is remembered, so
+# the next copy skips the work. Only what depends on nothing but the item itself is skipped,
+# and only after it passed every check: what depends on the response as a whole (repeated or
+# conflicting Content-Length, hop-by-hop fields, an upgrade) runs each time. An app's items
+# are looked up only when they are plain str (a str subclass could compare equal to a
+# remembered str). Bounded: each memo is emptied when it reaches _MEMO_ENTRIES, and items
+# longer than _MEMO_VALUE are not kept (a few MB at worst, a few KB for real traffic).
+_MEMO_ENTRIES = 512
+_MEMO_VALUE = 1024
+_environ_fields = {}  # (name, value) from the parser -> (environ key or None, latin-1 text)
+_checked_statuses = {}  # status -> code (200-599 only: a 101 depends on the request)
+_checked_fields = {}  # (name, value) -> lowercase name
+_plain_lengths = {}  # Content-Length value of plain digits -> its number
+
+
+def _remember(memo, key, result):
+    if len(memo) >= _MEMO_ENTRIES:
+        memo.clear()
+    memo[key] = result
+
+
+def forget_memos():
+    """Empty the memos (tests compare a warm run with a cold one)."""
+    _environ_fields.clear()
+    _checked_statuses.clear()
+    _checked_fields.clear()
+    _plain_lengths.clear()
+
+
 def base_environ(config, server_name, server_port, multiprocess, file_wrapper=None,
                  errors=None):
     """The per-listener part of every environ, copied for each request.
@@ -87,7 +118,8 @@ def build_environ(base, request, script_name, remote_addr, remote_port):
     environ["REQUEST_METHOD"] = _METHODS.get(method) or method.decode("latin-1")
     path = request.path
     # PEP 3333: PATH_INFO is the decoded path as a latin-1 "bytes-as-str".
-    if b"%" in path:
+    # (find, not "in": bytes.__contains__ first tries the operand as an int and raises.)
+    if path.find(b"%") >= 0:
         path = unquote_to_bytes(path)
     path_info = path.decode("latin-1")
     if script_name and (path_info == script_name or path_info.startswith(script_name + "/")):
@@ -96,11 +128,19 @@ def build_environ(base, request, script_name, remote_addr, remote_port):
     environ["QUERY_STRING"] = request.query.decode("latin-1")
     environ["RAW_URI"] = request.target.decode("latin-1")
     environ["SERVER_PROTOCOL"] = "HTTP/1.1" if request.version else "HTTP/1.0"
-    for name, value in request.headers:
-        key = environ_key(name)
+    known = _environ_fields
+    for header in request.headers:
+        field = known.get(header)
+        if field is None:
+            name, value = header
+            field = (environ_key(name), value.decode("latin-1"))
+            if len(name) + len(value) <= _MEMO_VALUE:
+                if len(known) >= _MEMO_ENTRIES:
+                    known.clear()
+                known[header] = field
+        key, value = field
         if key is None:
             continue
-        value = value.decode("latin-1")
         if key in environ:
             # RFC 9110 §5.3: repeated fields combine into one list, in order; RFC 6265 §5.4
             # joins cookies with "; ".
@@ -133,14 +173,21 @@ def check_status(status, switching=False):
     ``switching``: the request asked to upgrade, so 101 Switching Protocols is allowed."""
     if type(status) is not str:
         raise TypeError(f"status must be a str, not {type(status).__name__}: {status!r}")
+    code = _checked_statuses.get(status)
+    if code is not None:
+        return code
     match = _STATUS.fullmatch(status)
     if match is None:
         raise ValueError(f"status must look like '200 OK', got {status!r}")
     code = int(match.group(1))
-    if code < 200 and not (switching and code == 101):
-        # RFC 9110 §15.2: a 1xx is interim; the client would wait for a final response
-        # that a WSGI app has no way to send.
-        raise ValueError(f"status {status!r}: a WSGI app cannot send 1xx interim responses")
+    if code < 200:
+        if not (switching and code == 101):
+            # RFC 9110 §15.2: a 1xx is interim; the client would wait for a final response
+            # that a WSGI app has no way to send.
+            raise ValueError(f"status {status!r}: a WSGI app cannot send 1xx interim responses")
+        return code  # depends on the request, so not remembered
+    if len(status) <= _MEMO_VALUE:
+        _remember(_checked_statuses, status, code)
     return code
 
 
@@ -148,9 +195,6 @@ class ResponseHeaders:
     """What the server needs to know about an app's validated response headers."""
 
     __slots__ = ("content_length", "rewrite_length", "close", "has_date", "has_server")
-
-
-_checked_names = {}
 
 
 def check_headers(headers, upgrade=False):
@@ -166,32 +210,34 @@ def check_headers(headers, upgrade=False):
     info = ResponseHeaders()
     info.content_length = None
     info.rewrite_length = info.close = info.has_date = info.has_server = False
+    known = _checked_fields
     for item in headers:
         if type(item) is not tuple or len(item) != 2:
             raise TypeError(f"each header must be a (name, value) tuple, got {item!r}")
         name, value = item
-        lname = _checked_names.get(name)
+        # A str subclass could compare equal to a remembered str: only plain str may hit.
+        lname = known.get(item) if type(name) is str and type(value) is str else None
         if lname is None:
-            if type(name) is not str or not _TOKEN.fullmatch(name):
-                raise ValueError(f"invalid header name {name!r}")
-            lname = name.lower()
-            if len(_checked_names) < _MAX_CACHED_KEYS:
-                _checked_names[name] = lname
-        if type(value) is not str:
-            raise TypeError(f"header {name} value must be a str, not {type(value).__name__}")
-        if not _FIELD_VALUE.fullmatch(value):
-            raise ValueError(f"invalid character (CR, LF, control or non-latin-1) in header "
-                             f"{name}: {value!r}")
+            lname = _check_field(name, value)
         if lname in _SPECIAL_RESPONSE_FIELDS:
             if lname == "content-length":
-                digits = value.strip()
-                if not _DIGITS.fullmatch(digits) or (
-                        info.content_length is not None and int(digits) != info.content_length):
-                    raise ValueError(f"invalid Content-Length {value!r}")
-                if info.content_length is not None or digits != value or digits[0] == "0" \
-                        and len(digits) > 1:
-                    info.rewrite_length = True  # sent once, as plain digits
-                info.content_length = int(digits)
+                length = _plain_lengths.get(value)
+                if length is None:
+                    digits = value.strip()
+                    # RFC 9110 §8.6: Content-Length = 1*DIGIT.
+                    if not _DIGITS.fullmatch(digits):
+                        raise ValueError(f"invalid Content-Length {value!r}")
+                    length = int(digits)
+                    if digits != value or digits[0] == "0" and len(digits) > 1:
+                        info.rewrite_length = True  # sent as plain digits
+                    else:
+                        _remember(_plain_lengths, value, length)
+                if info.content_length is not None:
+                    # RFC 9110 §8.6: repeats of one value are one value, sent once.
+                    if length != info.content_length:
+                        raise ValueError(f"invalid Content-Length {value!r}")
+                    info.rewrite_length = True
+                info.content_length = length
             elif lname == "date":
                 info.has_date = True
             elif lname == "server":
@@ -204,6 +250,22 @@ def check_headers(headers, upgrade=False):
                 raise ValueError(f"hop-by-hop header {name!r} is not allowed from an app "
                                  f"(PEP 3333); the server frames the connection")
     return info
+
+
+def _check_field(name, value):
+    """The lowercase name of a valid (name, value) header; remembered for the next one."""
+    # RFC 9110 §5.1: field-name = token.
+    if type(name) is not str or not _TOKEN.fullmatch(name):
+        raise ValueError(f"invalid header name {name!r}")
+    if type(value) is not str:
+        raise TypeError(f"header {name} value must be a str, not {type(value).__name__}")
+    if not _FIELD_VALUE.fullmatch(value):
+        raise ValueError(f"invalid character (CR, LF, control or non-latin-1) in header "
+                         f"{name}: {value!r}")
+    lname = name.lower()
+    if len(name) + len(value) <= _MEMO_VALUE:
+        _remember(_checked_fields, (name, value), lname)
+    return lname
 
 
 _SPECIAL_RESPONSE_FIELDS = HOP_BY_HOP | {"content-length", "date", "server"}

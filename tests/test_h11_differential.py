@@ -45,7 +45,8 @@ import re
 import h11
 import pytest
 
-from greenserve.protocol.parser import _NOT_TRAILERS, MAX_EMPTY_LINES
+import test_parser
+from greenserve.protocol.parser import _NOT_TRAILERS, MAX_EMPTY_LINES, forget_lines
 from test_parser import CASES, VALID, _mutate, run
 
 SAMPLES = 4000
@@ -246,7 +247,19 @@ def explain(data):
 
 # -- tests -------------------------------------------------------------------------------------
 
-def test_greenserve_is_never_more_lenient_than_h11():
+@pytest.fixture(params=["cold", "warm"])
+def memo(request, monkeypatch):
+    """greenserve's memos of checked lines emptied before each parse, or warmed with the
+    whole corpus and kept from one sample to the next."""
+    monkeypatch.setattr(test_parser, "MEMO", request.param)
+    forget_lines()
+    if request.param == "warm":
+        for case in CASES:
+            run(case.data, [case.data], case.limits)
+    return request.param
+
+
+def test_greenserve_is_never_more_lenient_than_h11(memo):
     rng = random.Random(9110)
     findings, both_accept = [], 0
     for _ in range(SAMPLES):

@@ -7,6 +7,7 @@ ever parsed as a request.
 """
 
 import random
+import sys
 import time
 
 import pytest
@@ -14,12 +15,18 @@ import pytest
 from corpus_format import Case, CorpusError, load_corpus
 from greenserve.config import Config
 from greenserve.errors import ProtocolError
+from greenserve.protocol import parser as parser_module
 from greenserve.protocol import writer
-from greenserve.protocol.parser import MAX_CHUNK_LINE, Limits, RequestParser
+from greenserve.protocol.parser import MAX_CHUNK_LINE, Limits, RequestParser, forget_lines
 
 CASES = load_corpus()
 VALID = [case for case in CASES if case.error is None and not case.pending]
 INVALID = [case for case in CASES if case.error is not None]
+
+# The parser remembers the request-lines and header lines that passed their checks. "warm":
+# run() starts with whatever earlier runs left there (a server's steady state); "cold": run()
+# empties them first. Tests switch it to run the same checks both ways.
+MEMO = "warm"
 
 
 # -- driver -------------------------------------------------------------------------------------
@@ -33,14 +40,17 @@ def _record(request):
             "headers": list(request.headers), "trailers": [] if request.chunked else None}
 
 
-def run(data, pieces, limits=None, sizes=(65536,), finished=None):
+def run(data, pieces, limits=None, sizes=(65536,), finished=None, errors=None):
     """Feed ``pieces`` (which join to ``data``) and read every request and body to the end.
 
     ``sizes`` cycles through the ``max_bytes`` passed to ``read_body``. Returns the list of
     request records and the outcome: ``("error", status)``, ``("pending",)`` or ``("idle",)``.
-    Records whose body was read to its end are also appended to ``finished`` if given.
+    Records whose body was read to its end are also appended to ``finished`` if given, and
+    the error raised to ``errors``.
     """
     assert b"".join(pieces) == data
+    if MEMO == "cold":
+        forget_lines()
     parser = RequestParser(Limits(**(limits or {})))
     records = []
     current = None
@@ -78,6 +88,8 @@ def run(data, pieces, limits=None, sizes=(65536,), finished=None):
                 current = None
         except ProtocolError as exc:
             _assert_stays_failed(parser, exc.status)
+            if errors is not None:
+                errors.append(exc)
             return records, ("error", exc.status)
     if current is None and parser.buffered == 0:
         return records, ("idle",)
@@ -145,10 +157,21 @@ def test_corpus_is_big_and_cites_the_rfc():
         assert any("RFC" in line for line in case.rfc), case.name
 
 
+@pytest.fixture(params=["cold", "warm"])
+def memo(request, monkeypatch):
+    """Run the test with the line memos emptied before each run(), or kept."""
+    monkeypatch.setattr(sys.modules[__name__], "MEMO", request.param)
+    forget_lines()
+    return request.param
+
+
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
-def test_corpus(case, strategy):
+def test_corpus(case, strategy, memo):
     split, sizes = STRATEGIES[strategy]
+    if memo == "warm":
+        # Its own lines seen before, as when a client sends the same request again.
+        run(case.data, [case.data], case.limits)
     assert run(case.data, split(case.data), case.limits, sizes) == expected(case)
 
 
@@ -364,6 +387,233 @@ def test_corpus_format_rejects_typos():
     assert case.data == b"A\r\n\0\x80\\\t"
 
 
+# -- the memos of checked lines -----------------------------------------------------------------
+
+def in_full(data, limits=None, pieces=None):
+    """run()'s result with the error in full: its class, status, reason and detail."""
+    errors = []
+    records, outcome = run(data, pieces or [data], limits, errors=errors)
+    return records, outcome, [(type(e), e.status, e.reason, e.detail) for e in errors]
+
+
+def remembered():
+    """Every line the memos hold."""
+    return set(parser_module._REQUEST_LINES) | set(parser_module._FIELD_LINES)
+
+
+def test_errors_are_the_same_whatever_the_memos_hold():
+    # The same error in full (class, status, reason, detail) for the same pieces. (The detail
+    # may quote less of a line that arrived in pieces, so whole and split are not compared.)
+    shapes = {"whole": split_whole, "bytes": split_bytes, "lines": split_lines}
+    cold = {}
+    for case in CASES:
+        for shape, split in shapes.items():
+            forget_lines()
+            cold[case.name, shape] = in_full(case.data, case.limits, split(case.data))
+            # Its own good lines remembered now: the same bytes again.
+            again = in_full(case.data, case.limits, split(case.data))
+            assert again == cold[case.name, shape], (case.name, shape)
+    # Now with the lines of the cases that came before (the memos are bounded, not emptied).
+    for case in CASES:
+        run(case.data, [case.data], case.limits)
+    assert len(remembered()) > 100
+    for case in CASES:
+        for shape, split in shapes.items():
+            warm = in_full(case.data, case.limits, split(case.data))
+            assert warm == cold[case.name, shape], (case.name, shape)
+
+
+def test_mutated_requests_read_the_same_cold_and_warm():
+    rng = random.Random(9112)
+    for _ in range(1500):
+        case = rng.choice(CASES)
+        data = _mutate(rng, case.data)
+        for pieces in ([data], split_random(data, len(data))):
+            forget_lines()
+            cold = in_full(data, case.limits, pieces)
+            assert in_full(data, case.limits, pieces) == cold, data
+
+
+def test_only_lines_that_pass_their_checks_are_remembered():
+    forget_lines()
+    rng = random.Random(9110)
+    for case in CASES:
+        run(case.data, split_lines(case.data), case.limits)
+    for _ in range(1500):
+        case = rng.choice(CASES)
+        data = _mutate(rng, case.data)
+        run(data, [data], case.limits)
+    # Each entry is what a fresh parse of its line gives, and the line is valid on its own.
+    for line, entry in parser_module._REQUEST_LINES.items():
+        method, target, version = parser_module._parse_request_line(line)
+        assert entry == (method, target, version, *parser_module._parse_target(method, target))
+    for line, entry in parser_module._FIELD_LINES.items():
+        match = parser_module._FIELD_LINE.fullmatch(line)
+        name, value = match.group(1), match.group(2).strip(b" \t")
+        assert entry[0] == (name, value)
+        if name.lower() == b"host":
+            assert entry[2] and parser_module._HOST.fullmatch(value)
+    # Lines that fail, each after good ones of its request.
+    for bad in (b"Host: a b", b"Host: a%zz", b"X-A: \x01", b"X-A: v\r", b" folded",
+                b"X A: v", b"X-A : v"):
+        data = _head(b"User-Agent: u", bad, b"Host: h" if bad[:5] != b"Host:" else b"X-B: 1")
+        assert run(data, [data])[1] == ("error", 400)
+        assert b"User-Agent: u" in parser_module._FIELD_LINES
+        assert bad not in parser_module._FIELD_LINES
+    for bad, status in ((b"GET / HTTP/2.0", 505), (b"CONNECT a:1 HTTP/1.1", 501),
+                        (b"GET /a%zz HTTP/1.1", 400), (b"GET * HTTP/1.1", 400),
+                        (b"GET http://a@b/ HTTP/1.1", 400), (b"GET  / HTTP/1.1", 400)):
+        data = _head(b"Host: h", request_line=bad)
+        assert run(data, [data])[1] == ("error", status)
+        assert bad not in parser_module._REQUEST_LINES
+
+
+def _head(*lines, request_line=b"GET / HTTP/1.1"):
+    return b"\r\n".join((request_line,) + lines) + b"\r\n\r\n"
+
+
+# (what is sent first and accepted, what is sent next with the same lines, limits, status)
+PER_REQUEST_RULES = [
+    # RFC 9110 §5.3: a singleton field twice.
+    (_head(b"Host: h", b"User-Agent: x"), _head(b"Host: h", b"User-Agent: x", b"User-Agent: x"),
+     None, 400),
+    # RFC 9112 §3.2: two Host lines, or none in HTTP/1.1.
+    (_head(b"Host: h"), _head(b"Host: h", b"Host: h"), None, 400),
+    (_head(b"Host: h", b"X-A: 1"), _head(b"X-A: 1"), None, 400),
+    # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 (both lines were fine in other requests).
+    (_head(b"Host: h", b"Transfer-Encoding: chunked", request_line=b"POST / HTTP/1.1")
+     + b"0\r\n\r\n" + _head(b"Content-Length: 0", request_line=b"POST / HTTP/1.0"),
+     _head(b"Transfer-Encoding: chunked", request_line=b"POST / HTTP/1.0"), None, 400),
+    # RFC 9112 §6.3: Content-Length and Transfer-Encoding; two different Content-Lengths.
+    (_head(b"Host: h", b"Transfer-Encoding: chunked") + b"0\r\n\r\n"
+     + _head(b"Host: h", b"Content-Length: 1") + b"a",
+     _head(b"Host: h", b"Content-Length: 1", b"Transfer-Encoding: chunked"), None, 400),
+    (_head(b"Host: h", b"Content-Length: 1") + b"a" + _head(b"Host: h", b"Content-Length: 2")
+     + b"ab", _head(b"Host: h", b"Content-Length: 1", b"Content-Length: 2") + b"ab", None, 400),
+    # RFC 9110 §10.1.1: an expectation ignored in HTTP/1.0 gets 417 in HTTP/1.1.
+    (_head(b"Host: h", b"Expect: x-foo", request_line=b"GET / HTTP/1.0") + _head(b"Host: h"),
+     _head(b"Host: h", b"Expect: x-foo"), None, 417),
+    # RFC 9112 §3.2: an absolute-form target does not excuse a bad or repeated Host.
+    (_head(b"Host: x", request_line=b"GET http://a/ HTTP/1.1"),
+     _head(b"Host: a b", request_line=b"GET http://a/ HTTP/1.1"), None, 400),
+    (_head(b"Host: x", request_line=b"GET http://a/ HTTP/1.1"),
+     _head(b"Host: x", b"Host: x", request_line=b"GET http://a/ HTTP/1.1"), None, 400),
+    # RFC 9112 §5.2: obs-fold after a remembered line.
+    (_head(b"Host: h", b"X-A: v"), _head(b"Host: h", b"X-A: v", b" more"), None, 400),
+    # The limits of another server: lines remembered under the defaults break smaller ones.
+    (_head(b"Host: h", b"Accept: */*"), _head(b"Host: h", b"Accept: */*"),
+     {"fields": 1}, 431),
+    (_head(b"Host: h", b"User-Agent: a-long-one"), _head(b"Host: h", b"User-Agent: a-long-one"),
+     {"field_size": 12}, 431),
+    (_head(b"Host: h", request_line=b"GET /abcdefghij HTTP/1.1"),
+     _head(b"Host: h", request_line=b"GET /abcdefghij HTTP/1.1"), {"request_line": 20}, 414),
+    (_head(b"Host: h", b"Accept: */*"), _head(b"Host: h", b"Accept: */*"), {"head": 30}, 431),
+    (_head(b"Host: h", b"Content-Length: 5") + b"abcde",
+     _head(b"Host: h", b"Content-Length: 5") + b"abcde", {"body": 4}, 413),
+]
+
+
+@pytest.mark.parametrize("first, then, limits, status", PER_REQUEST_RULES, ids=[
+    "singleton", "two-hosts", "no-host", "te-http10", "cl-and-te", "cl-conflict", "expect",
+    "absolute-bad-host", "absolute-two-hosts", "obs-fold", "fields", "field-size",
+    "request-line", "head", "body"])
+def test_remembered_lines_still_meet_every_rule_of_the_request(first, then, limits, status):
+    forget_lines()
+    cold = in_full(then, limits)
+    assert cold[1] == ("error", status)
+    forget_lines()
+    assert run(first, [first])[1] == ("idle",)
+    assert then.split(b"\r\n")[0] in parser_module._REQUEST_LINES
+    for pieces in ([then], split_bytes(then), split_lines(then)):
+        assert in_full(then, limits, pieces) == cold
+
+
+def test_remembered_lines_read_the_same_in_each_request():
+    forget_lines()
+    first = _head(b"Host: h", b"Connection: keep-alive", request_line=b"GET /a?b HTTP/1.1")
+    again = _head(b"Host: h", b"Connection: keep-alive", request_line=b"GET /a?b HTTP/1.0")
+    data = first + first + again + _head(b"Host: h", b"Connection: close") + again
+    want = run(data, [data])
+    forget_lines()
+    assert run(data, split_bytes(data)) == want
+    assert [(r["version"], r["keep_alive"], r["host"]) for r in want[0]] == [
+        (1, True, b"h"), (1, True, b"h"), (0, True, b"h"), (1, False, b"h"), (0, True, b"h")]
+    absolute = _head(b"Host: x", request_line=b"GET http://a:1/p?q HTTP/1.1")
+    for _ in range(2):
+        records, outcome = run(absolute, [absolute])
+        assert (records[0]["host"], records[0]["path"], records[0]["query"]) == \
+            (b"a:1", b"/p", b"q")
+
+
+def test_memos_stay_bounded_whatever_the_client_sends():
+    # 10,000 different header lines, and as many request-lines: one clear per
+    # _MEMO_ENTRIES new lines, never more entries than that.
+    forget_lines()
+    bound = parser_module._MEMO_ENTRIES
+    parser = RequestParser()
+    for i in range(100):
+        fields = b"".join(b"X-%d: %d\r\n" % (j, i) for j in range(99))
+        parser.feed(b"GET /%d HTTP/1.1\r\nHost: h\r\n%s\r\n" % (i, fields))
+        assert len(parser.next_request().headers) == 100
+        assert len(parser_module._FIELD_LINES) <= bound
+    for i in range(10000):
+        parser.feed(b"GET /%d HTTP/1.1\r\nHost: h\r\n\r\n" % i)
+        assert parser.next_request().path == b"/%d" % i
+        assert len(parser_module._REQUEST_LINES) <= bound
+    # 10,000 different lines were added: emptied each time it was full, the latest kept.
+    assert len(parser_module._REQUEST_LINES) == (10000 - 1) % bound + 1
+    assert b"GET /9999 HTTP/1.1" in parser_module._REQUEST_LINES
+
+
+def _size(thing):
+    """Bytes held by a memo: its table, keys, values and what they hold."""
+    if isinstance(thing, (tuple, dict)):
+        items = thing.items() if isinstance(thing, dict) else thing
+        return sys.getsizeof(thing) + sum(_size(item) for item in items)
+    return sys.getsizeof(thing)
+
+
+def test_memos_hold_a_few_mb_at_worst():
+    # The longest lines that are remembered, all different, until each memo is full.
+    forget_lines()
+    longest = parser_module._MEMO_LINE
+    memos = {"request-lines": parser_module._REQUEST_LINES,
+             "field lines": parser_module._FIELD_LINES}
+    full = {}
+    parser = RequestParser()
+    for i in range(3 * parser_module._MEMO_ENTRIES):
+        target = b"/%08d?" % i
+        target += b"q" * (longest - len(target) - len(b"GET  HTTP/1.1"))
+        value = b"%08d" % i
+        value += b"v" * (longest - len(value) - len(b"X-Long: "))
+        parser.feed(b"GET " + target + b" HTTP/1.1\r\nHost: h\r\nX-Long: " + value
+                    + b"\r\n\r\n")
+        assert len(b"X-Long: " + parser.next_request().headers[1][1]) == longest
+        for name, memo in memos.items():
+            if name not in full and len(memo) == parser_module._MEMO_ENTRIES:
+                assert max(len(line) for line in memo) == longest
+                full[name] = _size(memo)
+    assert len(full) == 2
+    assert sum(full.values()) < 3 * 1024 * 1024, full
+    # Lines longer than that are not kept.
+    forget_lines()
+    parser.feed(b"GET /" + b"a" * longest + b" HTTP/1.1\r\nHost: h\r\nX-A: " + b"v" * longest
+                + b"\r\n\r\n")
+    parser.next_request()
+    assert remembered() == {b"Host: h"}
+
+
+def test_a_bytearray_fed_reads_like_bytes():
+    data = _head(b"Host: h", b"X-A: 1") * 2
+    want = run(data, [data])
+    parser = RequestParser()
+    parser.feed(bytearray(data))
+    for _ in range(2):
+        request = parser.next_request()
+        assert _record(request) == want[0][0]
+        assert all(type(part) is bytes for header in request.headers for part in header)
+
+
 # -- writer.py: response bytes (to move next to protocol/response.py's table test) -------------
 
 PINNED = 784111777  # Sun, 06 Nov 1994 08:49:37 GMT, RFC 9110 §5.6.7's example
@@ -382,6 +632,13 @@ def test_http_date_is_formatted_once_a_second(pinned_clock, monkeypatch):
     assert writer.http_date() is first  # cached within the second
     monkeypatch.setattr(writer.time, "time", lambda: PINNED + 1.0)
     assert writer.http_date() == "Sun, 06 Nov 1994 08:49:38 GMT"
+
+
+def test_date_line_follows_the_clock(pinned_clock, monkeypatch):
+    assert writer.date_line() == "Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n"
+    assert writer.date_line() is writer.date_line()  # cached within the second
+    monkeypatch.setattr(writer.time, "time", lambda: PINNED + 1.0)
+    assert writer.date_line() == "Date: Sun, 06 Nov 1994 08:49:38 GMT\r\n"
 
 
 def test_server_line():

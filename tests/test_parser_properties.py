@@ -24,8 +24,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import test_parser
 from greenserve.errors import ProtocolError
-from greenserve.protocol.parser import _NOT_TRAILERS, SINGLETON_FIELDS, Limits, RequestParser
+from greenserve.protocol.parser import (_NOT_TRAILERS, SINGLETON_FIELDS, Limits, RequestParser,
+                                        forget_lines)
 from test_parser import CASES, _ALPHABET, run, split_bytes
 
 settings.register_profile(
@@ -40,6 +42,19 @@ PROFILE = settings.get_profile(os.environ.get("GREENSERVE_HYPOTHESIS", "ci"))
 def examples(fraction=1.0):
     """The profile's settings with ``fraction`` of its examples (for the costly properties)."""
     return settings(PROFILE, max_examples=max(3, int(PROFILE.max_examples * fraction)))
+
+
+@pytest.fixture(autouse=True, scope="module", params=["cold", "warm"])
+def memo(request):
+    """Every property twice: with the parser's memos of checked lines emptied before each
+    run(), then warmed with the whole corpus and kept from one example to the next."""
+    test_parser.MEMO = request.param
+    forget_lines()
+    if request.param == "warm":
+        for case in CASES:
+            run(case.data, [case.data], case.limits)
+    yield request.param
+    test_parser.MEMO = "warm"
 
 
 # Limits that never get in the way: the properties here are about meaning, not size.
@@ -306,6 +321,9 @@ def test_mutated_input_only_raises_protocol_errors_whatever_the_split(data, limi
     finished = []
     want = run(data, [data], limits, finished=finished)
     check_every_split(data, limits, want, choose.draw(splits(data)), choose.draw(read_sizes))
+    # The same with the memos emptied (when warm, they held the lines of earlier examples).
+    forget_lines()
+    assert run(data, [data], limits) == want
     check_round_trip(finished)
     # RFC 9110 §6.5.1: trailer fields that cannot apply after the content never get through.
     assert not [name for record in finished for name, _ in record["trailers"] or ()

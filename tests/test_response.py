@@ -6,24 +6,42 @@ RFC 9110/9112 (not from the module). A few literal responses pin the exact forma
 """
 
 import itertools
+import sys
 
 import pytest
 
 from greenserve.protocol import response as response_module
 from greenserve.protocol.response import (CHUNKED, DRAIN_LIMIT, FIXED, NO_BODY, UNTIL_CLOSE,
                                           Response, unread_body_forces_close)
-from greenserve.wsgi import check_headers, check_status
+from greenserve.wsgi import check_headers, check_status, forget_memos
 
 DATE = "Mon, 30 Nov 2026 08:00:00 GMT"
+
+# "cold": the bridge's memos of checked statuses and header fields are empty when make()
+# checks them; "warm": make() has them checked once before, as on a server's next response.
+MEMO = "cold"
 
 
 @pytest.fixture(autouse=True)
 def pinned_clock(monkeypatch):
-    monkeypatch.setattr(response_module, "http_date", lambda: DATE)
+    monkeypatch.setattr(response_module, "date_line", lambda: f"Date: {DATE}\r\n")
+
+
+@pytest.fixture(autouse=True, params=["cold", "warm"])
+def memo(request, monkeypatch):
+    """Every test twice: with the status and headers checked cold, then warm."""
+    monkeypatch.setattr(sys.modules[__name__], "MEMO", request.param)
+    forget_memos()
+    return request.param
 
 
 def make(status="200 OK", headers=None, method="GET", version=1, keep_alive=True):
     headers = [("Content-Type", "text/plain")] if headers is None else headers
+    if MEMO == "warm":
+        check_status(status)
+        check_headers(headers)
+    else:
+        forget_memos()
     return Response(status, check_status(status), headers, check_headers(headers),
                     method == "HEAD", version, keep_alive)
 

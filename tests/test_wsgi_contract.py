@@ -12,6 +12,21 @@ import gevent
 import pytest
 from conftest import read_response, recv_until_closed
 
+from greenserve.protocol.parser import forget_lines
+from greenserve.wsgi import forget_memos
+
+
+@pytest.fixture(autouse=True, params=["cold", "warm"])
+def memo(request):
+    """Every test twice: first with the memos of checked request lines, header lines,
+    statuses and response headers emptied, then warm: pytest runs the [warm] ones right
+    after the [cold] ones of the same test, so the memos hold what its requests and app
+    just used."""
+    if request.param == "cold":
+        forget_lines()
+        forget_memos()
+    return request.param
+
 
 def get(srv, path="/", headers=None, method="GET", body=None):
     conn = http.client.HTTPConnection(srv.host, srv.port, timeout=5)

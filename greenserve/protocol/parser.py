@@ -82,6 +82,26 @@ _NOT_TRAILERS = frozenset((
     b"authorization", b"proxy-authorization", b"cookie", b"content-type", b"content-encoding",
     b"content-range", b"cache-control", b"pragma"))
 
+# Real traffic repeats its request-lines and most header lines (Host, User-Agent, Accept...)
+# request after request. A line that passed every check of its own is remembered with what
+# was parsed from it, so the next copy skips the regexes. Only checks that depend on nothing
+# but the line's bytes are skipped: the limits (line length, field count, head size) and
+# every rule about the request as a whole run each time, so every parser of the process can
+# share the memos whatever its Limits. A line that failed is never stored; entries are
+# immutable tuples of bytes.
+# Bounded: a client sending only new lines costs one clear per _MEMO_ENTRIES of them, and
+# the memos never hold more than about 2 MB (a few KB for real traffic).
+_MEMO_ENTRIES = 512
+_MEMO_LINE = 512  # longer lines (big cookies, tokens) are rarely repeated and cost memory
+_REQUEST_LINES = {}  # request-line -> (method, target, version, path, query, authority)
+_FIELD_LINES = {}  # field line -> ((name, stripped value), lowercase name if noted, valid Host)
+
+
+def forget_lines():
+    """Empty the memos of request-lines and header lines (tests compare warm and cold)."""
+    _REQUEST_LINES.clear()
+    _FIELD_LINES.clear()
+
 
 class Limits:
     """Size limits for one server; built once from the config."""
@@ -298,17 +318,25 @@ class RequestParser:
 
     def _parse_head(self, lines):
         limits = self.limits
-        line = lines[0]
+        request_line = lines[0]
+        if type(request_line) is not bytes:
+            # A caller fed a bytearray: the memos below are keyed by bytes.
+            lines = [bytes(line) for line in lines]
+            request_line = lines[0]
         # RFC 9112 §3: a server may limit the request-line; over it: 414 (RFC 9110 §15.5.15).
-        if len(line) > limits.request_line:
+        if len(request_line) > limits.request_line:
             raise URITooLong(f"request line over {limits.request_line} bytes")
-        match = _REQUEST_LINE.fullmatch(line)
-        if match is None:
-            raise BadRequest(f"malformed request line {_quote(line)}")
-        method, target, major, minor = match.groups()
-        if major != b"1":
-            _parse_request_line(line)  # raises the 505
-        version = 0 if minor == b"0" else 1
+        known = _REQUEST_LINES.get(request_line)
+        if known is None:
+            match = _REQUEST_LINE.fullmatch(request_line)
+            if match is None:
+                raise BadRequest(f"malformed request line {_quote(request_line)}")
+            method, target, major, minor = match.groups()
+            if major != b"1":
+                _parse_request_line(request_line)  # raises the 505
+            version = 0 if minor == b"0" else 1
+        else:
+            method, target, version, path, query, authority = known
 
         # RFC 6585 §5: too many fields, too long a field or head get 431.
         if len(lines) - 1 > limits.fields:
@@ -317,37 +345,41 @@ class RequestParser:
         host = content_length = transfer_encoding = connection = expect = None
         host_count = seen_singletons = 0
         field_size = limits.field_size
+        known_fields = _FIELD_LINES
         for line in lines[1:]:
             if len(line) > field_size:
                 raise HeaderTooLarge(f"header line over {field_size} bytes")
-            match = _FIELD_LINE.fullmatch(line)
-            if match is None:
-                raise BadRequest(_diagnose_field_line(line))
-            name, value = match.groups()
-            value = value.strip(b" \t")
-            headers.append((name, value))
-            lname = name.lower()
-            # One set lookup for every name; only the fields noted here cost more.
-            if lname in _NOTED_FIELDS:
+            field = known_fields.get(line)
+            if field is None:
+                field = _parse_field_line(line)
+            headers.append(field[0])
+            lname = field[1]
+            # Only the fields noted here cost more than the lookup.
+            if lname is not None:
                 if lname == b"host":
                     host_count += 1
-                    host = value
+                    host = field[0][1]
+                    host_valid = field[2]
                 elif lname == b"content-length":
+                    value = field[0][1]
                     content_length = value if content_length is None \
                         else content_length + b"," + value
                 elif lname == b"transfer-encoding":
+                    value = field[0][1]
                     transfer_encoding = value if transfer_encoding is None \
                         else transfer_encoding + b"," + value
                 elif lname == b"connection":
+                    value = field[0][1]
                     connection = value if connection is None else connection + b"," + value
                 elif lname == b"expect":
+                    value = field[0][1]
                     expect = value if expect is None else expect + b"," + value
                 else:
                     # RFC 9110 §5.3: only a list-valued field may be sent as several lines; a
                     # second one of these would be joined into a value no sender meant.
                     bit = _SINGLETON_BITS[lname]
                     if seen_singletons & bit:
-                        raise BadRequest(f"more than one {_quote(name)} header field")
+                        raise BadRequest(f"more than one {_quote(field[0][0])} header field")
                     seen_singletons |= bit
 
         request = Request()
@@ -365,10 +397,19 @@ class RequestParser:
         if host is None:
             if version:
                 raise BadRequest("HTTP/1.1 request without a Host header field")
-        elif _HOST.fullmatch(host) is None or b"%" in host and _BAD_PERCENT.search(host):
+        elif not host_valid:
             raise BadRequest(f"invalid Host header field {_quote(host)}")
-        request.host = host
-        self._parse_target(request, method, target)
+        if known is None:
+            path, query, authority = _parse_target(method, target)
+            # The request-line passed every check of its own: the next one like it skips them.
+            if len(request_line) <= _MEMO_LINE:
+                if len(_REQUEST_LINES) >= _MEMO_ENTRIES:
+                    _REQUEST_LINES.clear()
+                _REQUEST_LINES[request_line] = (method, target, version, path, query, authority)
+        # RFC 9112 §3.2.2: with an absolute-form target its authority replaces Host.
+        request.host = host if authority is None else authority
+        request.path = path
+        request.query = query
 
         if transfer_encoding is not None:
             self._parse_transfer_encoding(request, transfer_encoding, content_length, version)
@@ -380,6 +421,8 @@ class RequestParser:
         # RFC 9112 §9.3: HTTP/1.1 persists unless "close"; HTTP/1.0 only with "keep-alive".
         if connection is None:
             request.keep_alive = bool(version)
+        elif connection == b"keep-alive":  # what browsers send, spelled out to skip the set
+            request.keep_alive = True
         else:
             options = {token.strip(b" \t").lower() for token in connection.split(b",")}
             if b"close" in options:
@@ -395,38 +438,6 @@ class RequestParser:
                     raise ExpectationFailed(f"unsupported expectation {_quote(expect)}")
                 request.expect_continue = True
         return request
-
-    def _parse_target(self, request, method, target):
-        # RFC 9112 §3.2.1: origin-form, the usual case. RFC 9110 §9.3.6: CONNECT asks for a
-        # tunnel, which this origin server does not offer (RFC 9110 §9.1: 501), whatever target.
-        if target[0] == 47 and method != b"CONNECT":  # "/"
-            path, _, query = target.partition(b"?")
-        elif method == b"CONNECT":
-            raise NotImplementedByServer("CONNECT is not supported")
-        elif target == b"*":
-            # RFC 9112 §3.2.4: asterisk-form is only used for a server-wide OPTIONS.
-            if method != b"OPTIONS":
-                raise BadRequest("asterisk-form target is only allowed with OPTIONS")
-            path, query = b"*", b""
-        else:
-            # RFC 9112 §3.2.2: a server MUST accept absolute-form and then MUST ignore Host in
-            # favour of the target's authority; only http(s) URIs name this origin (RFC 9110 §4.2).
-            match = _ABSOLUTE_FORM.fullmatch(target)
-            if match is None or match.group(1).lower() not in (b"http", b"https"):
-                raise BadRequest(f"invalid request target {_quote(target)}")
-            authority = match.group(2)
-            # RFC 9110 §4.2.1: an empty host is invalid; §4.2.4: userinfo is an error.
-            if not authority or authority[0] == 58 or _HOST.fullmatch(authority) is None \
-                    or b"%" in authority and _BAD_PERCENT.search(authority):
-                raise BadRequest(f"invalid authority in request target {_quote(target)}")
-            request.host = authority
-            path = match.group(3) or b"/"
-            query = match.group(4) or b""
-        # RFC 3986 §2.1: "%" must start a percent-encoding, or the decoded path is ambiguous.
-        if b"%" in target and _BAD_PERCENT.search(target):
-            raise BadRequest(f"invalid percent-encoding in {_quote(target)}")
-        request.path = path
-        request.query = query
 
     def _parse_content_length(self, raw):
         if raw.isdigit() and len(raw) <= _MAX_DECIMAL_DIGITS:
@@ -638,6 +649,69 @@ def _parse_request_line(line):
     if major != b"1":
         raise VersionNotSupported(f"HTTP/{major.decode()}.{minor.decode()} is not supported")
     return method, target, 0 if minor == b"0" else 1
+
+
+def _parse_target(method, target):
+    """(path, query, authority or None) of a request-target (RFC 9112 §3.2)."""
+    authority = None
+    # RFC 9112 §3.2.1: origin-form, the usual case. RFC 9110 §9.3.6: CONNECT asks for a
+    # tunnel, which this origin server does not offer (RFC 9110 §9.1: 501), whatever target.
+    if target[0] == 47 and method != b"CONNECT":  # "/"
+        path, _, query = target.partition(b"?")
+    elif method == b"CONNECT":
+        raise NotImplementedByServer("CONNECT is not supported")
+    elif target == b"*":
+        # RFC 9112 §3.2.4: asterisk-form is only used for a server-wide OPTIONS.
+        if method != b"OPTIONS":
+            raise BadRequest("asterisk-form target is only allowed with OPTIONS")
+        path, query = b"*", b""
+    else:
+        # RFC 9112 §3.2.2: a server MUST accept absolute-form and then MUST ignore Host in
+        # favour of the target's authority; only http(s) URIs name this origin (RFC 9110 §4.2).
+        match = _ABSOLUTE_FORM.fullmatch(target)
+        if match is None or match.group(1).lower() not in (b"http", b"https"):
+            raise BadRequest(f"invalid request target {_quote(target)}")
+        authority = match.group(2)
+        # RFC 9110 §4.2.1: an empty host is invalid; §4.2.4: userinfo is an error.
+        if not authority or authority[0] == 58 or _HOST.fullmatch(authority) is None \
+                or b"%" in authority and _BAD_PERCENT.search(authority):
+            raise BadRequest(f"invalid authority in request target {_quote(target)}")
+        path = match.group(3) or b"/"
+        query = match.group(4) or b""
+    # RFC 3986 §2.1: "%" must start a percent-encoding, or the decoded path is ambiguous.
+    if b"%" in target and _BAD_PERCENT.search(target):
+        raise BadRequest(f"invalid percent-encoding in {_quote(target)}")
+    return path, query, authority
+
+
+def _parse_field_line(line):
+    """((name, value), lowercase name if _parse_head notes the field else None, whether it
+    is a valid Host) of a complete header line within the size limit; remembered for the next
+    head that has it."""
+    # RFC 9112 §5: field-line = field-name ":" OWS field-value OWS (the value's CTLs fail).
+    match = _FIELD_LINE.fullmatch(line)
+    if match is None:
+        raise BadRequest(_diagnose_field_line(line))
+    name, value = match.groups()
+    value = value.strip(b" \t")
+    lname = name.lower()
+    if lname not in _NOTED_FIELDS:
+        field = ((name, value), None, False)
+    elif lname != b"host":
+        field = ((name, value), lname, False)
+    else:
+        # RFC 9112 §3.2: the Host value is checked once the head is complete (after the
+        # count of Host lines), so its verdict travels with the line; only good ones are kept.
+        valid = _HOST.fullmatch(value) is not None \
+            and not (b"%" in value and _BAD_PERCENT.search(value))
+        field = ((name, value), lname, valid)
+        if not valid:
+            return field
+    if len(line) <= _MEMO_LINE:
+        if len(_FIELD_LINES) >= _MEMO_ENTRIES:
+            _FIELD_LINES.clear()
+        _FIELD_LINES[line] = field
+    return field
 
 
 def _check_request_line(line, limit):

@@ -13,7 +13,7 @@ for bytes and sends them; nothing here touches a socket or a clock other than ``
 case), which the connection sends in one write.
 """
 
-from .writer import LAST_CHUNK, SERVER_LINE, format_head, frame_chunk, http_date
+from .writer import LAST_CHUNK, SERVER_LINE, date_line, format_head, frame_chunk
 
 # How the body of a response is delimited on the wire.
 NO_BODY = 0       # HEAD, 204, 205, 304: headers only
@@ -94,38 +94,38 @@ class Response:
         self.started = True
 
         headers = self.headers
-        extra = []
+        extra = ""  # the fields the server adds, in this order (short str += is in place)
         if app_length is not None:
             if code == 204 or code == 205 or info.rewrite_length:
                 # RFC 9110 §8.6: Content-Length is a singleton (the app's duplicates or
                 # padded value become one plain field) and a 204 has none (§15.3.5).
                 headers = [h for h in headers if h[0].lower() != "content-length"]
                 if code != 204 and code != 205:
-                    extra.append(f"Content-Length: {app_length}\r\n")
+                    extra = f"Content-Length: {app_length}\r\n"
         elif content_length is not None and (framing == FIXED or (
                 self.head_request and code != 204 and code != 205 and code != 304)):
             # RFC 9110 §9.3.2: a HEAD response may carry the length a GET would have.
-            extra.append(f"Content-Length: {content_length}\r\n")
+            extra = f"Content-Length: {content_length}\r\n"
         if code == 205:
             # RFC 9110 §15.3.6: no content in a 205, said with a length of 0 (unlike a 204, a
             # client would otherwise read until the connection closes).
-            extra.append("Content-Length: 0\r\n")
+            extra += "Content-Length: 0\r\n"
         if framing == CHUNKED:
-            extra.append("Transfer-Encoding: chunked\r\n")
+            extra += "Transfer-Encoding: chunked\r\n"
         if not info.has_date:
             # RFC 9110 §6.6.1: an origin server with a clock sends Date.
-            extra.append(f"Date: {http_date()}\r\n")
+            extra += date_line()
         if not info.has_server and self.server:
-            extra.append(self.server)
+            extra += self.server
         if not keep_alive:
             # RFC 9112 §9.6: a server that will close says so in the response.
-            extra.append("Connection: close\r\n")
+            extra += "Connection: close\r\n"
         elif not self.version:
             # RFC 9112 §9.3: an HTTP/1.0 client keeps the connection only when told so.
-            extra.append("Connection: keep-alive\r\n")
+            extra += "Connection: keep-alive\r\n"
         if info.close:
             headers = [h for h in headers if h[0].lower() != "connection"]
-        return format_head(self.status, headers, "".join(extra))
+        return format_head(self.status, headers, extra)
 
     # -- body -----------------------------------------------------------------------------
 

@@ -20,16 +20,25 @@ LAST_CHUNK = b"0\r\n\r\n"
 
 _date_second = 0
 _date_value = ""
+_date_line = ""
 
 
 def http_date():
     """The current ``Date`` value, formatted at most once a second (RFC 9110 §6.6.1)."""
-    global _date_second, _date_value
+    global _date_second, _date_value, _date_line
     now = int(time.time())
     if now != _date_second:
         _date_value = formatdate(now, usegmt=True)
+        _date_line = f"Date: {_date_value}\r\n"
         _date_second = now
     return _date_value
+
+
+def date_line():
+    """The current ``Date`` field as a head line, ``"Date: ...\\r\\n"``."""
+    if int(time.time()) != _date_second:
+        http_date()
+    return _date_line
 
 
 def format_head(status, headers, extra):
