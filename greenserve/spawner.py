@@ -37,7 +37,8 @@ class Spawner:
         self._hub = get_hub()
 
     def __len__(self):
-        return len(self.greenlets)
+        """Slots in use: connections with a greenlet, and parked ones."""
+        return len(self.greenlets) + self.held
 
     def full(self):
         return len(self.greenlets) + self.held >= self.limit
