@@ -26,6 +26,8 @@ from .wsgi import base_environ
 
 error_log = logging.getLogger("greenserve.error")
 
+# After a burst of connections went idle, this many spare greenlets stay for the next one.
+IDLE_GREENLETS_KEPT = 8
 # On a graceful stop, how long busy keep-alive connections get to receive one more response
 # (with Connection: close) before idle ones are closed; see Server.drain.
 CLOSE_NOTICE = 1.0
@@ -235,7 +237,9 @@ class Server:
     def _on_tick(self):
         """Every sweep: the cap, the admin census, memory freed by a burst."""
         self._check_cap()
-        self.memory.tick()
+        if self.memory.tick():
+            # A burst went idle: its spare greenlets' stacks go back too, keeping a few.
+            self.spawner.shrink_idle(IDLE_GREENLETS_KEPT)
 
     def _check_cap(self):
         """Every sweep: while paused at the cap, make room if a client has come since."""

@@ -117,6 +117,13 @@ class Spawner:
             if self.on_slot_free is not None:
                 self.on_slot_free()
 
+    def shrink_idle(self, keep):
+        """End all but ``keep`` of the idle greenlets, freeing their stacks. Call it from the
+        hub: an ended greenlet returns to its parent, the hub."""
+        idle = self._idle
+        while len(idle) > keep:
+            idle.pop(0).throw(GreenletExit)  # the oldest: the least likely to be warm
+
     def join(self, timeout=None):
         """Wait until every greenlet has finished; False if ``timeout`` ran out first."""
         return self._empty.wait(timeout)

@@ -4,7 +4,7 @@ The harness itself is the client: raw sockets, one ``GET /`` (HTTP/1.1, keep-ali
 the whole response read, then the connection left open and silent. One warm-up connection is
 opened first, so what the server allocates once (on its first request) is not charged to the
 connections; the figure is the growth of the server's RSS (summed over its process tree) from
-after the warm-up to after the last connection, divided by their number.
+after the warm-up to ``IDLE_SECONDS`` after the last connection, divided by their number.
 """
 
 import socket
@@ -14,6 +14,10 @@ from loadtests.servers import HOST, tree_rss_bytes
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 MAX_HEAD = 65536
+# How long the connections stay idle before the RSS is read: shorter than every server's idle
+# timeout here (greenserve's default --keep-alive is 5 s; the harness gives gunicorn and
+# meinheld 30 s; gevent.pywsgi and granian have none).
+IDLE_SECONDS = 3.0
 
 
 def _recv(sock, what):
@@ -113,16 +117,20 @@ def fresh_request_ms(port, timeout=10.0):
     return (time.perf_counter() - t0) * 1e3
 
 
-def measure(server, count):
+def measure(server, count, idle_s=IDLE_SECONDS):
     """The idle-rss figures for a started ``servers.Server``, which keeps running."""
     pid = server.proc.pid
     warm = open_idle(server.port, 1)
     idle = []
     try:
+        time.sleep(idle_s)
         before = settled_rss(pid)
         t0 = time.monotonic()
         idle = open_idle(server.port, count)
         opened_s = time.monotonic() - t0
+        # Idle means idle for a while: a server may shed per-connection state of connections
+        # that stay silent (greenserve parks them after a second without a request).
+        time.sleep(idle_s)
         after = settled_rss(pid)
         fresh_ms = fresh_request_ms(server.port)
         closed = sum(not is_open(s) for s in warm + idle)

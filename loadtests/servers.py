@@ -28,8 +28,10 @@ DEFAULT_APP = "loadtests.apps:app"
 def _greenserve(app, port, workers=1):
     # Access log stays off (greenserve's default); -w and the graceful bound are explicit so a
     # GREENSERVE_* variable in the environment cannot turn this into a different benchmark.
+    # Keep-alive 30 s, as gunicorn and meinheld get here (the default 5 s would close the
+    # idle-rss row's connections while it measures).
     return [sys.executable, "-m", "greenserve", app, "-b", f"{HOST}:{port}",
-            "-w", str(workers), "--graceful-timeout", "5"]
+            "-w", str(workers), "--graceful-timeout", "5", "--keep-alive", "30"]
 
 
 def _gunicorn(app, port, workers=1):

@@ -6,7 +6,7 @@ import socket
 from time import monotonic
 
 from conftest import read_response
-from greenserve import memory
+from greenserve import memory, server
 from procs import wait_until
 
 
@@ -43,10 +43,36 @@ def test_a_burst_of_parked_connections_is_counted_for_a_trim(serve):
                 assert read_response(sock, 20)[2] == b"ok"
             returner = srv.server.memory
             # Every connection parks after a second idle; the next tick trims at once.
-            returner.last = monotonic() - 2 * memory.TRIM_INTERVAL
             assert returner.trims == 0
             wait_until(lambda: returner.trims == 1, 30, "a trim after the burst parked")
             assert returner.count < memory.TRIM_AFTER
+            # The burst's spare greenlets went with it, but for a few kept for the next one.
+            wait_until(lambda: len(srv.server.spawner._idle) <= server.IDLE_GREENLETS_KEPT,
+                       30, "the spare greenlets ended")
+            for sock in clients[:3]:  # and the parked connections still answer
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert read_response(sock, 20)[2] == b"ok"
         finally:
             for sock in clients:
                 sock.close()
+
+
+def test_shrinking_the_idle_greenlets_ends_the_oldest_and_keeps_the_rest_usable():
+    import gevent
+
+    from greenserve.spawner import Spawner
+
+    served = []
+    spawner = Spawner(limit=100)
+    for n in range(10):
+        spawner.spawn(lambda sock, address: served.append(sock), n, None)
+    gevent.sleep(0.01)
+    assert sorted(served) == list(range(10)) and len(spawner._idle) == 10
+    idle = list(spawner._idle)
+    gevent.get_hub().loop.run_callback(spawner.shrink_idle, 3)  # from the hub, as the server
+    gevent.sleep(0.01)
+    assert spawner._idle == idle[-3:]
+    assert all(glet.dead for glet in idle[:-3]) and not any(glet.dead for glet in idle[-3:])
+    spawner.spawn(lambda sock, address: served.append(sock), "again", None)
+    gevent.sleep(0.01)
+    assert served[-1] == "again" and len(spawner._idle) == 3
