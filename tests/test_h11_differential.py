@@ -46,7 +46,8 @@ import h11
 import pytest
 
 import test_parser
-from greenserve.protocol.parser import _NOT_TRAILERS, MAX_EMPTY_LINES, forget_lines
+from greenserve.protocol.lines import forget_lines
+from greenserve.protocol.parser import _NOT_TRAILERS, MAX_EMPTY_LINES
 from test_parser import CASES, VALID, _mutate, run
 
 SAMPLES = 4000

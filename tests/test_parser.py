@@ -15,9 +15,10 @@ import pytest
 from corpus_format import Case, CorpusError, load_corpus
 from greenserve.config import Config
 from greenserve.errors import ProtocolError
-from greenserve.protocol import parser as parser_module
+from greenserve.protocol import lines
 from greenserve.protocol import writer
-from greenserve.protocol.parser import MAX_CHUNK_LINE, Limits, RequestParser, forget_lines
+from greenserve.protocol.lines import forget_lines
+from greenserve.protocol.parser import MAX_CHUNK_LINE, Limits, RequestParser
 
 CASES = load_corpus()
 VALID = [case for case in CASES if case.error is None and not case.pending]
@@ -398,7 +399,7 @@ def in_full(data, limits=None, pieces=None):
 
 def remembered():
     """Every line the memos hold."""
-    return set(parser_module._REQUEST_LINES) | set(parser_module._FIELD_LINES)
+    return set(lines.REQUEST_LINES) | set(lines.FIELD_LINES)
 
 
 def test_errors_are_the_same_whatever_the_memos_hold():
@@ -444,28 +445,28 @@ def test_only_lines_that_pass_their_checks_are_remembered():
         data = _mutate(rng, case.data)
         run(data, [data], case.limits)
     # Each entry is what a fresh parse of its line gives, and the line is valid on its own.
-    for line, entry in parser_module._REQUEST_LINES.items():
-        method, target, version = parser_module._parse_request_line(line)
-        assert entry == (method, target, version, *parser_module._parse_target(method, target))
-    for line, entry in parser_module._FIELD_LINES.items():
-        match = parser_module._FIELD_LINE.fullmatch(line)
+    for line, entry in lines.REQUEST_LINES.items():
+        method, target, version = lines.parse_request_line(line)
+        assert entry == (method, target, version, *lines.parse_target(method, target))
+    for line, entry in lines.FIELD_LINES.items():
+        match = lines.FIELD_LINE.fullmatch(line)
         name, value = match.group(1), match.group(2).strip(b" \t")
         assert entry[0] == (name, value)
         if name.lower() == b"host":
-            assert entry[2] and parser_module._HOST.fullmatch(value)
+            assert entry[2] and lines._HOST.fullmatch(value)
     # Lines that fail, each after good ones of its request.
     for bad in (b"Host: a b", b"Host: a%zz", b"X-A: \x01", b"X-A: v\r", b" folded",
                 b"X A: v", b"X-A : v"):
         data = _head(b"User-Agent: u", bad, b"Host: h" if bad[:5] != b"Host:" else b"X-B: 1")
         assert run(data, [data])[1] == ("error", 400)
-        assert b"User-Agent: u" in parser_module._FIELD_LINES
-        assert bad not in parser_module._FIELD_LINES
+        assert b"User-Agent: u" in lines.FIELD_LINES
+        assert bad not in lines.FIELD_LINES
     for bad, status in ((b"GET / HTTP/2.0", 505), (b"CONNECT a:1 HTTP/1.1", 501),
                         (b"GET /a%zz HTTP/1.1", 400), (b"GET * HTTP/1.1", 400),
                         (b"GET http://a@b/ HTTP/1.1", 400), (b"GET  / HTTP/1.1", 400)):
         data = _head(b"Host: h", request_line=bad)
         assert run(data, [data])[1] == ("error", status)
-        assert bad not in parser_module._REQUEST_LINES
+        assert bad not in lines.REQUEST_LINES
 
 
 def _head(*lines, request_line=b"GET / HTTP/1.1"):
@@ -523,7 +524,7 @@ def test_remembered_lines_still_meet_every_rule_of_the_request(first, then, limi
     assert cold[1] == ("error", status)
     forget_lines()
     assert run(first, [first])[1] == ("idle",)
-    assert then.split(b"\r\n")[0] in parser_module._REQUEST_LINES
+    assert then.split(b"\r\n")[0] in lines.REQUEST_LINES
     for pieces in ([then], split_bytes(then), split_lines(then)):
         assert in_full(then, limits, pieces) == cold
 
@@ -549,20 +550,20 @@ def test_memos_stay_bounded_whatever_the_client_sends():
     # 10,000 different header lines, and as many request-lines: one clear per
     # _MEMO_ENTRIES new lines, never more entries than that.
     forget_lines()
-    bound = parser_module._MEMO_ENTRIES
+    bound = lines.MEMO_ENTRIES
     parser = RequestParser()
     for i in range(100):
         fields = b"".join(b"X-%d: %d\r\n" % (j, i) for j in range(99))
         parser.feed(b"GET /%d HTTP/1.1\r\nHost: h\r\n%s\r\n" % (i, fields))
         assert len(parser.next_request().headers) == 100
-        assert len(parser_module._FIELD_LINES) <= bound
+        assert len(lines.FIELD_LINES) <= bound
     for i in range(10000):
         parser.feed(b"GET /%d HTTP/1.1\r\nHost: h\r\n\r\n" % i)
         assert parser.next_request().path == b"/%d" % i
-        assert len(parser_module._REQUEST_LINES) <= bound
+        assert len(lines.REQUEST_LINES) <= bound
     # 10,000 different lines were added: emptied each time it was full, the latest kept.
-    assert len(parser_module._REQUEST_LINES) == (10000 - 1) % bound + 1
-    assert b"GET /9999 HTTP/1.1" in parser_module._REQUEST_LINES
+    assert len(lines.REQUEST_LINES) == (10000 - 1) % bound + 1
+    assert b"GET /9999 HTTP/1.1" in lines.REQUEST_LINES
 
 
 def _size(thing):
@@ -576,12 +577,12 @@ def _size(thing):
 def test_memos_hold_a_few_mb_at_worst():
     # The longest lines that are remembered, all different, until each memo is full.
     forget_lines()
-    longest = parser_module._MEMO_LINE
-    memos = {"request-lines": parser_module._REQUEST_LINES,
-             "field lines": parser_module._FIELD_LINES}
+    longest = lines.MEMO_LINE
+    memos = {"request-lines": lines.REQUEST_LINES,
+             "field lines": lines.FIELD_LINES}
     full = {}
     parser = RequestParser()
-    for i in range(3 * parser_module._MEMO_ENTRIES):
+    for i in range(3 * lines.MEMO_ENTRIES):
         target = b"/%08d?" % i
         target += b"q" * (longest - len(target) - len(b"GET  HTTP/1.1"))
         value = b"%08d" % i
@@ -590,7 +591,7 @@ def test_memos_hold_a_few_mb_at_worst():
                     + b"\r\n\r\n")
         assert len(b"X-Long: " + parser.next_request().headers[1][1]) == longest
         for name, memo in memos.items():
-            if name not in full and len(memo) == parser_module._MEMO_ENTRIES:
+            if name not in full and len(memo) == lines.MEMO_ENTRIES:
                 assert max(len(line) for line in memo) == longest
                 full[name] = _size(memo)
     assert len(full) == 2

@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 
 import test_parser
 from greenserve.errors import ProtocolError
-from greenserve.protocol.parser import (_NOT_TRAILERS, SINGLETON_FIELDS, Limits, RequestParser,
-                                        forget_lines)
+from greenserve.protocol.lines import SINGLETON_FIELDS, forget_lines
+from greenserve.protocol.parser import _NOT_TRAILERS, Limits, RequestParser
 from test_parser import CASES, _ALPHABET, run, split_bytes
 
 settings.register_profile(

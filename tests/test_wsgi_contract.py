@@ -12,7 +12,7 @@ import gevent
 import pytest
 from conftest import read_response, recv_until_closed
 
-from greenserve.protocol.parser import forget_lines
+from greenserve.protocol.lines import forget_lines
 from greenserve.wsgi import forget_memos
 
 

@@ -18,49 +18,26 @@ Two promises hold whatever the split of the input into received pieces:
 import re
 
 from ..errors import (BadRequest, ContentTooLarge, ExpectationFailed, HeaderTooLarge,
-                      NotImplementedByServer, ProtocolError, URITooLong, VersionNotSupported)
+                      NotImplementedByServer, ProtocolError, URITooLong)
+from .lines import (FIELD_LINE, FIELD_LINES, NOT_IN_FIELD_LINE, NOT_IN_REQUEST_LINE, QUOTED,
+                    REQUEST_LINE, REQUEST_LINES, SINGLETON_BITS, TOKEN, check_field_line,
+                    check_request_line, check_unfinished_field, forbidden, parse_field_line,
+                    parse_request_line, parse_target, quote, remember_request_line)
 
-# RFC 9110 §5.6.2: token = 1*tchar.
-_TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
-_TOKEN = rb"[" + _TCHAR + rb"]+"
-# RFC 9110 §5.6.4: quoted-string = DQUOTE *( qdtext / quoted-pair ) DQUOTE.
-_QUOTED = rb"\"(?:[\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t\x20-\x7e\x80-\xff])*\""
-# RFC 9112 §3: request-line = method SP request-target SP HTTP-version, single spaces, and
-# §2.3: HTTP-version = "HTTP/" DIGIT "." DIGIT, case-sensitive. Targets are visible ASCII
-# but "#": RFC 9112 §3.2: a fragment is never part of a request-target.
-_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([!\"$-~]+) HTTP/([0-9])\.([0-9])")
-# RFC 9112 §5: field-line = field-name ":" OWS field-value OWS; field-value is visible
-# characters, obs-text, SP and HTAB (RFC 9110 §5.5), so CR, LF, NUL and other CTLs fail here.
-# The OWS is stripped afterwards: matching it here too ("[ \t]*" before a class that also
-# holds SP) backtracks quadratically, 0.3 s for one 8 KiB line of spaces and a NUL.
-_FIELD_LINE = re.compile(rb"(" + _TOKEN + rb"):([\t\x20-\x7e\x80-\xff]*)")
-_FIELD_NAME = re.compile(_TOKEN)
-# Octets that can never occur in a request-line (RFC 9112 §3: tokens, a URI and SPs only) or
-# in a field line / chunk line (RFC 9110 §5.5: no CTL but HTAB; CR and LF only as CRLF).
-_NOT_IN_REQUEST_LINE = re.compile(rb"[^\x20-\x7e]")
-_NOT_IN_FIELD_LINE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # RFC 9112 §7.1: chunk-size = 1*HEXDIG, chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS val ] ),
 # and nothing else before the CRLF.
 _CHUNK_LINE = re.compile(
-    rb"([0-9A-Fa-f]+)(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|"
-    + _QUOTED + rb"))?)*")
+    rb"([0-9A-Fa-f]+)(?:[ \t]*;[ \t]*" + TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + TOKEN + rb"|"
+    + QUOTED + rb"))?)*")
 # RFC 9112 §7: transfer-coding = token *( OWS ";" OWS transfer-parameter ), one list element
 # (possibly empty, RFC 9110 §5.6.1.2) and the comma after it.
 # (The OWS after an element sits inside the optional group: two adjacent "[ \t]*" backtrack
 # quadratically on a long run of spaces.)
 _TRANSFER_CODING = re.compile(
-    rb"[ \t]*(?:(" + _TOKEN + rb")((?:[ \t]*;[ \t]*" + _TOKEN + rb"[ \t]*=[ \t]*(?:" + _TOKEN
-    + rb"|" + _QUOTED + rb"))*)[ \t]*)?(,|\Z)")
+    rb"[ \t]*(?:(" + TOKEN + rb")((?:[ \t]*;[ \t]*" + TOKEN + rb"[ \t]*=[ \t]*(?:" + TOKEN
+    + rb"|" + QUOTED + rb"))*)[ \t]*)?(,|\Z)")
 # RFC 9110 §8.6: Content-Length = 1*DIGIT.
 _CONTENT_LENGTH = re.compile(rb"[0-9]+")
-# RFC 9112 §3.2 / RFC 3986 §3.2.2: Host = uri-host [ ":" port ], where uri-host is an
-# IP-literal or a reg-name of unreserved, pct-encoded and sub-delims (IPv4 is a reg-name too).
-# "%" is checked separately with _BAD_PERCENT (rare; a per-octet alternation is 2x slower).
-_HOST = re.compile(
-    rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
-_ABSOLUTE_FORM = re.compile(rb"([A-Za-z][A-Za-z0-9+\-.]*)://([^/?#]*)((?:/[^?#]*)?)(?:\?([^#]*))?")
-_BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
-
 # Longest chunk-size line we accept, extensions included (RFC 9112 §7.1.1 lets servers limit).
 MAX_CHUNK_LINE = 4096
 # Empty lines tolerated before a request-line (RFC 9112 §2.2 asks for at least one).
@@ -81,27 +58,6 @@ _NOT_TRAILERS = frozenset((
     b"if-none-match", b"if-modified-since", b"if-unmodified-since", b"if-range",
     b"authorization", b"proxy-authorization", b"cookie", b"content-type", b"content-encoding",
     b"content-range", b"cache-control", b"pragma"))
-
-# Real traffic repeats its request-lines and most header lines (Host, User-Agent, Accept...)
-# request after request. A line that passed every check of its own is remembered with what
-# was parsed from it, so the next copy skips the regexes. Only checks that depend on nothing
-# but the line's bytes are skipped: the limits (line length, field count, head size) and
-# every rule about the request as a whole run each time, so every parser of the process can
-# share the memos whatever its Limits. A line that failed is never stored; entries are
-# immutable tuples of bytes.
-# Bounded: a client sending only new lines costs one clear per _MEMO_ENTRIES of them, and
-# the memos never hold more than about 2 MB (a few KB for real traffic).
-_MEMO_ENTRIES = 512
-_MEMO_LINE = 512  # longer lines (big cookies, tokens) are rarely repeated and cost memory
-_REQUEST_LINES = {}  # request-line -> (method, target, version, path, query, authority)
-_FIELD_LINES = {}  # field line -> ((name, stripped value), lowercase name if noted, valid Host)
-
-
-def forget_lines():
-    """Empty the memos of request-lines and header lines (tests compare warm and cold)."""
-    _REQUEST_LINES.clear()
-    _FIELD_LINES.clear()
-
 
 class Limits:
     """Size limits for one server; built once from the config."""
@@ -292,9 +248,9 @@ class RequestParser:
                 break
             line = buf[start:eol]
             if self._lines:
-                _check_field_line(line, self._lines, limits)
+                check_field_line(line, self._lines, limits)
             else:
-                _check_request_line(line, limits.request_line)
+                check_request_line(line, limits.request_line)
             self._lines += 1
             start = eol + 2
             self._checked = self._clean = start - pos
@@ -302,13 +258,13 @@ class RequestParser:
         end = stop - 1 if buf[stop - 1:stop] == b"\r" else stop
         if end > start:
             if self._lines:
-                _check_unfinished_field(buf, start, pos + self._clean, end, self._lines, limits)
+                check_unfinished_field(buf, start, pos + self._clean, end, self._lines, limits)
             else:
                 # RFC 9112 §3: no octet outside tokens, URI and SP; RFC 9110 §15.5.15: 414.
                 limit = limits.request_line
-                bad = _NOT_IN_REQUEST_LINE.search(buf, pos + self._clean, min(end, start + limit))
+                bad = NOT_IN_REQUEST_LINE.search(buf, pos + self._clean, min(end, start + limit))
                 if bad:
-                    raise BadRequest(_forbidden(bad, "request line"))
+                    raise BadRequest(forbidden(bad, "request line"))
                 if end - start > limit:
                     raise URITooLong(f"request line over {limit} bytes")
             self._clean = end - pos
@@ -326,14 +282,14 @@ class RequestParser:
         # RFC 9112 §3: a server may limit the request-line; over it: 414 (RFC 9110 §15.5.15).
         if len(request_line) > limits.request_line:
             raise URITooLong(f"request line over {limits.request_line} bytes")
-        known = _REQUEST_LINES.get(request_line)
+        known = REQUEST_LINES.get(request_line)
         if known is None:
-            match = _REQUEST_LINE.fullmatch(request_line)
+            match = REQUEST_LINE.fullmatch(request_line)
             if match is None:
-                raise BadRequest(f"malformed request line {_quote(request_line)}")
+                raise BadRequest(f"malformed request line {quote(request_line)}")
             method, target, major, minor = match.groups()
             if major != b"1":
-                _parse_request_line(request_line)  # raises the 505
+                parse_request_line(request_line)  # raises the 505
             version = 0 if minor == b"0" else 1
         else:
             method, target, version, path, query, authority = known
@@ -345,13 +301,13 @@ class RequestParser:
         host = content_length = transfer_encoding = connection = expect = None
         host_count = seen_singletons = 0
         field_size = limits.field_size
-        known_fields = _FIELD_LINES
+        known_fields = FIELD_LINES
         for line in lines[1:]:
             if len(line) > field_size:
                 raise HeaderTooLarge(f"header line over {field_size} bytes")
             field = known_fields.get(line)
             if field is None:
-                field = _parse_field_line(line)
+                field = parse_field_line(line)
             headers.append(field[0])
             lname = field[1]
             # Only the fields noted here cost more than the lookup.
@@ -377,9 +333,9 @@ class RequestParser:
                 else:
                     # RFC 9110 §5.3: only a list-valued field may be sent as several lines; a
                     # second one of these would be joined into a value no sender meant.
-                    bit = _SINGLETON_BITS[lname]
+                    bit = SINGLETON_BITS[lname]
                     if seen_singletons & bit:
-                        raise BadRequest(f"more than one {_quote(field[0][0])} header field")
+                        raise BadRequest(f"more than one {quote(field[0][0])} header field")
                     seen_singletons |= bit
 
         request = Request()
@@ -398,14 +354,12 @@ class RequestParser:
             if version:
                 raise BadRequest("HTTP/1.1 request without a Host header field")
         elif not host_valid:
-            raise BadRequest(f"invalid Host header field {_quote(host)}")
+            raise BadRequest(f"invalid Host header field {quote(host)}")
         if known is None:
-            path, query, authority = _parse_target(method, target)
+            path, query, authority = parse_target(method, target)
             # The request-line passed every check of its own: the next one like it skips them.
-            if len(request_line) <= _MEMO_LINE:
-                if len(_REQUEST_LINES) >= _MEMO_ENTRIES:
-                    _REQUEST_LINES.clear()
-                _REQUEST_LINES[request_line] = (method, target, version, path, query, authority)
+            remember_request_line(request_line,
+                                  (method, target, version, path, query, authority))
         # RFC 9112 §3.2.2: with an absolute-form target its authority replaces Host.
         request.host = host if authority is None else authority
         request.path = path
@@ -435,7 +389,7 @@ class RequestParser:
             # and an HTTP/1.0 request's expectation MUST be ignored.
             if version:
                 if expect.strip(b" \t").lower() != b"100-continue":
-                    raise ExpectationFailed(f"unsupported expectation {_quote(expect)}")
+                    raise ExpectationFailed(f"unsupported expectation {quote(expect)}")
                 request.expect_continue = True
         return request
 
@@ -449,14 +403,14 @@ class RequestParser:
             for item in raw.split(b","):
                 item = item.strip(b" \t")
                 if _CONTENT_LENGTH.fullmatch(item) is None:
-                    raise BadRequest(f"invalid Content-Length {_quote(raw)}")
+                    raise BadRequest(f"invalid Content-Length {quote(raw)}")
                 values.add(item.lstrip(b"0") or b"0")
             if len(values) != 1:
-                raise BadRequest(f"conflicting Content-Length values {_quote(raw)}")
+                raise BadRequest(f"conflicting Content-Length values {quote(raw)}")
             digits = values.pop()
             # RFC 9110 §8.6: anticipate large numerals; no body that large will be taken.
             if len(digits) > _MAX_DECIMAL_DIGITS:
-                raise ContentTooLarge(f"Content-Length {_quote(digits)} is too large")
+                raise ContentTooLarge(f"Content-Length {quote(digits)} is too large")
             length = int(digits)
         # RFC 9110 §15.5.14: over the configured maximum -> 413, before reading any of it.
         if self.limits.body and length > self.limits.body:
@@ -476,7 +430,7 @@ class RequestParser:
         while True:
             match = _TRANSFER_CODING.match(raw, pos)
             if match is None:
-                raise BadRequest(f"malformed Transfer-Encoding {_quote(raw)}")
+                raise BadRequest(f"malformed Transfer-Encoding {quote(raw)}")
             if match.group(1):
                 codings.append((match.group(1).lower(), match.group(2)))
             if not match.group(3):
@@ -486,18 +440,18 @@ class RequestParser:
         # RFC 9112 §6.3: unless chunked is the final coding the body length is unknowable: 400.
         if not names or names[-1] != b"chunked":
             if not names or b"chunked" in names:
-                raise BadRequest(f"chunked is not the final transfer coding in {_quote(raw)}")
+                raise BadRequest(f"chunked is not the final transfer coding in {quote(raw)}")
             # RFC 9112 §6.1: a transfer coding the server does not understand gets 501.
-            raise NotImplementedByServer(f"transfer coding {_quote(raw)} is not supported")
+            raise NotImplementedByServer(f"transfer coding {quote(raw)} is not supported")
         # RFC 9112 §6.1: chunked MUST NOT be applied more than once.
         if names.count(b"chunked") > 1:
             raise BadRequest("chunked applied more than once")
         # RFC 9112 §7.1: chunked has no parameters; peers that ignore one and peers that
         # refuse it would frame the body differently (RFC 9112 §11.2), so refuse it here.
         if codings[-1][1]:
-            raise BadRequest(f"parameters on the chunked coding in {_quote(raw)}")
+            raise BadRequest(f"parameters on the chunked coding in {quote(raw)}")
         if len(codings) > 1:
-            raise NotImplementedByServer(f"transfer coding {_quote(raw)} is not supported")
+            raise NotImplementedByServer(f"transfer coding {quote(raw)} is not supported")
         request.chunked = True
         request.content_length = None
 
@@ -554,17 +508,17 @@ class RequestParser:
                     return None
                 line = buf[pos:end]
                 # RFC 9112 §7.1.1: the server limits chunk extensions like other message parts.
-                if _NOT_IN_FIELD_LINE.search(line, 0, MAX_CHUNK_LINE):
-                    raise BadRequest(f"invalid octet in chunk-size line {_quote(line)}")
+                if NOT_IN_FIELD_LINE.search(line, 0, MAX_CHUNK_LINE):
+                    raise BadRequest(f"invalid octet in chunk-size line {quote(line)}")
                 if len(line) > MAX_CHUNK_LINE:
                     raise BadRequest(f"chunk-size line over {MAX_CHUNK_LINE} bytes")
                 match = _CHUNK_LINE.fullmatch(line)
                 if match is None:
-                    raise BadRequest(f"malformed chunk-size line {_quote(line)}")
+                    raise BadRequest(f"malformed chunk-size line {quote(line)}")
                 digits = match.group(1).lstrip(b"0")
                 # RFC 9112 §7.1: anticipate large hex numerals; none that large is acceptable.
                 if len(digits) > _MAX_HEX_DIGITS:
-                    raise ContentTooLarge(f"chunk size {_quote(digits)} is too large")
+                    raise ContentTooLarge(f"chunk size {quote(digits)} is too large")
                 size = int(digits, 16) if digits else 0
                 self._pos = end + 2
                 self._body_seen += size
@@ -593,7 +547,7 @@ class RequestParser:
                 if end < 0:
                     stop = len(buf) - 1 if buf.endswith(b"\r") else len(buf)
                     if stop > pos:
-                        _check_unfinished_field(buf, pos, pos, stop, self._remaining + 1,
+                        check_unfinished_field(buf, pos, pos, stop, self._remaining + 1,
                                                 limits, "trailer")
                     return None
                 line = buf[pos:end]
@@ -602,192 +556,19 @@ class RequestParser:
                     self._state = _NO_BODY
                     return b""
                 self._remaining += 1
-                _check_field_line(line, self._remaining, limits, "trailer")
-                name, value = _FIELD_LINE.fullmatch(line).groups()
+                check_field_line(line, self._remaining, limits, "trailer")
+                name, value = FIELD_LINE.fullmatch(line).groups()
                 if name.lower() not in _NOT_TRAILERS:
                     self.request.trailers.append((name, value.strip(b" \t")))
-
-
-# Request fields RFC 9110 defines as one value, not a list (§5.6.1): a repeated line would
-# reach the application joined into one value that neither sender nor grammar allows.
-# Host (RFC 9112 §3.2) and Content-Length (RFC 9110 §8.6 allows identical repeats) are
-# handled with the framing fields; Cookie is joined with "; " (RFC 6265 §5.4); fields that
-# only responses carry (ETag, Location, Retry-After, ...) mean nothing to an application here.
-SINGLETON_FIELDS = (
-    b"authorization",        # §11.6.2 credentials
-    b"proxy-authorization",  # §11.7.2 credentials
-    b"content-type",         # §8.3 media-type
-    b"content-location",     # §8.7 absolute-URI / partial-URI
-    b"content-range",        # §14.4 range-unit SP range-resp
-    b"date",                 # §6.6.1 HTTP-date
-    b"from",                 # §10.1.2 mailbox
-    b"if-modified-since",    # §13.1.3 HTTP-date
-    b"if-unmodified-since",  # §13.1.4 HTTP-date
-    b"if-range",             # §13.1.5 entity-tag / HTTP-date
-    b"max-forwards",         # §7.6.2 1*DIGIT
-    b"range",                # §14.2 ranges-specifier
-    b"referer",              # §10.1.3 absolute-URI / partial-URI
-    b"user-agent",           # §10.1.5 product *( RWS ( product / comment ) )
-)
-# A bit for each, so _parse_head finds a repeat with a mask, not a set built per request.
-_SINGLETON_BITS = {name: 1 << bit for bit, name in enumerate(SINGLETON_FIELDS)}
-# The fields _parse_head looks at: framing, connection control, and the singletons.
-_NOTED_FIELDS = frozenset((b"host", b"content-length", b"transfer-encoding", b"connection",
-                           b"expect", *SINGLETON_FIELDS))
-
-
-def _parse_request_line(line):
-    """(method, target, version) of a request-line already within the length limit."""
-    match = _REQUEST_LINE.fullmatch(line)
-    if match is None:
-        if re.fullmatch(rb"\S+ \S*#\S* HTTP/[0-9]\.[0-9]", line):
-            raise BadRequest(f"fragment in request target {_quote(line)}")
-        raise BadRequest(f"malformed request line {_quote(line)}")
-    method, target, major, minor = match.groups()
-    # RFC 9110 §2.5, §15.6.6: only major version 1 is spoken here (505 otherwise), and a
-    # higher minor version is handled as the highest one implemented, 1.1.
-    if major != b"1":
-        raise VersionNotSupported(f"HTTP/{major.decode()}.{minor.decode()} is not supported")
-    return method, target, 0 if minor == b"0" else 1
-
-
-def _parse_target(method, target):
-    """(path, query, authority or None) of a request-target (RFC 9112 §3.2)."""
-    authority = None
-    # RFC 9112 §3.2.1: origin-form, the usual case. RFC 9110 §9.3.6: CONNECT asks for a
-    # tunnel, which this origin server does not offer (RFC 9110 §9.1: 501), whatever target.
-    if target[0] == 47 and method != b"CONNECT":  # "/"
-        path, _, query = target.partition(b"?")
-    elif method == b"CONNECT":
-        raise NotImplementedByServer("CONNECT is not supported")
-    elif target == b"*":
-        # RFC 9112 §3.2.4: asterisk-form is only used for a server-wide OPTIONS.
-        if method != b"OPTIONS":
-            raise BadRequest("asterisk-form target is only allowed with OPTIONS")
-        path, query = b"*", b""
-    else:
-        # RFC 9112 §3.2.2: a server MUST accept absolute-form and then MUST ignore Host in
-        # favour of the target's authority; only http(s) URIs name this origin (RFC 9110 §4.2).
-        match = _ABSOLUTE_FORM.fullmatch(target)
-        if match is None or match.group(1).lower() not in (b"http", b"https"):
-            raise BadRequest(f"invalid request target {_quote(target)}")
-        authority = match.group(2)
-        # RFC 9110 §4.2.1: an empty host is invalid; §4.2.4: userinfo is an error.
-        if not authority or authority[0] == 58 or _HOST.fullmatch(authority) is None \
-                or b"%" in authority and _BAD_PERCENT.search(authority):
-            raise BadRequest(f"invalid authority in request target {_quote(target)}")
-        path = match.group(3) or b"/"
-        query = match.group(4) or b""
-    # RFC 3986 §2.1: "%" must start a percent-encoding, or the decoded path is ambiguous.
-    if b"%" in target and _BAD_PERCENT.search(target):
-        raise BadRequest(f"invalid percent-encoding in {_quote(target)}")
-    return path, query, authority
-
-
-def _parse_field_line(line):
-    """((name, value), lowercase name if _parse_head notes the field else None, whether it
-    is a valid Host) of a complete header line within the size limit; remembered for the next
-    head that has it."""
-    # RFC 9112 §5: field-line = field-name ":" OWS field-value OWS (the value's CTLs fail).
-    match = _FIELD_LINE.fullmatch(line)
-    if match is None:
-        raise BadRequest(_diagnose_field_line(line))
-    name, value = match.groups()
-    value = value.strip(b" \t")
-    lname = name.lower()
-    if lname not in _NOTED_FIELDS:
-        field = ((name, value), None, False)
-    elif lname != b"host":
-        field = ((name, value), lname, False)
-    else:
-        # RFC 9112 §3.2: the Host value is checked once the head is complete (after the
-        # count of Host lines), so its verdict travels with the line; only good ones are kept.
-        valid = _HOST.fullmatch(value) is not None \
-            and not (b"%" in value and _BAD_PERCENT.search(value))
-        field = ((name, value), lname, valid)
-        if not valid:
-            return field
-    if len(line) <= _MEMO_LINE:
-        if len(_FIELD_LINES) >= _MEMO_ENTRIES:
-            _FIELD_LINES.clear()
-        _FIELD_LINES[line] = field
-    return field
-
-
-def _check_request_line(line, limit):
-    """Every check of a complete request-line, in the order a byte-wise reader meets them."""
-    # RFC 9112 §3: tokens, a URI and single SPs only; longer than the limit gets 414.
-    bad = _NOT_IN_REQUEST_LINE.search(line, 0, limit)
-    if bad:
-        raise BadRequest(_forbidden(bad, "request line"))
-    if len(line) > limit:
-        raise URITooLong(f"request line over {limit} bytes")
-    _parse_request_line(line)
-
-
-def _check_field_line(line, index, limits, what="header"):
-    """Every check of complete field line number ``index``, in byte order."""
-    # RFC 6585 §5: too many fields get 431, whatever the line holds.
-    if index > limits.fields:
-        raise HeaderTooLarge(f"more than {limits.fields} {what} fields")
-    # RFC 9110 §5.5: no CTL but HTAB, CR or LF only as the line end; then the size, the syntax.
-    bad = _NOT_IN_FIELD_LINE.search(line, 0, limits.field_size)
-    if bad:
-        raise BadRequest(_forbidden(bad, f"{what} line"))
-    if len(line) > limits.field_size:
-        raise HeaderTooLarge(f"{what} line over {limits.field_size} bytes")
-    if _FIELD_LINE.fullmatch(line) is None:
-        raise BadRequest(_diagnose_field_line(line))
-
-
-def _check_unfinished_field(buf, start, clean, end, index, limits, what="header"):
-    """Checks of field line ``index`` received up to ``end`` (its octets before ``clean``
-    were found clean already)."""
-    # RFC 6585 §5 and RFC 9110 §5.5, as for a complete line; nothing after this can fix them.
-    if index > limits.fields:
-        raise HeaderTooLarge(f"more than {limits.fields} {what} fields")
-    bad = _NOT_IN_FIELD_LINE.search(buf, clean, min(end, start + limits.field_size))
-    if bad:
-        raise BadRequest(_forbidden(bad, f"{what} line"))
-    if end - start > limits.field_size:
-        raise HeaderTooLarge(f"{what} line over {limits.field_size} bytes")
 
 
 def _check_unfinished_chunk_line(buf, pos):
     end = len(buf) - 1 if buf.endswith(b"\r") else len(buf)
     # RFC 9112 §7.1 with §2.2: a bare LF or other control octet never ends or belongs to a
     # chunk-size line; say so now rather than wait for a CRLF that may never come.
-    if _NOT_IN_FIELD_LINE.search(buf, pos, min(end, pos + MAX_CHUNK_LINE)):
-        raise BadRequest(f"invalid octet in chunk-size line {_quote(buf[pos:end])}")
+    if NOT_IN_FIELD_LINE.search(buf, pos, min(end, pos + MAX_CHUNK_LINE)):
+        raise BadRequest(f"invalid octet in chunk-size line {quote(buf[pos:end])}")
     if end - pos > MAX_CHUNK_LINE:
         raise BadRequest(f"chunk-size line over {MAX_CHUNK_LINE} bytes")
 
 
-def _forbidden(match, where):
-    octet = match.group()
-    name = {b"\n": "bare LF", b"\r": "bare CR", b"\0": "NUL", b"\t": "HTAB"}.get(octet)
-    # RFC 9112 §2.2: lines end with CRLF only; RFC 9110 §5.5: no CTLs inside.
-    return f"{name or 'invalid octet ' + repr(octet)[1:]} in {where}"
-
-
-def _diagnose_field_line(line):
-    """Explain why a field line failed to parse (the cold path, so it can take its time)."""
-    if line[:1] in (b" ", b"\t"):
-        # RFC 9112 §5.2: obs-fold is refused with 400 outside message/http.
-        return f"obsolete line folding in {_quote(line)}"
-    name, colon, value = line.partition(b":")
-    if not colon:
-        return f"header line without a colon {_quote(line)}"
-    if name != name.rstrip(b" \t"):
-        # RFC 9112 §5.1: whitespace between field name and colon MUST be rejected (400).
-        return f"whitespace before the colon in {_quote(line)}"
-    if not _FIELD_NAME.fullmatch(name):
-        return f"invalid header name {_quote(name)}"
-    # RFC 9110 §5.5: CR, LF and NUL (and other controls) are invalid in field values.
-    return f"invalid character in the value of {_quote(name)}"
-
-
-def _quote(data, limit=60):
-    """Show the offending bytes in an error message, shortened."""
-    text = repr(bytes(data[:limit]))[1:]
-    return text + ("..." if len(data) > limit else "")
