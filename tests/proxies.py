@@ -17,6 +17,7 @@ files they serve and the sockets they connect to live in a directory others may 
 """
 
 import http.client
+import json
 import os
 import pwd
 import grp
@@ -267,6 +268,32 @@ def fetch(connection, method, path, body=None, headers=None):
     data = response.read()
     return (response.status, {name.lower(): value for name, value in response.getheaders()},
             data)
+
+
+class Site:
+    """A proxy (``proxy``: its process) serving HTTPS on ``host`` in front of ``greenserve``;
+    requests go through the proxy with a client that verifies its certificate."""
+
+    def __init__(self, proxy, host, ports, greenserve, context):
+        self.proxy, self.greenserve, self.context = proxy, greenserve, context
+        self.host, (self.http_port, self.https_port) = host, ports
+        self.address = (host, self.https_port)
+
+    def connection(self, source=None):
+        return SiteConnection(self.address, self.context, source)
+
+    def get(self, method, path, body=None, headers=None, source=None):
+        connection = self.connection(source)
+        try:
+            return fetch(connection, method, path, body, headers)
+        finally:
+            connection.close()
+
+    def echo(self, method="GET", path="/echo", body=None, headers=None, source=None):
+        """The echo app's JSON view of the request as greenserve saw it."""
+        status, _, data = self.get(method, path, body, headers, source)
+        assert status == 200, data
+        return json.loads(data)
 
 
 def raw_tls(address, context, data, source=None):

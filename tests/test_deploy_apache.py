@@ -19,7 +19,7 @@ import trustme
 import procs
 import proxies
 from conftest import read_response
-from proxies import SITE, SiteConnection, fetch, random_loopback, raw_tls, read_until
+from proxies import SITE, fetch, random_loopback, raw_tls, read_until
 
 pytestmark = pytest.mark.skipif(
     not (proxies.have(proxies.APACHE) and (proxies.APACHE_MODULES / "mod_proxy_http.so").exists()),
@@ -28,25 +28,6 @@ pytestmark = pytest.mark.skipif(
 STATIC = b"body { color: #654321 }\n"
 SECRET = b"a file next to the static folder, never to be served\n"
 MAX_BODY = 5 << 20  # greenserve's --max-body-size here
-
-
-class Stack:
-    def __init__(self, apache, host, ports, greenserve, context):
-        self.apache, self.greenserve, self.context = apache, greenserve, context
-        self.host, (self.http_port, self.https_port) = host, ports
-        self.address = (host, self.https_port)
-
-    def get(self, method, path, body=None, headers=None, source=None):
-        connection = SiteConnection(self.address, self.context, source)
-        try:
-            return fetch(connection, method, path, body, headers)
-        finally:
-            connection.close()
-
-    def echo(self, method="GET", path="/echo", body=None, headers=None, source=None):
-        status, _, data = self.get(method, path, body, headers, source)
-        assert status == 200, data
-        return json.loads(data)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +52,7 @@ def stack():
                 processes, prefix,
                 lambda host, ports: proxies.apache_site(backend, folder / "static", cert, host,
                                                         ports))
-            yield Stack(apache, host, ports, server, proxies.client_context(ca))
+            yield proxies.Site(apache, host, ports, server, proxies.client_context(ca))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

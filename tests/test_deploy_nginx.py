@@ -23,7 +23,7 @@ import trustme
 import procs
 import proxies
 from conftest import read_response
-from proxies import SITE, SiteConnection, fetch, random_loopback, raw_tls, read_until
+from proxies import SITE, fetch, random_loopback, raw_tls, read_until
 
 pytestmark = pytest.mark.skipif(not proxies.have(proxies.NGINX), reason="nginx is not installed")
 
@@ -31,28 +31,12 @@ STATIC_FILES = {"app.css": b"body { color: #123456 }\n", "js/app.js": b"console.
 SECRET = b"a file next to the static folder, never to be served\n"
 
 
-class Stack:
-    """A running nginx in front of a running greenserve, and how to reach them."""
+class Stack(proxies.Site):
+    """The nginx site, and the folder its configuration and files live in."""
 
     def __init__(self, nginx, host, ports, greenserve, context, folder):
-        self.nginx, self.greenserve, self.context, self.folder = nginx, greenserve, context, folder
-        self.host, (self.http_port, self.https_port) = host, ports
-        self.address = (host, self.https_port)
-
-    def connection(self, source=None):
-        return SiteConnection(self.address, self.context, source)
-
-    def get(self, method, path, body=None, headers=None, source=None):
-        connection = self.connection(source)
-        try:
-            return fetch(connection, method, path, body, headers)
-        finally:
-            connection.close()
-
-    def echo(self, method="GET", path="/echo", body=None, headers=None, source=None):
-        status, _, data = self.get(method, path, body, headers, source)
-        assert status == 200, data
-        return json.loads(data)
+        super().__init__(nginx, host, ports, greenserve, context)
+        self.nginx, self.folder = nginx, folder
 
 
 @pytest.fixture(scope="module")
@@ -346,7 +330,7 @@ def test_a_socket_only_its_owner_may_write_refuses_nginx(folder, ca):
         stack = start_stack(processes, folder, ca, f"server unix:{path};", server)
         status, headers, _ = stack.get("GET", "/echo")
         assert status == 502 and headers["server"].startswith("nginx")
-        assert "Permission denied" in stack.nginx.text()
+        stack.nginx.wait_for("Permission denied")
 
 
 # -- a Django admin behind nginx on HTTPS ---------------------------------------------------------
