@@ -2,10 +2,18 @@
 
 Importing this package patches nothing and starts nothing. Use ``greenserve.patch()`` first in
 a program that wants ordinary blocking code to cooperate, then ``serve()`` or ``Server``.
+``compiled()`` names the modules that run compiled (see ``greenserve.speedups``).
 """
 
+from . import speedups as _speedups
+
 __version__ = "0.1.0"
-__all__ = ["Config", "Server", "serve", "patch", "__version__"]
+__all__ = ["Config", "Server", "serve", "patch", "compiled", "__version__"]
+
+# GREENSERVE_PURE=1: every greenserve module loads from its .py source, even where an install
+# compiled it. Decided here, before any other greenserve module is imported.
+if _speedups.pure_requested():
+    _speedups.force_pure()
 
 
 def patch():
@@ -20,6 +28,11 @@ def patch():
     monkey.patch_all()
     from .timers import guard_gevent_timers
     guard_gevent_timers()
+
+
+def compiled():
+    """The hot modules running compiled in this process (an empty list: all pure Python)."""
+    return _speedups.compiled()
 
 
 def __getattr__(name):

@@ -11,6 +11,7 @@ import dataclasses
 import os
 import sys
 
+from . import speedups
 from .config import (ENV_PREFIX, SETTINGS, WORKER_PROCESS_HOOKS, format_toml, given_settings,
                      load_config, option_name, unknown_env_warnings)
 from .errors import AppLoadError, ConfigError
@@ -136,7 +137,9 @@ def _main(argv):
         return 0
     if spec is None:
         parser.error("the following arguments are required: APP")
-    notes = unknown_env_warnings(os.environ)
+    # GREENSERVE_PURE and friends choose the code, not a setting: known, though not in SETTINGS.
+    notes = unknown_env_warnings({key: value for key, value in os.environ.items()
+                                  if key not in speedups.VARIABLES})
     for pair in config.env:  # -e KEY=VALUE: for the app, the hooks and every worker
         key, _, value = pair.partition("=")
         os.environ[key] = value
@@ -389,7 +392,7 @@ def _supervise(spec, config, notes=(), why_master=()):
                        server_view=server_view, tls_context=tls_context)
 
         unix_files = listeners.unix_paths(sockets + ([admin_socket] if admin_socket else []))
-        error_log.info("greenserve %s serving %s%s", version(), spec,
+        error_log.info("greenserve %s (%s) serving %s%s", version(), speedups.describe(), spec,
                        " (preloaded in the master)" if preload else "")
         for sock in sockets:
             error_log.info("Listening at %s (pid %d)", listeners.describe(sock), os.getpid())
@@ -494,7 +497,8 @@ def _serve(app, spec, config, sockets, hooks, server_view, tls_context=None,
         except HookFailed as exc:
             server.stop(timeout=0)
             return _fail(exc)
-        return run_until_signalled(server, f"greenserve {version()} serving {spec}",
+        return run_until_signalled(server, f"greenserve {version()} ({speedups.describe()}) "
+                                           f"serving {spec}",
                                    admin_socket)
     finally:
         listeners.remove_unix_files(unix_files)

@@ -1,0 +1,83 @@
+"""The optional compiled speed-ups: which modules an install compiles, which of them run
+compiled now, and the switch back to the pure-Python source.
+
+An install compiles the modules of ``HOT_MODULES`` with Cython, unchanged, when a C compiler
+and the Python headers are present (``setup.py`` reads the tuple from this file). Python then
+imports the compiled file that sits beside each source. With ``GREENSERVE_PURE=1`` in the
+environment, ``import greenserve`` puts a finder first on ``sys.meta_path`` that loads every
+greenserve module from its ``.py`` source instead.
+"""
+
+import importlib.machinery
+import os
+import sys
+
+# Kept as a literal: setup.py reads it without importing the package.
+HOT_MODULES = (
+    "greenserve.protocol.parser",
+    "greenserve.protocol.lines",
+    "greenserve.protocol.response",
+    "greenserve.protocol.writer",
+    "greenserve.wsgi",
+    "greenserve.connection",
+    "greenserve.sending",
+    "greenserve.bodies",
+    "greenserve.timers",
+    "greenserve.acceptor",
+)
+
+PURE_VARIABLE = "GREENSERVE_PURE"
+# The environment variables about the speed-ups (not settings): run pure; install without
+# compiling (setup.py); fail the tests unless every module of HOT_MODULES runs compiled.
+VARIABLES = (PURE_VARIABLE, "GREENSERVE_NO_COMPILE", "GREENSERVE_EXPECT_COMPILED")
+
+
+def pure_requested(environ=os.environ):
+    """Whether the environment asks for the pure-Python modules (any value but "" or "0")."""
+    return environ.get(PURE_VARIABLE, "") not in ("", "0")
+
+
+class SourceOnlyFinder:
+    """Finds greenserve's modules among ``.py`` sources only, skipping compiled files."""
+
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if not name.startswith("greenserve.") or path is None:
+            return None  # not ours; the top-level package itself is always pure
+        for entry in path:
+            finder = importlib.machinery.FileFinder(
+                entry, (importlib.machinery.SourceFileLoader,
+                        importlib.machinery.SOURCE_SUFFIXES))
+            spec = finder.find_spec(name, target)
+            if spec is not None and spec.loader is not None:
+                return spec
+        return None
+
+
+def force_pure():
+    """Load greenserve's modules imported from now on from their sources (idempotent)."""
+    if SourceOnlyFinder not in sys.meta_path:
+        sys.meta_path.insert(0, SourceOnlyFinder)
+
+
+def is_compiled(name):
+    """Whether module ``name`` runs (or, not imported yet, would run) from a compiled file."""
+    import importlib.util
+    module = sys.modules.get(name)
+    spec = module.__spec__ if module is not None else importlib.util.find_spec(name)
+    return isinstance(getattr(spec, "loader", None), importlib.machinery.ExtensionFileLoader)
+
+
+def compiled():
+    """The modules of ``HOT_MODULES`` that run compiled, in that order."""
+    return [name for name in HOT_MODULES if is_compiled(name)]
+
+
+def describe():
+    """One phrase for logs: "compiled", "pure Python" or "partly compiled: a, b"."""
+    running = compiled()
+    if not running:
+        return "pure Python"
+    if len(running) == len(HOT_MODULES):
+        return "compiled"
+    return "partly compiled: " + ", ".join(name.split(".")[-1] for name in running)
