@@ -60,12 +60,19 @@ def force_pure():
         sys.meta_path.insert(0, SourceOnlyFinder)
 
 
-def is_compiled(name):
-    """Whether module ``name`` runs (or, not imported yet, would run) from a compiled file."""
-    import importlib.util
+def _spec(name):
+    """The spec module ``name`` was (or, not imported yet, would be) loaded with."""
     module = sys.modules.get(name)
-    spec = module.__spec__ if module is not None else importlib.util.find_spec(name)
-    return isinstance(getattr(spec, "loader", None), importlib.machinery.ExtensionFileLoader)
+    if module is not None:
+        return module.__spec__
+    import importlib.util  # here: importing the package stays light
+    return importlib.util.find_spec(name)
+
+
+def is_compiled(name):
+    """Whether module ``name`` runs (or would run) from a compiled file."""
+    loader = getattr(_spec(name), "loader", None)
+    return isinstance(loader, importlib.machinery.ExtensionFileLoader)
 
 
 def compiled():
@@ -73,11 +80,42 @@ def compiled():
     return [name for name in HOT_MODULES if is_compiled(name)]
 
 
+# An install writes a module's source and compiled file within moments of each other.
+STALE_AFTER = 2.0  # seconds
+
+
+def stale():
+    """The compiled modules whose source changed after they were compiled (an editable
+    install whose sources were edited or checked out since): Python still runs the old code
+    until ``pip install -e .`` compiles them again."""
+    found = []
+    for name in compiled():
+        binary = _spec(name).origin
+        source = os.path.join(os.path.dirname(binary), name.rpartition(".")[2] + ".py")
+        try:
+            if os.stat(source).st_mtime - os.stat(binary).st_mtime > STALE_AFTER:
+                found.append(name)
+        except OSError:
+            continue  # no source beside it: nothing to compare with
+    return found
+
+
 def describe():
-    """One phrase for logs: "compiled", "pure Python" or "partly compiled: a, b"."""
+    """One phrase for logs: "compiled", "pure Python" or "partly compiled: a, b", and the
+    compiled modules whose source is newer, if any."""
     running = compiled()
     if not running:
         return "pure Python"
     if len(running) == len(HOT_MODULES):
-        return "compiled"
-    return "partly compiled: " + ", ".join(name.split(".")[-1] for name in running)
+        phrase = "compiled"
+    else:
+        phrase = "partly compiled: " + ", ".join(_short(name) for name in running)
+    old = stale()
+    if old:
+        phrase += ("; compiled before their source changed, rebuild with pip install: "
+                   + ", ".join(_short(name) for name in old))
+    return phrase
+
+
+def _short(name):
+    return name.rpartition(".")[2]

@@ -21,11 +21,13 @@ from greenserve.speedups import HOT_MODULES
 
 SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
-# Prints, for each hot module, the file it was loaded from, then greenserve.compiled().
+# Prints, for each hot module, the file it was loaded from, greenserve.compiled(), and the
+# compiled modules older than their source.
 PROBE = f"""
-import importlib, json, greenserve
+import importlib, json, greenserve, greenserve.speedups
 files = {{name: importlib.import_module(name).__file__ for name in {list(HOT_MODULES)!r}}}
-print(json.dumps({{"files": files, "compiled": greenserve.compiled()}}))
+print(json.dumps({{"files": files, "compiled": greenserve.compiled(),
+                  "stale": greenserve.speedups.stale()}}))
 """
 
 
@@ -83,6 +85,15 @@ def test_compiled_modules_load_by_default(built):
         # compiled() tells the truth, and the switch picks the source beside the compiled file.
         assert path.endswith(SUFFIXES) == (name in built), (name, path)
         assert os.path.dirname(path) == os.path.dirname(sources[name]), (path, sources[name])
+
+
+def test_no_compiled_module_is_older_than_its_source(built):
+    # An editable install keeps running the compiled old code after its source is edited:
+    # the tests would then test that old code.
+    needs_build(built)
+    assert probe(pure=False)["stale"] == [], (
+        "these compiled modules are older than their source: run `pip install -e .` again "
+        "(or test the source with GREENSERVE_PURE=1)")
 
 
 # -- the same bytes on both paths ------------------------------------------------------------
