@@ -80,7 +80,8 @@ class CythonBuildExt(build_ext):
                 continue
             ext.sources = result.sources  # the C file; the rest stays as setuptools set it
             if self.compiler.compiler_type == "unix":
-                # No debug information: it triples the compile time and the files' size.
+                # No debug information: with it compiling takes 1.6x as long and the
+                # objects are 7x larger.
                 ext.extra_compile_args = [*ext.extra_compile_args, "-g0"]
             translated.append(ext)
         self.extensions = translated
