@@ -79,8 +79,15 @@ def is_compiled(name):
 
 
 def compiled():
-    """The modules of ``HOT_MODULES`` that run compiled, in that order."""
-    return [name for name in HOT_MODULES if is_compiled(name)]
+    """The greenserve modules that run (or, not imported yet, would run) compiled: those of
+    ``HOT_MODULES`` in their order, then any other (a compiled file an older build left)."""
+    import pkgutil
+    names = list(HOT_MODULES)
+    root = os.path.dirname(os.path.abspath(__file__))
+    for info in pkgutil.walk_packages([root], "greenserve."):
+        if info.name not in names:
+            names.append(info.name)
+    return [name for name in names if is_compiled(name)]
 
 
 # An install writes a module's source and compiled file within moments of each other.
@@ -109,7 +116,7 @@ def describe():
     running = compiled()
     if not running:
         return "pure Python"
-    if len(running) == len(HOT_MODULES):
+    if running == list(HOT_MODULES):
         phrase = "compiled"
     else:
         phrase = "partly compiled: " + ", ".join(_short(name) for name in running)

@@ -58,6 +58,8 @@ def test_ci_expects_every_hot_module_compiled(built):
     assert not missing, (f"GREENSERVE_EXPECT_COMPILED is set but these modules run pure "
                          f"Python: {missing}; the install skipped or failed their compile "
                          f"(see pip's output: a C compiler and Python.h are needed)")
+    # And nothing else runs compiled (a compiled file an older build left behind).
+    assert built == list(HOT_MODULES)
 
 
 def test_this_process_runs_the_path_asked_for():
