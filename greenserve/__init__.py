@@ -5,7 +5,7 @@ a program that wants ordinary blocking code to cooperate, then ``serve()`` or ``
 """
 
 __version__ = "0.1.0"
-__all__ = ["Config", "Server", "serve", "patch", "__version__"]
+__all__ = ["Config", "Server", "serve", "patch", "respond_later", "__version__"]
 
 
 def patch():
@@ -30,4 +30,7 @@ def __getattr__(name):
     if name in ("Server", "serve"):
         from . import server
         return getattr(server, name)
+    if name == "respond_later":
+        from .later import respond_later
+        return respond_later
     raise AttributeError(f"module 'greenserve' has no attribute {name!r}")

@@ -140,6 +140,9 @@ class Server:
             if connection.parked:
                 # No greenlet to wait for: close it now, before join() can return.
                 connection.close_if_idle()
+            elif connection.later is not None:
+                # A response waiting without a greenlet: answer it now (a greenlet joins).
+                connection.wake()
             else:
                 run_callback(connection.close_if_idle)
         if not self.spawner.join(timeout=timeout):
