@@ -73,6 +73,11 @@ def _granian(app, port, workers=1):
             "--no-access-log", "--log-level", "warning", app]
 
 
+def _waitress(app, port, workers=1):
+    # As shipped: 4 threads, 100 connections at most, one process.
+    return [sys.executable, "-m", "waitress", f"--listen={HOST}:{port}", app]
+
+
 # name -> (argv builder, module that must import for it to run)
 SERVERS = {
     "greenserve": (_greenserve, "greenserve"),
@@ -81,6 +86,7 @@ SERVERS = {
     "gevent-pywsgi-nodelay": (_pywsgi_nodelay, "gevent"),
     "meinheld": (_meinheld, "meinheld.server"),
     "granian": (_granian, "granian"),
+    "waitress": (_waitress, "waitress"),
 }
 # Servers with a worker-process count; the others always run as one process.
 MULTI_WORKER = ("greenserve", "gunicorn-gevent", "granian")
@@ -93,6 +99,7 @@ INSTALL_HINTS = {
     # greenlet 3, so it is installed without its pinned dependencies.
     "meinheld": "pip install --no-deps meinheld",
     "granian": "pip install 'greenserve[bench]'",
+    "waitress": "pip install 'greenserve[bench]'",
 }
 
 

@@ -352,7 +352,7 @@ def test_missing_peers_are_skipped_and_none_left_is_exit_2(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("name", ["meinheld", "granian"])
+@pytest.mark.parametrize("name", ["meinheld", "granian", "waitress"])
 def test_an_installed_peer_starts_on_port_0_and_serves_the_app(name):
     reason = servers.unavailable(name)
     if reason:
