@@ -47,7 +47,7 @@ LINGER_BYTES = 64 << 20
 PARK_AFTER = 1.0
 # What woke a response waiting without a greenlet (see _suspend): its waitable became
 # ready; its timeout passed, the client left, or the server stops (all answered "not
-# ready"); or the request's own deadline passed (answered 503, respond is not called).
+# ready"); or the request's own deadline passed (answered 503 whatever respond says).
 _READY, _NOT_READY, _DEADLINE = 1, 2, 3
 # _handle's answer for a response that now waits without a greenlet.
 _SUSPENDED = object()
@@ -410,15 +410,25 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
 
     def _woken_result(self, later):
         """What ``respond`` returns; RequestDeadlineExceeded (503) instead if the request's
-        deadline passed while it waited."""
-        if self.woken_by == _DEADLINE:
-            self.request_deadline = 0.0
-            if self.server.stats is not None:
-                self.server.stats.refused("deadline")
-            raise RequestDeadlineExceeded(
-                f"request still running after {self.server.config.request_timeout} s")
-        self._enter(APP, 0)  # back under the request's own deadline alone
-        return later.respond(self.woken_by == _READY)
+        deadline passed while it waited (``respond`` still runs, once, as promised: the
+        app may count its waiters; its answer is dropped)."""
+        if self.woken_by != _DEADLINE:
+            self._enter(APP, 0)  # back under the request's own deadline alone
+            return later.respond(self.woken_by == _READY)
+        self.request_deadline = 0.0
+        if self.server.stats is not None:
+            self.server.stats.refused("deadline")
+        try:
+            dropped = later.respond(False)
+            if hasattr(dropped, "close"):
+                self._close_result(dropped)
+        except Exception as exc:
+            error_log.error("error in respond() after the request deadline for %s %s",
+                            self.environ["REQUEST_METHOD"], self.environ["RAW_URI"],
+                            exc_info=exc)
+        self.response = None  # its start_response, if any, is replaced by the 503
+        raise RequestDeadlineExceeded(
+            f"request still running after {self.server.config.request_timeout} s")
 
     def _linger(self):
         """RFC 9112 §9.6: half-close, then read and discard until the client closes or a

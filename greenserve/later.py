@@ -20,8 +20,9 @@ def respond_later(environ, waitable, respond, timeout=None):
     ``Event``, ``AsyncResult`` or ``Greenlet``. ``respond(ready)`` is called once, in a
     greenlet, with True if ``waitable`` became ready, False if ``timeout`` seconds passed or
     the client left first (``environ["greenserve.disconnected"]`` tells those apart); it calls
-    ``start_response`` and returns the body, as a WSGI app does. Return this function's value
-    from the app.
+    ``start_response`` and returns the body, as a WSGI app does; it runs exactly once, also when
+    the answer cannot be sent (the client left; --request-timeout passed: the client gets 503).
+    Return this function's value from the app.
     """
     if timeout is not None and not timeout >= 0:  # also refuses NaN
         raise ValueError(f"timeout must be a number >= 0 or None, not {timeout!r}")

@@ -168,7 +168,7 @@ def test_a_half_closed_client_still_gets_its_answer(serve):
     assert room.calls == [(True, False)]
 
 
-def test_the_request_deadline_answers_503_without_calling_respond(serve):
+def test_the_request_deadline_answers_503_and_respond_still_runs_once(serve):
     room = Room()
     with serve(room, validate=False, request_timeout=0.5) as srv, srv.connect(WAIT) as sock:
         sock.sendall(_request("/wait"))
@@ -176,7 +176,7 @@ def test_the_request_deadline_answers_503_without_calling_respond(serve):
         assert code == 503 and headers["connection"] == "close"
         assert recv_until_closed(sock, WAIT) == b""
         wait_until(lambda: srv.server.spawner.held == 0, WAIT, "the slot freed")
-    assert room.calls == []
+    assert room.calls == [(False, False)] and room.waiting == 0
 
 
 def test_a_failing_respond_gets_a_500(serve):
