@@ -9,12 +9,13 @@ long poll (measured with ``python -m loadtests.longpoll_scale``), and the loop i
 import errno
 import logging
 import select
+from time import monotonic
 
 from gevent import get_hub
 from gevent.monkey import get_original
 from gevent.socket import socket as GeventSocket
 
-from .balance import STAND_BACK
+from .balance import MISSES_TO_STOP, STAND_BACK, STOP_STANDING_BACK
 from .gevent_private import accept_raw
 
 error_log = logging.getLogger("greenserve.error")
@@ -51,6 +52,8 @@ class Acceptor:
         self._retry = None
         self._poll = None
         self._stood_back = False
+        self._stand_back_after = 0.0  # monotonic time before which it does not stand back
+        self._missed = 0  # stand-backs in a row after which the connection still waited
         self.closed = False
 
     @property
@@ -97,7 +100,7 @@ class Acceptor:
         if self.stand_back is not None:
             if self._stood_back:
                 self._stood_back = False  # nobody took it meanwhile: accept after all
-            elif self.stand_back():
+            elif monotonic() >= self._stand_back_after and self.stand_back():
                 self._stood_back = True
                 self._wait(STAND_BACK)
                 return
@@ -134,8 +137,18 @@ class Acceptor:
 
     def _resume_after_wait(self):
         self._stop_retry()
-        if self._stood_back and not self.client_waiting():
-            self._stood_back = False  # the other worker took it: check again next time
+        if self._stood_back:
+            if self.client_waiting():
+                # Nobody came for it. Accept; if the other worker is stuck or overloaded
+                # (not just slow once), stop standing back for a while rather than pause
+                # before every accept.
+                self._missed += 1
+                if self._missed >= MISSES_TO_STOP:
+                    self._missed = 0
+                    self._stand_back_after = monotonic() + STOP_STANDING_BACK
+            else:
+                self._missed = 0
+                self._stood_back = False  # the other worker took it: check again next time
         self.start()
 
     def _stop_retry(self):

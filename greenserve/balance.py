@@ -13,12 +13,19 @@ import mmap
 
 # Entries in the table: entry 0 holds how many entries are in use, one per worker after it.
 ENTRIES = 1024
-ABSENT = -1
+# An entry's value: a worker's connection count while it accepts, else one of these.
+ABSENT = -1         # no worker
+NOT_ACCEPTING = -2  # a worker still starting (loading the app) or already stopping
 # A worker stays out of the race only when it holds more than this many connections above
 # the least loaded other worker: one or two either way is noise, not imbalance.
 SLACK = 2
 # How long it stays out before accepting anyway (seconds).
 STAND_BACK = 0.005
+# If the connection was still waiting after that this many times in a row (the other worker
+# is stuck or overloaded, not just slow once), the worker does not stand back again for
+# STOP_STANDING_BACK seconds.
+MISSES_TO_STOP = 3
+STOP_STANDING_BACK = 0.25
 
 
 class LoadTable:
@@ -38,7 +45,7 @@ class LoadTable:
         counts = self.counts
         for index in range(1, len(counts)):
             if counts[index] == ABSENT:
-                counts[index] = 0
+                counts[index] = NOT_ACCEPTING
                 if index > counts[0]:
                     counts[0] = index
                 return index
@@ -65,7 +72,12 @@ class WorkerLoad:
         self.index = index
 
     def publish(self, count):
+        """This worker accepts and holds ``count`` connections."""
         self.counts[self.index] = count
+
+    def withdraw(self):
+        """This worker stops accepting (a graceful stop began)."""
+        self.counts[self.index] = NOT_ACCEPTING
 
     def should_stand_back(self, count):
         """Publish ``count``; True if another worker holds more than SLACK fewer."""

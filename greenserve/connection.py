@@ -9,6 +9,7 @@ Timers are phases and deadlines fired by the server's sweeper (see ``timers.py``
 
 import logging
 import socket
+from itertools import chain
 from time import monotonic, perf_counter
 
 from gevent import getcurrent
@@ -334,13 +335,14 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
         server = self.server
         if timeout == 0 or server.stopping or later.waitable.ready():
             return False
+        # What can fail comes first, before the slot is held and the greenlet let go.
+        # Its timer: the app's timeout, capped by --request-timeout (see expire).
+        self._enter(APP, timeout or 0.0)
+        later.waitable.rawlink(self._on_ready)
         self.later = later
         self.woken_by = 0
         self.greenlet = None
         server.spawner.hold()
-        # Its timer: the app's timeout, capped by --request-timeout (see expire).
-        self._enter(APP, timeout or 0.0)
-        later.waitable.rawlink(self._on_ready)
         # The socket's own read watcher (idle while the app runs): a reset ends the wait.
         park_watcher(self.sock).start(self._watch_peer)
         return True
@@ -609,20 +611,26 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
         try:
             if later is None:
                 result = server.app(environ, self._start_response)
-                if result.__class__ is ResponseLater and result.environ is environ \
-                        and not upgrade:
+                if result.__class__ is ResponseLater and result.environ is environ:
                     later, result = result, None
+                    if upgrade:
+                        upgrade = self._decline_upgrade()
                     if self._suspend(later):
                         suspended = True
                         return _SUSPENDED
                     result = later.respond(bool(later.waitable.ready()))
             else:
                 result = self._woken_result(later)
-
+            body = result
+            if upgrade and not self.handed_over and self.response is None \
+                    and type(result) not in (list, tuple):
+                # A lazy body may call start_response with its first piece: only an app
+                # that answered nothing at all took the socket.
+                body = _pull_first(result)
             if upgrade and (self.handed_over or self.response is None):
                 self.handed_over = True  # the app took the socket; nothing more to send
             else:
-                self._send_result(result)
+                self._send_result(body)
         except StopIteration:
             # gunicorn's convention, which flask-sock follows: the app is done with the
             # socket it took. Anywhere else it is a bug in the app.
@@ -665,6 +673,16 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
                 server.access_log(environ, status, sent, elapsed,
                                   response.headers if response is not None else ())
         return keep and self.body_error is None and self._finish_body()
+
+    def _decline_upgrade(self):
+        """The app answers an Upgrade request later (respond_later): it did not take the
+        socket it was offered. Serve it as an ordinary request, then close. False."""
+        self.upgrade = False
+        self.must_close = True
+        request_timeout = self.server.config.request_timeout
+        if request_timeout:  # _offer_socket lifted it for a hand-over that did not come
+            self.request_deadline = monotonic() + request_timeout
+        return False
 
     def _offer_socket(self, environ):
         """An Upgrade request (e.g. WebSocket): let the app take the connection over.
@@ -763,3 +781,12 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
         except (OSError, AttributeError):  # not TCP (a unix socket), or not Linux
             return False
         return bool(info) and info[0] == TCP_STATE_CLOSE
+
+
+def _pull_first(result):
+    """``result``'s pieces as a list or chain, its first one already pulled (so that a
+    generator's start_response has run)."""
+    pieces = iter(result)
+    for first in pieces:
+        return chain((first,), pieces)
+    return []

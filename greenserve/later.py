@@ -24,8 +24,21 @@ def respond_later(environ, waitable, respond, timeout=None):
     the answer cannot be sent (the client left; --request-timeout passed: the client gets 503).
     Return this function's value from the app.
     """
-    if timeout is not None and not timeout >= 0:  # also refuses NaN
-        raise ValueError(f"timeout must be a number >= 0 or None, not {timeout!r}")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+        try:
+            timeout = float(timeout)
+        except OverflowError:
+            raise ValueError(f"timeout is too large: {timeout!r}") from None
+        if not timeout >= 0:  # also refuses NaN
+            raise ValueError(f"timeout must be >= 0 or None, not {timeout!r}")
+    missing = [name for name in ("ready", "rawlink", "unlink") if not hasattr(waitable, name)]
+    if missing:
+        raise TypeError(f"{type(waitable).__name__} is not a gevent waitable (it has no "
+                        f"{', '.join(missing)}); use an Event, AsyncResult or Greenlet")
+    if not callable(respond):
+        raise TypeError("respond must be callable")
     return ResponseLater(environ, waitable, respond, timeout)
 
 

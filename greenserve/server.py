@@ -120,6 +120,8 @@ class Server:
                                 self._stand_back if self.load is not None else None)
             acceptor.start()
             self._acceptors.append(acceptor)
+        if self.load is not None:
+            self.load.publish(len(self.spawner))  # accepting from now on
         self._sweeper.start()
         self._started = True
         self._stopped.clear()
@@ -165,6 +167,8 @@ class Server:
         if timeout is None:
             timeout = self.config.graceful_timeout
         self.stop_accepting()
+        for connection in list(self.connections):
+            connection.wake()  # a response waiting without a greenlet: answer it now
         notice = min(CLOSE_NOTICE, timeout / 2)
         deadline = monotonic() + notice
         while self.connections and monotonic() < deadline:
@@ -176,6 +180,8 @@ class Server:
         says ``Connection: close``. Connections already open are left to finish."""
         self.stopping = True
         self.stopping_event.set()
+        if self.load is not None:
+            self.load.withdraw()  # other workers must not leave connections to this one
         for acceptor in self._acceptors:
             acceptor.close()
 
@@ -248,7 +254,7 @@ class Server:
     def _on_tick(self):
         """Every sweep: the cap, the admin census, memory freed by a burst, the load
         other workers see (connections also end between accepts)."""
-        if self.load is not None:
+        if self.load is not None and not self.stopping:
             self.load.publish(len(self.spawner))
         self._check_cap()
         if self.memory.tick():

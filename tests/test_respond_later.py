@@ -221,10 +221,19 @@ def test_middleware_in_between_falls_back_to_waiting_in_the_greenlet(serve):
     assert room.calls == [(True, False), (False, False)]
 
 
-@pytest.mark.parametrize("timeout", [-1, float("nan"), "5"])
+@pytest.mark.parametrize("timeout", [-1, float("nan"), "5", True, 10 ** 400])
 def test_a_bad_timeout_is_refused_where_the_app_passes_it(timeout):
+    from gevent.event import Event
+
     with pytest.raises((ValueError, TypeError)):
-        respond_later({}, None, None, timeout)
+        respond_later({}, Event(), lambda ready: [], timeout)
+
+
+def test_what_is_not_a_gevent_waitable_is_refused_where_the_app_passes_it():
+    import threading as real_threading
+
+    with pytest.raises(TypeError, match="not a gevent waitable"):
+        respond_later({}, real_threading.Event(), lambda ready: [], 5)
 
 
 def test_the_fallback_closes_what_respond_returned():
@@ -243,3 +252,31 @@ def test_the_fallback_closes_what_respond_returned():
     assert list(later) == [b"ready"]
     later.close()
     assert closed == [True]
+
+
+H2C = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+
+
+def test_an_upgrade_request_answered_later_gets_its_answer(serve):
+    # curl --http2 and Java's HttpClient ask for h2c on every plain http:// request: an app
+    # that answers later has not taken the socket, so the request is an ordinary one.
+    room = Room()
+    with serve(room, validate=False) as srv, srv.connect(WAIT) as sock:
+        sock.sendall(b"GET /wait?timeout=0.2 HTTP/1.1\r\nHost: x\r\n" + H2C + b"\r\n")
+        code, headers, body, _ = read_response(sock, WAIT)
+        assert (code, body, headers["connection"]) == (200, b"ready=False", "close")
+    assert room.calls == [(False, False)]
+
+
+def test_an_upgrade_request_to_a_generator_app_gets_its_answer(serve):
+    # A generator calls start_response only when its first piece is pulled: the server must
+    # pull it before deciding the app took the socket.
+    def lazy_app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"lazy "
+        yield b"answer"
+
+    with serve(lazy_app) as srv, srv.connect(WAIT) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n" + H2C + b"\r\n")
+        code, _, body, _ = read_response(sock, WAIT)
+        assert (code, body) == (200, b"lazy answer")
