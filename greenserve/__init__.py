@@ -8,7 +8,7 @@ a program that wants ordinary blocking code to cooperate, then ``serve()`` or ``
 from . import speedups as _speedups
 
 __version__ = "0.1.0"
-__all__ = ["Config", "Server", "serve", "patch", "compiled", "__version__"]
+__all__ = ["Config", "Server", "serve", "patch", "respond_later", "compiled", "__version__"]
 
 # GREENSERVE_PURE=1: every greenserve module loads from its .py source, even where an install
 # compiled it. Decided here, before any other greenserve module is imported.
@@ -43,4 +43,7 @@ def __getattr__(name):
     if name in ("Server", "serve"):
         from . import server
         return getattr(server, name)
+    if name == "respond_later":
+        from .later import respond_later
+        return respond_later
     raise AttributeError(f"module 'greenserve' has no attribute {name!r}")

@@ -9,11 +9,13 @@ long poll (measured with ``python -m loadtests.longpoll_scale``), and the loop i
 import errno
 import logging
 import select
+from time import monotonic
 
 from gevent import get_hub
 from gevent.monkey import get_original
 from gevent.socket import socket as GeventSocket
 
+from .balance import MISSES_TO_STOP, STAND_BACK, STOP_STANDING_BACK
 from .gevent_private import accept_raw
 
 error_log = logging.getLogger("greenserve.error")
@@ -37,15 +39,21 @@ class Acceptor:
     newcomer is noticed at once.
     """
 
-    def __init__(self, sock, on_connection, full, batch=ACCEPT_BATCH):
+    def __init__(self, sock, on_connection, full, batch=ACCEPT_BATCH, stand_back=None):
         self.sock = sock
         self.batch = batch
         self.on_connection = on_connection
         self.full = full
+        # Workers sharing the listener: stand_back() says when to leave a connection to a
+        # less loaded one for STAND_BACK seconds (see balance.py).
+        self.stand_back = stand_back
         self._loop = get_hub().loop
         self._watcher = None
         self._retry = None
         self._poll = None
+        self._stood_back = False
+        self._stand_back_after = 0.0  # monotonic time before which it does not stand back
+        self._missed = 0  # stand-backs in a row after which the connection still waited
         self.closed = False
 
     @property
@@ -82,16 +90,20 @@ class Acceptor:
         """Stop accepting and close the listening socket."""
         self.closed = True
         self.pause()
-        if self._retry is not None:
-            self._retry.stop()
-            self._retry.close()
-            self._retry = None
+        self._stop_retry()
         try:
             self.sock.close()
         except OSError:
             pass
 
     def _accept_ready(self):
+        if self.stand_back is not None:
+            if self._stood_back:
+                self._stood_back = False  # nobody took it meanwhile: accept after all
+            elif monotonic() >= self._stand_back_after and self.stand_back():
+                self._stood_back = True
+                self._wait(STAND_BACK)
+                return
         sock = self.sock
         accept = accept_raw(sock)
         for _ in range(self.batch):
@@ -114,11 +126,33 @@ class Acceptor:
 
     def _back_off(self):
         """Out of descriptors: stop for a moment instead of spinning on a readable socket."""
-        self.pause()
-        self._retry = self._loop.timer(RETRY_DELAY)
-        self._retry.start(self._resume_after_back_off)
+        self._wait(RETRY_DELAY)
 
-    def _resume_after_back_off(self):
-        self._retry.close()
-        self._retry = None
+    def _wait(self, seconds):
+        """Stop watching for ``seconds``, then watch again."""
+        self.pause()
+        self._stop_retry()
+        self._retry = self._loop.timer(seconds)
+        self._retry.start(self._resume_after_wait)
+
+    def _resume_after_wait(self):
+        self._stop_retry()
+        if self._stood_back:
+            if self.client_waiting():
+                # Nobody came for it. Accept; if the other worker is stuck or overloaded
+                # (not just slow once), stop standing back for a while rather than pause
+                # before every accept.
+                self._missed += 1
+                if self._missed >= MISSES_TO_STOP:
+                    self._missed = 0
+                    self._stand_back_after = monotonic() + STOP_STANDING_BACK
+            else:
+                self._missed = 0
+                self._stood_back = False  # the other worker took it: check again next time
         self.start()
+
+    def _stop_retry(self):
+        if self._retry is not None:
+            self._retry.stop()
+            self._retry.close()
+            self._retry = None

@@ -9,6 +9,7 @@ Timers are phases and deadlines fired by the server's sweeper (see ``timers.py``
 
 import logging
 import socket
+from itertools import chain
 from time import monotonic, perf_counter
 
 from gevent import getcurrent
@@ -19,6 +20,7 @@ from .disconnect import (HALF_CLOSED, PEER_GONE, STOP_WATCHING, WATCH_BUFFER_LIM
 from .errors import (AppFailed, BodyReadTimeout, ClientDisconnected, ProtocolError,
                      RequestDeadlineExceeded, RequestTimeout)
 from .gevent_private import park_watcher, raw_socket, read_nowait, readable_waiter
+from .later import ResponseLater
 from .preludes import ConnectionPreludes
 from .protocol.parser import RequestParser
 from .protocol.forwarded import FORWARDED_KEYS, apply_forwarded
@@ -44,6 +46,12 @@ LINGER_BYTES = 64 << 20
 # Idle this long between requests (or before the first), a plain-TCP connection parks: its
 # greenlet ends and a read watcher waits for the client's next bytes (see park()).
 PARK_AFTER = 1.0
+# What woke a response waiting without a greenlet (see _suspend): its waitable became
+# ready; its timeout passed, the client left, or the server stops (all answered "not
+# ready"); or the request's own deadline passed (answered 503 whatever respond says).
+_READY, _NOT_READY, _DEADLINE = 1, 2, 3
+# _handle's answer for a response that now waits without a greenlet.
+_SUSPENDED = object()
 
 
 class _Park(Exception):
@@ -64,7 +72,7 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
     # Slots: thousands of parked long polls each hold one of these.
     __slots__ = ("server", "sock", "raw_sock", "parser", "greenlet", "phase", "deadline",
                  "phase_seq", "request_deadline", "phase_started", "idle_deadline", "parked",
-                 "send_queued",
+                 "send_queued", "later", "woken_by", "started",
                  "reading_body",
                  "disconnected", "linger", "listener_environ", "remote_addr", "remote_port",
                  "proxied", "tls_subject",
@@ -88,6 +96,9 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
         self.phase_started = 0.0
         self.idle_deadline = 0.0  # when waiting for a request, when to give up (0 = never)
         self.parked = False  # waiting for a request without a greenlet (see park())
+        self.later = None  # a response waiting without a greenlet (see _suspend)
+        self.woken_by = 0
+        self.started = 0.0  # perf_counter() when the request began, if anything logs it
         self.send_queued = None  # the kernel's unsent bytes when the send timer was armed
         self.reading_body = False
         self.disconnected = None
@@ -142,6 +153,10 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
             return
         if self.parked:
             self._close_parked()  # a parked connection's one deadline: its idle timeout
+            return
+        if self.later is not None:
+            deadline = self.request_deadline
+            self._wake(_DEADLINE if deadline and monotonic() >= deadline else _NOT_READY)
             return
         glet = self.greenlet
         if glet is None or glet.dead:
@@ -245,11 +260,10 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
 
     def _run(self, serve):
         sock = self.sock
-        parked = False
         try:
             serve()
         except _Park:
-            parked = self.park()
+            self.park()
         except (IdleTimeout, _Closing, ClientDisconnected, ConnectionError,
                 RequestDeadlineExceeded):
             pass
@@ -257,7 +271,7 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
             error_log.debug("connection error: %s", exc)
         finally:
             self.server.memory.count += 1  # its greenlet's stacks are freed
-            if not parked:
+            if not self.parked and self.later is None:
                 if self.linger and not self.evicted:
                     self._linger()
                 self.server.connections.discard(self)
@@ -309,6 +323,114 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
         except OSError:
             pass
         self.server.spawner.release()
+
+    # -- a response waiting without a greenlet (greenserve.respond_later) -----------------------
+
+    def _suspend(self, later):
+        """The app returned ``respond_later(...)``: end the greenlet, keep the connection and
+        its slot, and answer in a new greenlet when the waitable is ready, the timeout
+        passes, the client leaves or the server stops. False if there is nothing to wait
+        for (ready already, a zero timeout, or stopping): the caller answers at once."""
+        timeout = later.timeout
+        server = self.server
+        if timeout == 0 or server.stopping or later.waitable.ready():
+            return False
+        # What can fail comes first, before the slot is held and the greenlet let go.
+        # Its timer: the app's timeout, capped by --request-timeout (see expire).
+        self._enter(APP, timeout or 0.0)
+        later.waitable.rawlink(self._on_ready)
+        self.later = later
+        self.woken_by = 0
+        self.greenlet = None
+        server.spawner.hold()
+        # The socket's own read watcher (idle while the app runs): a reset ends the wait.
+        park_watcher(self.sock).start(self._watch_peer)
+        return True
+
+    def _on_ready(self, _waitable):
+        self._wake(_READY)
+
+    def _watch_peer(self):
+        """In the hub, while a response waits: the client sent something, or left."""
+        verdict = self.poll_peer()
+        if verdict is None:
+            return
+        if verdict == PEER_GONE:
+            self.disconnected.set()
+            self._wake(_NOT_READY)
+            return
+        # Half-closed (it may still read its answer: RFC 9112 §9.6), or as much early
+        # input is held as we keep: only the answer's send can tell more.
+        if verdict == HALF_CLOSED:
+            self.disconnected.half_closed = True
+        park_watcher(self.sock).stop()
+
+    def wake(self):
+        """The server stops: answer a waiting response now (as not ready)."""
+        if self.later is not None:
+            self._wake(_NOT_READY)
+
+    def _wake(self, cause):
+        """In the hub: end the wait (once) and answer in a greenlet in the held slot."""
+        later = self.later
+        if later is None or self.woken_by:
+            return
+        self.woken_by = cause
+        if cause != _READY:  # a ready waitable dropped the link as it called it
+            later.waitable.unlink(self._on_ready)
+        park_watcher(self.sock).stop()
+        self.deadline = 0.0
+        self.server.spawner.resume(self._resume_later)
+
+    def _resume_later(self):
+        """The greenlet body of a waiting response that woke."""
+        self.greenlet = getcurrent()
+        self._run(self._serve_later)
+
+    def _serve_later(self):
+        """Answer the woken response, then serve the connection as usual (the tail of
+        _serve_requests' loop, then the loop)."""
+        server = self.server
+        later, self.later = self.later, None
+        try:
+            keep = self._handle(self.request, later)
+        finally:
+            self.request_deadline = 0.0
+            self.request = self.environ = self.response = None
+            server.requests_served += 1
+        if not keep and not self.parser.body_done:
+            self.linger = True
+        if not keep or server.stopping:
+            return
+        self.served = True
+        self._enter_idle(server.config.keep_alive)
+        # Park at once: after a long poll's answer the greenlet serves the next woken one
+        # (see Spawner.resume); the client's next request will unpark the connection.
+        if self.raw_sock is not None and not self.parser.buffered and self.park():
+            return
+        self._serve_requests()
+
+    def _woken_result(self, later):
+        """What ``respond`` returns; RequestDeadlineExceeded (503) instead if the request's
+        deadline passed while it waited (``respond`` still runs, once, as promised: the
+        app may count its waiters; its answer is dropped)."""
+        if self.woken_by != _DEADLINE:
+            self._enter(APP, 0)  # back under the request's own deadline alone
+            return later.respond(self.woken_by == _READY)
+        self.request_deadline = 0.0
+        if self.server.stats is not None:
+            self.server.stats.refused("deadline")
+        try:
+            dropped = later.respond(False)
+            if hasattr(dropped, "close"):
+                self._close_result(dropped)
+        except Exception as exc:
+            error_log.error("error in respond() after the request deadline for %s %s",
+                            self.environ["REQUEST_METHOD"], self.environ["RAW_URI"],
+                            exc_info=exc)
+        self.response = None  # its start_response, if any, is replaced by the 503
+        raise RequestDeadlineExceeded(
+            f"request still running after {self.server.config.request_timeout} s")
 
     def _linger(self):
         """RFC 9112 §9.6: half-close, then read and discard until the client closes or a
@@ -400,9 +522,12 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
             try:
                 keep = self._handle(request)
             finally:
-                self.request_deadline = 0.0
-                self.request = self.environ = self.response = None
-                server.requests_served += 1
+                if self.later is None:
+                    self.request_deadline = 0.0
+                    self.request = self.environ = self.response = None
+                    server.requests_served += 1
+            if keep is _SUSPENDED:
+                return
             if not keep and not parser.body_done:
                 self.linger = True
             if not keep or server.stopping:
@@ -438,52 +563,74 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
 
     # -- one request ---------------------------------------------------------------------------
 
-    def _handle(self, request):
-        """Run the app for one request; True if the connection may carry another."""
+    def _handle(self, request, later=None):
+        """Run the app for one request (or the ``respond`` of its response that waited,
+        ``later``), send and log the answer; True if the connection may carry another,
+        _SUSPENDED if its response now waits without a greenlet (see _suspend)."""
         server = self.server
-        self.request = request
-        self.response = None
-        self.must_close = not request.keep_alive or server.config.keep_alive <= 0
-        self.continue_pending = request.expect_continue
-        self.body_error = None
-        self.error_status = 0
-        self.body_started = self.body_cap = 0.0
-        self.body_received = self.body_read = 0
-        self.handed_over = False
-        stats = server.stats
-        started = perf_counter() if server.access_log or stats is not None else 0.0
-        environ = build_environ(self.listener_environ, request, server.script_name,
-                                self.remote_addr, self.remote_port)
-        # The environ has the headers now; a parked long poll should not hold them twice.
-        request.headers = None
-        self.environ = environ
-        if self.proxied and not environ.keys().isdisjoint(FORWARDED_KEYS):
-            for reason in apply_forwarded(environ, server.forwarded_trust):
-                error_log.debug("forwarded headers from %s: %s", self.remote_addr, reason)
-        if self.tls_subject is not None:
-            # mod_ssl's name for it, which apps behind Apache already read.
-            environ["SSL_CLIENT_S_DN"] = self.tls_subject
-        self.upgrade = upgrade = "HTTP_UPGRADE" in environ and is_upgrade(environ)
-        if upgrade:
-            self._offer_socket(environ)
-        has_body = request.chunked or request.content_length
-        environ["wsgi.input"] = InputStream(self._receive_body) if has_body else EMPTY_INPUT
-        disconnected = self.disconnected = environ["greenserve.disconnected"] = \
-            Disconnected(self)
-        if request.chunked and server.config.buffer_chunked_bodies and \
-                not self._buffer_chunked_body(environ):
-            disconnected.finish(True)
-            if started and self.error_status:
-                server.access_log(environ, self.error_status, 0, perf_counter() - started)
-            return False
-
+        if later is not None:
+            environ, upgrade, disconnected = self.environ, self.upgrade, self.disconnected
+        else:
+            self.request = request
+            self.response = None
+            self.must_close = not request.keep_alive or server.config.keep_alive <= 0
+            self.continue_pending = request.expect_continue
+            self.body_error = None
+            self.error_status = 0
+            self.body_started = self.body_cap = 0.0
+            self.body_received = self.body_read = 0
+            self.handed_over = False
+            started = self.started = perf_counter() \
+                if server.access_log or server.stats is not None else 0.0
+            environ = build_environ(self.listener_environ, request, server.script_name,
+                                    self.remote_addr, self.remote_port)
+            # The environ has the headers now; a parked long poll should not hold them twice.
+            request.headers = None
+            self.environ = environ
+            if self.proxied and not environ.keys().isdisjoint(FORWARDED_KEYS):
+                for reason in apply_forwarded(environ, server.forwarded_trust):
+                    error_log.debug("forwarded headers from %s: %s", self.remote_addr, reason)
+            if self.tls_subject is not None:
+                # mod_ssl's name for it, which apps behind Apache already read.
+                environ["SSL_CLIENT_S_DN"] = self.tls_subject
+            self.upgrade = upgrade = "HTTP_UPGRADE" in environ and is_upgrade(environ)
+            if upgrade:
+                self._offer_socket(environ)
+            has_body = request.chunked or request.content_length
+            environ["wsgi.input"] = InputStream(self._receive_body) if has_body else EMPTY_INPUT
+            disconnected = self.disconnected = environ["greenserve.disconnected"] = \
+                Disconnected(self)
+            if request.chunked and server.config.buffer_chunked_bodies and \
+                    not self._buffer_chunked_body(environ):
+                disconnected.finish(True)
+                if started and self.error_status:
+                    server.access_log(environ, self.error_status, 0, perf_counter() - started)
+                return False
         result = None
+        suspended = False
         try:
-            result = server.app(environ, self._start_response)
+            if later is None:
+                result = server.app(environ, self._start_response)
+                if result.__class__ is ResponseLater and result.environ is environ:
+                    later, result = result, None
+                    if upgrade:
+                        upgrade = self._decline_upgrade()
+                    if self._suspend(later):
+                        suspended = True
+                        return _SUSPENDED
+                    result = later.respond(bool(later.waitable.ready()))
+            else:
+                result = self._woken_result(later)
+            body = result
+            if upgrade and not self.handed_over and self.response is None \
+                    and type(result) not in (list, tuple):
+                # A lazy body may call start_response with its first piece: only an app
+                # that answered nothing at all took the socket.
+                body = _pull_first(result)
             if upgrade and (self.handed_over or self.response is None):
                 self.handed_over = True  # the app took the socket; nothing more to send
             else:
-                self._send_result(result)
+                self._send_result(body)
         except StopIteration:
             # gunicorn's convention, which flask-sock follows: the app is done with the
             # socket it took. Anywhere else it is a bug in the app.
@@ -498,12 +645,14 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
         except (Exception, RequestDeadlineExceeded) as exc:
             self._app_failed(exc)
         finally:
-            if result is not None and hasattr(result, "close"):
-                self._close_result(result)
-            response = self.response
-            keep = not self.must_close and (response is None or response.keep_alive)
-            disconnected.finish(not keep)
+            if not suspended:
+                if result is not None and hasattr(result, "close"):
+                    self._close_result(result)
+                response = self.response
+                keep = not self.must_close and (response is None or response.keep_alive)
+                disconnected.finish(not keep)
         response = self.response
+        started = self.started
         if self.handed_over:
             # The connection belonged to another protocol: it ends with the app.
             if started:
@@ -514,15 +663,26 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
             self.response = response = None
             self._reject(self.body_error)
         if started:
+            stats = server.stats
             status = self.error_status or (response.code if response is not None else 500)
             elapsed = perf_counter() - started
             sent = response.body_sent if response is not None else 0
             if stats is not None:
-                stats.observe(request.method, status, elapsed, self.body_read, sent)
+                stats.observe(self.request.method, status, elapsed, self.body_read, sent)
             if server.access_log:
                 server.access_log(environ, status, sent, elapsed,
                                   response.headers if response is not None else ())
         return keep and self.body_error is None and self._finish_body()
+
+    def _decline_upgrade(self):
+        """The app answers an Upgrade request later (respond_later): it did not take the
+        socket it was offered. Serve it as an ordinary request, then close. False."""
+        self.upgrade = False
+        self.must_close = True
+        request_timeout = self.server.config.request_timeout
+        if request_timeout:  # _offer_socket lifted it for a hand-over that did not come
+            self.request_deadline = monotonic() + request_timeout
+        return False
 
     def _offer_socket(self, environ):
         """An Upgrade request (e.g. WebSocket): let the app take the connection over.
@@ -621,3 +781,12 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
         except (OSError, AttributeError):  # not TCP (a unix socket), or not Linux
             return False
         return bool(info) and info[0] == TCP_STATE_CLOSE
+
+
+def _pull_first(result):
+    """``result``'s pieces as a list or chain, its first one already pulled (so that a
+    generator's start_response has run)."""
+    pieces = iter(result)
+    for first in pieces:
+        return chain((first,), pieces)
+    return []

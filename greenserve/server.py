@@ -43,7 +43,7 @@ class Server:
     """
 
     def __init__(self, app, config=None, *, listeners=None, tls_context=None, stats=None,
-                 **options):
+                 load=None, **options):
         if config is None:
             config = load_config(cli=options)
         elif options:
@@ -66,6 +66,8 @@ class Server:
         self.connections = set()
         self.requests_served = 0  # read by a supervised worker for --max-requests
         self.stats = stats  # a metrics.RequestStats, or None: nothing counted
+        # A balance.WorkerLoad when workers share the listeners (see balance.py), or None.
+        self.load = load
         self.stopping = False
         # Set when a graceful stop begins: apps holding a handed-over connection (a
         # WebSocket) get it as environ["greenserve.stopping"] to say goodbye early.
@@ -114,9 +116,12 @@ class Server:
             handler = self._connection_handler(base)
             spawn = self.spawner.spawn
             acceptor = Acceptor(sock, lambda client, address, handler=handler:
-                                spawn(handler, client, address), self._full, batch)
+                                spawn(handler, client, address), self._full, batch,
+                                self._stand_back if self.load is not None else None)
             acceptor.start()
             self._acceptors.append(acceptor)
+        if self.load is not None:
+            self.load.publish(len(self.spawner))  # accepting from now on
         self._sweeper.start()
         self._started = True
         self._stopped.clear()
@@ -140,6 +145,9 @@ class Server:
             if connection.parked:
                 # No greenlet to wait for: close it now, before join() can return.
                 connection.close_if_idle()
+            elif connection.later is not None:
+                # A response waiting without a greenlet: answer it now (a greenlet joins).
+                connection.wake()
             else:
                 run_callback(connection.close_if_idle)
         if not self.spawner.join(timeout=timeout):
@@ -159,6 +167,8 @@ class Server:
         if timeout is None:
             timeout = self.config.graceful_timeout
         self.stop_accepting()
+        for connection in list(self.connections):
+            connection.wake()  # a response waiting without a greenlet: answer it now
         notice = min(CLOSE_NOTICE, timeout / 2)
         deadline = monotonic() + notice
         while self.connections and monotonic() < deadline:
@@ -170,6 +180,8 @@ class Server:
         says ``Connection: close``. Connections already open are left to finish."""
         self.stopping = True
         self.stopping_event.set()
+        if self.load is not None:
+            self.load.withdraw()  # other workers must not leave connections to this one
         for acceptor in self._acceptors:
             acceptor.close()
 
@@ -234,8 +246,16 @@ class Server:
         gevent.get_hub().loop.run_callback(best.evict)
         return True
 
+    def _stand_back(self):
+        """True if this worker holds clearly more connections than another one sharing
+        its listeners: let that one take the next connection (see balance.py)."""
+        return self.load.should_stand_back(len(self.spawner))
+
     def _on_tick(self):
-        """Every sweep: the cap, the admin census, memory freed by a burst."""
+        """Every sweep: the cap, the admin census, memory freed by a burst, the load
+        other workers see (connections also end between accepts)."""
+        if self.load is not None and not self.stopping:
+            self.load.publish(len(self.spawner))
         self._check_cap()
         if self.memory.tick():
             # A burst went idle: its spare greenlets' stacks go back too, keeping a few.

@@ -30,6 +30,7 @@ class Spawner:
         self.on_slot_free = on_slot_free  # called when a slot frees after we were full
         self.greenlets = set()
         self.held = 0  # slots of parked connections (no greenlet)
+        self.resuming = 0  # of those, resumed and waiting for the hub to start them
         self._idle = []  # greenlets that finished a connection, waiting for the next
         self._empty = Event()
         self._empty.set()
@@ -68,9 +69,27 @@ class Spawner:
 
     def resume(self, handler):
         """A parked connection has input: run ``handler()`` in a greenlet in its held slot
-        (at the hub's next turn)."""
+        at the hub's next turn.
+
+        The greenlet is chosen then, not now: when many resume at once (a long poll's event
+        wakes thousands), each one usually finishes before the next starts, so one idle
+        greenlet serves them in turn instead of thousands being created.
+        """
+        self.resuming += 1
+        self._empty.clear()
+        self._hub.loop.run_callback(self._start_resumed, handler)
+
+    def _start_resumed(self, handler):
+        self.resuming -= 1
         self.held -= 1
-        self.spawn(_call, handler, None)
+        idle = self._idle
+        if idle:
+            glet = idle.pop()
+            glet.gr_context = None
+        else:
+            glet = greenlet(self._run, self._hub)
+        self.greenlets.add(glet)
+        glet.switch(_call, handler, None)
 
     def release(self):
         """A parked connection closed without resuming: its slot is free."""
@@ -107,7 +126,7 @@ class Spawner:
 
     def _finished(self, glet):
         self.greenlets.discard(glet)
-        if not self.greenlets:
+        if not self.greenlets and not self.resuming:
             self._empty.set()
         self._slot_freed()
 

@@ -33,6 +33,7 @@ import time
 import traceback
 
 from . import ipc
+from .balance import LoadTable
 from .errors import AppLoadError, ConfigError
 from .log import error_log
 from .reload import syntax_errors
@@ -50,22 +51,24 @@ class WorkerInfo:
     """What a worker is told about itself: its slot, its ``ipc.Writer`` to the master
     (``channel``), the master's pid and the worker count."""
 
-    __slots__ = ("slot", "channel", "master_pid", "workers", "stats")
+    __slots__ = ("slot", "channel", "master_pid", "workers", "stats", "load")
 
-    def __init__(self, slot, channel, master_pid, workers, stats=None):
+    def __init__(self, slot, channel, master_pid, workers, stats=None, load=None):
         self.slot, self.channel, self.master_pid, self.workers = (
             slot, channel, master_pid, workers)
         self.stats = stats  # the worker's metrics.RequestStats, or None
+        self.load = load    # its balance.WorkerLoad on the shared listeners, or None
 
 
 class Worker:
     """The master's record of one child process."""
 
     __slots__ = ("pid", "slot", "channel", "started", "last_beat", "booted", "outdated",
-                 "stop_signal", "aborted", "dumped", "reason")
+                 "stop_signal", "aborted", "dumped", "reason", "load_index")
 
-    def __init__(self, pid, slot, channel):
+    def __init__(self, pid, slot, channel, load_index=None):
         self.pid, self.slot = pid, slot
+        self.load_index = load_index  # its entry in the LoadTable
         self.channel = channel   # the ipc.Reader of its pipe
         self.started = self.last_beat = time.monotonic()
         self.booted = False
@@ -124,6 +127,7 @@ class Supervisor:
         self.on_ready = on_ready
         self.ready = False         # every slot has had a booted worker (on_ready was called)
         self.reloader = reloader
+        self.loads = None  # balance.LoadTable: workers' connection counts (shared listeners)
         self._wake_r = self._wake_w = None
 
     # -- the loop ------------------------------------------------------------------------
@@ -133,6 +137,8 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
+        if not self.config.reuse_port:  # with it, the kernel spreads connections itself
+            self.loads = LoadTable()
         previous = {signum: signal.signal(signum, self._queue) for signum in HANDLED}
         old_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         try:
@@ -399,6 +405,7 @@ class Supervisor:
             return
         read_end, write_end = os.pipe()
         index = self.monitor.reserve() if self.monitor is not None else None
+        load_index = self.loads.reserve() if self.loads is not None else None
         for stream in (sys.stdout, sys.stderr):
             stream.flush()  # or the child would write the buffered text a second time
         pid = os.fork()
@@ -408,8 +415,9 @@ class Supervisor:
                 os.close(read_end)
                 self._become_worker(slot)
                 stats = self.monitor.adopt(index) if self.monitor is not None else None
+                load = self.loads.entry(load_index) if self.loads is not None else None
                 info = WorkerInfo(slot, ipc.Writer(write_end), os.getppid(), self.count,
-                                  stats)
+                                  stats, load)
                 status = self.boot(sockets, info)
             except SystemExit as exc:
                 status = exc.code if isinstance(exc.code, int) else 1
@@ -421,7 +429,7 @@ class Supervisor:
         os.close(write_end)
         if self.monitor is not None:
             self.monitor.spawned(pid, index, slot)
-        self.workers[pid] = Worker(pid, slot, ipc.Reader(read_end))
+        self.workers[pid] = Worker(pid, slot, ipc.Reader(read_end), load_index)
         error_log.info("started worker %d (pid %d)", slot, pid)
 
     def _become_worker(self, slot):
@@ -493,6 +501,8 @@ class Supervisor:
 
     def _exited(self, worker, status, cpu_seconds=None):
         self._read_all(worker)  # its last messages (a boot error's reason) first
+        if self.loads is not None:
+            self.loads.release(worker.load_index)
         code = os.waitstatus_to_exitcode(status)
         if self.monitor is not None:
             cause = ("timeout" if worker.aborted

@@ -71,7 +71,7 @@ def run(spec, config, sockets, info, notes=(), app=None, server_view=None, tls_c
 def _serve(app, config, sockets, info, channel, tls_context=None):
     """Accept until SIGTERM (drain, then return) or SIGQUIT (return at once): the status."""
     server = Server(app, config, listeners=sockets, tls_context=tls_context,
-                    stats=info.stats)
+                    stats=info.stats, load=info.load)
     stop, fast = Event(), Event()
     handlers = [gevent.signal_handler(signal.SIGTERM, stop.set),
                 gevent.signal_handler(signal.SIGQUIT, fast.set),

@@ -73,6 +73,13 @@ def _granian(app, port, workers=1):
             "--no-access-log", "--log-level", "warning", app]
 
 
+def _waitress(app, port, workers=1):
+    # Its 4 threads as shipped; the connection cap raised from 100, as the other peers get
+    # 10,000 (the idle-rss and sleep-c1000 rows open 1,000).
+    return [sys.executable, "-m", "waitress", f"--listen={HOST}:{port}",
+            "--connection-limit=10000", app]
+
+
 # name -> (argv builder, module that must import for it to run)
 SERVERS = {
     "greenserve": (_greenserve, "greenserve"),
@@ -81,6 +88,7 @@ SERVERS = {
     "gevent-pywsgi-nodelay": (_pywsgi_nodelay, "gevent"),
     "meinheld": (_meinheld, "meinheld.server"),
     "granian": (_granian, "granian"),
+    "waitress": (_waitress, "waitress"),
 }
 # Servers with a worker-process count; the others always run as one process.
 MULTI_WORKER = ("greenserve", "gunicorn-gevent", "granian")
@@ -93,6 +101,7 @@ INSTALL_HINTS = {
     # greenlet 3, so it is installed without its pinned dependencies.
     "meinheld": "pip install --no-deps meinheld",
     "granian": "pip install 'greenserve[bench]'",
+    "waitress": "pip install 'greenserve[bench]'",
 }
 
 

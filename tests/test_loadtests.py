@@ -352,7 +352,7 @@ def test_missing_peers_are_skipped_and_none_left_is_exit_2(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("name", ["meinheld", "granian"])
+@pytest.mark.parametrize("name", ["meinheld", "granian", "waitress"])
 def test_an_installed_peer_starts_on_port_0_and_serves_the_app(name):
     reason = servers.unavailable(name)
     if reason:
@@ -502,3 +502,13 @@ def test_the_idle_client_refuses_a_response_it_cannot_frame(response, error):
         server.close()
         with pytest.raises(OSError, match=error):
             idle_rss.read_response(client)
+
+
+def test_longpoll_scale_measures_both_ways_of_waiting():
+    # 50 waiting requests per server: a smoke run of the scale benchmark, not a measurement.
+    proc = procs.run([sys.executable, "-m", "loadtests.longpoll_scale", "-n", "50",
+                      "--servers", "greenserve,greenserve-later"], cwd=ROOT, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| greenserve")]
+    assert [row.split("|")[1].strip() for row in rows] == ["greenserve", "greenserve-later"]
+    assert all(row.rstrip(" |").endswith("| 50") for row in rows), rows

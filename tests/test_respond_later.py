@@ -1,0 +1,282 @@
+"""``greenserve.respond_later``: a long poll that waits without a greenlet.
+
+Real server on 127.0.0.1:0, raw-socket clients. The app returns ``respond_later(...)``, so it
+is not wrapped in ``wsgiref.validate`` (the validator would hide that object and turn the wait
+into the blocking fallback, tested on its own below); the answer each ``respond`` gives is
+made by a validated WSGI app instead.
+"""
+
+import socket
+import threading
+from wsgiref.validate import validator
+
+import pytest
+
+from conftest import read_response, recv_until_closed
+from greenserve import respond_later
+from greenserve.later import ResponseLater
+from procs import wait_until
+
+WAIT = 20.0
+
+
+def _answer_app(environ, start_response):
+    body = environ["answer"].encode()
+    start_response("200 OK", [("Content-Type", "text/plain"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+
+
+class Room:
+    """The app: ``GET /wait[?timeout=S]`` waits for ``POST /fire``; ``/count`` says how many
+    wait. Every call of ``respond`` is recorded with what the server told it."""
+
+    def __init__(self):
+        self.event = None
+        self.waiting = 0
+        self.calls = []  # (ready, client gone?)
+        self.called = threading.Event()
+
+    def __call__(self, environ, start_response):
+        from gevent.event import Event
+
+        path = environ["PATH_INFO"]
+        if self.event is None:
+            self.event = Event()
+        if path == "/fire":
+            event, self.event = self.event, Event()
+            event.set()
+            return self._say(environ, start_response, "fired")
+        if path == "/count":
+            return self._say(environ, start_response, str(self.waiting))
+        if path == "/boom":
+            return respond_later(environ, self.event, self._boom, 0.01)
+        if path != "/wait":
+            return self._say(environ, start_response, "pong")
+        query = environ.get("QUERY_STRING", "")
+        timeout = float(query.split("=", 1)[1]) if query.startswith("timeout=") else None
+        self.waiting += 1
+
+        def respond(ready):
+            self.waiting -= 1
+            self.calls.append((ready, environ["greenserve.disconnected"].is_set()))
+            self.called.set()
+            return self._say(environ, start_response, f"ready={ready}")
+
+        return respond_later(environ, self.event, respond, timeout)
+
+    def _boom(self, ready):
+        raise RuntimeError("respond failed")
+
+    @staticmethod
+    def _say(environ, start_response, text):
+        environ["answer"] = text
+        return validator(_answer_app)(environ, start_response)
+
+
+def _request(path):
+    return f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+
+
+def _get(srv, path):
+    with srv.connect(WAIT) as sock:
+        sock.sendall(_request(path))
+        return read_response(sock, WAIT)
+
+
+def _waiting(srv, room, count):
+    """Until ``count`` responses wait, and none of them holds a greenlet."""
+    def settled():
+        try:
+            waiting = [c for c in list(srv.server.connections) if c.later is not None]
+        except RuntimeError:  # the server's thread changed the set while we looked
+            return False
+        return len(waiting) == count and all(c.greenlet is None for c in waiting) \
+            and room.waiting == count
+    wait_until(settled, WAIT, f"{count} waiting response(s)")
+
+
+def test_waiting_responses_hold_no_greenlet_and_are_answered_when_the_event_fires(serve):
+    room = Room()
+    with serve(room, validate=False, keep_alive=60) as srv:
+        socks = [srv.connect(WAIT) for _ in range(20)]
+        try:
+            for sock in socks:
+                sock.sendall(_request("/wait"))
+            _waiting(srv, room, 20)
+            spawner = srv.server.spawner
+            assert spawner.held == 20 and len(srv.server.connections) == 20
+            assert _get(srv, "/fire")[2] == b"fired"
+            for sock in socks:
+                code, headers, body, _ = read_response(sock, WAIT)
+                assert (code, body) == (200, b"ready=True")
+                assert headers.get("connection") != "close"
+            # Each connection stays open and serves its next request.
+            for sock in socks:
+                sock.sendall(_request("/ping"))
+                assert read_response(sock, WAIT)[2] == b"pong"
+        finally:
+            for sock in socks:
+                sock.close()
+    assert room.calls == [(True, False)] * 20
+
+
+def test_a_timeout_answers_not_ready_and_the_connection_stays_usable(serve):
+    room = Room()
+    with serve(room, validate=False) as srv, srv.connect(WAIT) as sock:
+        sock.sendall(_request("/wait?timeout=0.3"))
+        assert read_response(sock, WAIT)[:3:2] == (200, b"ready=False")
+        sock.sendall(_request("/ping"))
+        assert read_response(sock, WAIT)[2] == b"pong"
+    assert room.calls == [(False, False)]
+
+
+def test_an_event_already_set_or_a_zero_timeout_answers_at_once(serve):
+    room = Room()
+    with serve(room, validate=False) as srv, srv.connect(WAIT) as sock:
+        sock.sendall(_request("/wait?timeout=0"))
+        assert read_response(sock, WAIT)[2] == b"ready=False"
+    assert room.calls == [(False, False)]
+
+
+def test_a_client_that_resets_ends_the_wait_and_respond_learns_it(serve):
+    room = Room()
+    with serve(room, validate=False) as srv:
+        sock = srv.connect(WAIT)
+        sock.sendall(_request("/wait"))
+        _waiting(srv, room, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()  # linger 0: a reset
+        assert room.called.wait(WAIT)
+        wait_until(lambda: not srv.server.connections, WAIT, "the connection closed")
+        assert srv.server.spawner.held == 0
+    assert room.calls == [(False, True)]
+
+
+def test_a_half_closed_client_still_gets_its_answer(serve):
+    # RFC 9112 §9.6: a client may half-close after its request and still read the answer.
+    room = Room()
+    with serve(room, validate=False) as srv, srv.connect(WAIT) as sock:
+        sock.sendall(_request("/wait"))
+        _waiting(srv, room, 1)
+        sock.shutdown(socket.SHUT_WR)
+        wait_until(lambda: all(c.disconnected is None or c.disconnected.half_closed
+                               for c in list(srv.server.connections)), WAIT, "the half-close")
+        assert _get(srv, "/fire")[2] == b"fired"
+        code, _, body, _ = read_response(sock, WAIT)
+        assert (code, body) == (200, b"ready=True")
+    assert room.calls == [(True, False)]
+
+
+def test_the_request_deadline_answers_503_and_respond_still_runs_once(serve):
+    room = Room()
+    with serve(room, validate=False, request_timeout=0.5) as srv, srv.connect(WAIT) as sock:
+        sock.sendall(_request("/wait"))
+        code, headers, body, _ = read_response(sock, WAIT)
+        assert code == 503 and headers["connection"] == "close"
+        assert recv_until_closed(sock, WAIT) == b""
+        wait_until(lambda: srv.server.spawner.held == 0, WAIT, "the slot freed")
+    assert room.calls == [(False, False)] and room.waiting == 0
+
+
+def test_a_failing_respond_gets_a_500(serve):
+    room = Room()
+    with serve(room, validate=False) as srv, srv.connect(WAIT) as sock:
+        sock.sendall(_request("/boom"))
+        assert read_response(sock, WAIT)[0] == 500
+        sock.sendall(_request("/ping"))
+        assert read_response(sock, WAIT)[2] == b"pong"
+
+
+def test_a_stopping_server_answers_waiting_responses_at_once(serve):
+    room = Room()
+    with serve(room, validate=False, graceful_timeout=30, stop_timeout=30) as srv:
+        socks = [srv.connect(WAIT) for _ in range(3)]
+        for sock in socks:
+            sock.sendall(_request("/wait"))
+        _waiting(srv, room, 3)
+        stopper = threading.Thread(target=srv.stop, args=(30,))
+        stopper.start()
+        for sock in socks:
+            code, headers, body, _ = read_response(sock, WAIT)
+            assert (code, body, headers["connection"]) == (200, b"ready=False", "close")
+            sock.close()
+        stopper.join(WAIT)
+        assert not stopper.is_alive()
+    assert room.calls == [(False, False)] * 3
+
+
+def test_middleware_in_between_falls_back_to_waiting_in_the_greenlet(serve):
+    # wsgiref.validate wraps the returned object, so the server never sees it: iterating it
+    # waits in place, as under any other gevent server.
+    room = Room()
+    with serve(room, keep_alive=60) as srv, srv.connect(WAIT) as sock:
+        sock.sendall(_request("/wait"))
+        wait_until(lambda: room.waiting == 1, WAIT, "the waiting request")
+        assert [c.later for c in list(srv.server.connections)] == [None]
+        assert _get(srv, "/fire")[2] == b"fired"
+        assert read_response(sock, WAIT)[:3:2] == (200, b"ready=True")
+        sock.sendall(_request("/wait?timeout=0.2"))
+        assert read_response(sock, WAIT)[2] == b"ready=False"
+    assert room.calls == [(True, False), (False, False)]
+
+
+@pytest.mark.parametrize("timeout", [-1, float("nan"), "5", True, 10 ** 400])
+def test_a_bad_timeout_is_refused_where_the_app_passes_it(timeout):
+    from gevent.event import Event
+
+    with pytest.raises((ValueError, TypeError)):
+        respond_later({}, Event(), lambda ready: [], timeout)
+
+
+def test_what_is_not_a_gevent_waitable_is_refused_where_the_app_passes_it():
+    import threading as real_threading
+
+    with pytest.raises(TypeError, match="not a gevent waitable"):
+        respond_later({}, real_threading.Event(), lambda ready: [], 5)
+
+
+def test_the_fallback_closes_what_respond_returned():
+    from gevent.event import Event
+
+    closed = []
+
+    class Body(list):
+        def close(self):
+            closed.append(True)
+
+    event = Event()
+    event.set()
+    later = respond_later({}, event, lambda ready: Body([b"ready" if ready else b"no"]))
+    assert isinstance(later, ResponseLater)
+    assert list(later) == [b"ready"]
+    later.close()
+    assert closed == [True]
+
+
+H2C = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+
+
+def test_an_upgrade_request_answered_later_gets_its_answer(serve):
+    # curl --http2 and Java's HttpClient ask for h2c on every plain http:// request: an app
+    # that answers later has not taken the socket, so the request is an ordinary one.
+    room = Room()
+    with serve(room, validate=False) as srv, srv.connect(WAIT) as sock:
+        sock.sendall(b"GET /wait?timeout=0.2 HTTP/1.1\r\nHost: x\r\n" + H2C + b"\r\n")
+        code, headers, body, _ = read_response(sock, WAIT)
+        assert (code, body, headers["connection"]) == (200, b"ready=False", "close")
+    assert room.calls == [(False, False)]
+
+
+def test_an_upgrade_request_to_a_generator_app_gets_its_answer(serve):
+    # A generator calls start_response only when its first piece is pulled: the server must
+    # pull it before deciding the app took the socket.
+    def lazy_app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"lazy "
+        yield b"answer"
+
+    with serve(lazy_app) as srv, srv.connect(WAIT) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n" + H2C + b"\r\n")
+        code, _, body, _ = read_response(sock, WAIT)
+        assert (code, body) == (200, b"lazy answer")
