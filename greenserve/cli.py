@@ -137,9 +137,7 @@ def _main(argv):
         return 0
     if spec is None:
         parser.error("the following arguments are required: APP")
-    # GREENSERVE_PURE and friends choose the code, not a setting: known, though not in SETTINGS.
-    notes = unknown_env_warnings({key: value for key, value in os.environ.items()
-                                  if key not in speedups.VARIABLES})
+    notes = unknown_env_warnings(os.environ)
     for pair in config.env:  # -e KEY=VALUE: for the app, the hooks and every worker
         key, _, value = pair.partition("=")
         os.environ[key] = value

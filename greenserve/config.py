@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from .accessformat import ATOMS, JSON_PRESET, compile_format
 from .errors import ConfigError
 from .protocol.parser import Limits
+from .speedups import VARIABLES as SPEEDUP_VARIABLES
 
 ENV_PREFIX = "GREENSERVE_"
 _PARSER_LIMITS = Limits()
@@ -651,6 +652,7 @@ def unknown_env_warnings(environ):
     known = {ENV_PREFIX + name.upper() for name, spec in SETTINGS.items()
              if not spec.metadata["cli_only"]}
     known.add(ENV_PREFIX + "CONFIG")
+    known.update(SPEEDUP_VARIABLES)  # they choose the code (speedups.py), not a setting
     lines = []
     names = sorted(key[len(ENV_PREFIX):] for key in known)
     for key in sorted(environ):

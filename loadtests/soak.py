@@ -18,8 +18,9 @@ A sample: the server's RSS (VmRSS summed over its process tree), open descriptor
 threads (from /proc, summed the same way), and from the app itself, live greenlets and
 gc-tracked objects (``GET /debug/counts``, which only ``loadtests.apps`` serves; other apps get
 "-"). The table and ``soak.md``/``soak.json`` in ``--out`` show the three samples and end minus
-start. Exit status 1 if, at the end, descriptors, threads or greenlets exceed the start, or wrk
-saw socket errors or non-2xx answers: those must come back exactly; RSS may drift (the
+start. Exit status 1 if, at the end, descriptors or threads exceed the start, greenlets exceed
+it by more than ``--concurrency`` (a server may keep that many for reuse after a burst), or
+wrk saw socket errors or non-2xx answers: those must come back exactly; RSS may drift (the
 allocator keeps freed arenas) and is reported, not judged.
 """
 
@@ -264,8 +265,13 @@ def phase_table(runs):
     return "\n".join(lines)
 
 
-def problems(runs):
-    """One line per thing that did not come back (or went wrong) in a run."""
+def problems(runs, spare_greenlets=0):
+    """One line per thing that did not come back (or went wrong) in a run.
+
+    A server may keep up to ``spare_greenlets`` more greenlets than at the start: those it
+    keeps for reuse after a burst of that many connections (greenserve keeps some), which no
+    number of further requests makes grow.
+    """
     found = []
     for run in runs:
         name = run["server"]
@@ -274,7 +280,9 @@ def problems(runs):
             continue
         start, end = run["samples"][0], run["samples"][-1]
         for key in ("fds", "threads", "greenlets"):
-            if start[key] is not None and end[key] is not None and end[key] > start[key]:
+            allowed = spare_greenlets if key == "greenlets" else 0
+            if start[key] is not None and end[key] is not None \
+                    and end[key] > start[key] + allowed:
                 found.append(f"{name}: {key} grew from {start[key]} to {end[key]}")
         for p in run["phases"]:
             if any(p["socket_errors"]) or p["non_2xx"]:
@@ -323,7 +331,7 @@ def main(args):
     with open(os.path.join(args.out, "soak.json"), "w") as f:
         json.dump({"settings": head, "args": vars(args), "runs": runs}, f, indent=2)
     print(text, end="")
-    found = problems(runs)
+    found = problems(runs, spare_greenlets=args.concurrency)
     for line in found:
         print(f"soak: {line}", file=sys.stderr)
     return 1 if found else 0

@@ -512,3 +512,12 @@ def test_longpoll_scale_measures_both_ways_of_waiting():
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| greenserve")]
     assert [row.split("|")[1].strip() for row in rows] == ["greenserve", "greenserve-later"]
     assert all(row.rstrip(" |").endswith("| 50") for row in rows), rows
+
+
+def test_soak_allows_the_spare_greenlets_of_one_burst_and_no_more():
+    sample = {"fds": 6, "threads": 2, "greenlets": 8}
+    phase = {"socket_errors": [0, 0, 0, 0], "non_2xx": 0, "kind": "keep-alive", "half": 1}
+    run = {"server": "greenserve", "phases": [phase],
+           "samples": [sample, sample, dict(sample, greenlets=12)]}
+    assert soak.problems([run], spare_greenlets=4) == []
+    assert soak.problems([run], spare_greenlets=3) == ["greenserve: greenlets grew from 8 to 12"]
