@@ -10,6 +10,7 @@ it accepts after all: a connection is never left waiting for a worker that canno
 """
 
 import mmap
+from time import monotonic
 
 # Entries in the table: entry 0 holds how many entries are in use, one per worker after it.
 ENTRIES = 1024
@@ -21,10 +22,13 @@ NOT_ACCEPTING = -2  # a worker still starting (loading the app) or already stopp
 SLACK = 2
 # How long it stays out before accepting anyway (seconds).
 STAND_BACK = 0.005
-# If the connection was still waiting after that this many times in a row (the other worker
-# is stuck or overloaded, not just slow once), the worker does not stand back again for
+# A worker whose entry was not refreshed for this long (it refreshes on every accept and every
+# timer sweep, 4 times a second) is stuck: nobody stands back for it (seconds).
+STALE_AFTER = 1.0
+# If the connection was still waiting after a stand-back this many times in a row (the other
+# worker is overloaded, not just slow once), the worker does not stand back again for
 # STOP_STANDING_BACK seconds.
-MISSES_TO_STOP = 3
+MISSES_TO_STOP = 10
 STOP_STANDING_BACK = 0.25
 
 
@@ -32,8 +36,10 @@ class LoadTable:
     """Connection counts of the workers, in memory shared by the master and its workers."""
 
     def __init__(self, entries=ENTRIES):
-        self._map = mmap.mmap(-1, 4 * entries)
-        self.counts = memoryview(self._map).cast("i")
+        self._map = mmap.mmap(-1, 12 * entries)
+        view = memoryview(self._map)
+        self.counts = view[:4 * entries].cast("i")
+        self.stamps = view[4 * entries:].cast("d")  # monotonic time of each entry's last write
         self.counts[0] = 0
         for index in range(1, entries):
             self.counts[index] = ABSENT
@@ -59,21 +65,23 @@ class LoadTable:
     # -- a worker ------------------------------------------------------------------------------
 
     def entry(self, index):
-        return WorkerLoad(self.counts, index) if index is not None else None
+        return WorkerLoad(self.counts, self.stamps, index) if index is not None else None
 
 
 class WorkerLoad:
     """One worker's view: publish its own count, compare it with the others'."""
 
-    __slots__ = ("counts", "index")
+    __slots__ = ("counts", "stamps", "index")
 
-    def __init__(self, counts, index):
+    def __init__(self, counts, stamps, index):
         self.counts = counts
+        self.stamps = stamps
         self.index = index
 
     def publish(self, count):
         """This worker accepts and holds ``count`` connections."""
         self.counts[self.index] = count
+        self.stamps[self.index] = monotonic()
 
     def withdraw(self):
         """This worker stops accepting (a graceful stop began)."""
@@ -81,12 +89,13 @@ class WorkerLoad:
 
     def should_stand_back(self, count):
         """Publish ``count``; True if another worker holds more than SLACK fewer."""
-        counts = self.counts
+        counts, stamps = self.counts, self.stamps
         me = self.index
         counts[me] = count
+        stamps[me] = now = monotonic()
         floor = count - SLACK
         for index in range(1, counts[0] + 1):
             other = counts[index]
-            if 0 <= other < floor and index != me:
+            if 0 <= other < floor and index != me and now - stamps[index] < STALE_AFTER:
                 return True
         return False

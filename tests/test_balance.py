@@ -41,6 +41,9 @@ def test_a_worker_stands_back_only_when_another_holds_clearly_fewer():
     assert first.should_stand_back(10 + SLACK + 1)
     assert table.counts[first.index] == 10 + SLACK + 1  # asking publishes its own count
     assert not second.should_stand_back(10)  # the other one is the busier
+    table.stamps[second.index] -= 10  # its hub has not run for 10 s: stuck, not idle
+    assert not first.should_stand_back(1000)
+    second.publish(10)
     second.withdraw()  # stopping: it no longer takes connections
     assert not first.should_stand_back(1000)
     alone = LoadTable(entries=4)
