@@ -51,6 +51,13 @@ class Spawner:
     def spawn(self, handler, sock, address):
         """Start ``handler(sock, address)`` in a greenlet at the hub's next turn: one that
         finished an earlier connection if one waits, else a new one."""
+        glet = self._take_greenlet()
+        self._empty.clear()
+        self._hub.loop.run_callback(glet.switch, handler, sock, address)
+        return glet
+
+    def _take_greenlet(self):
+        """An idle greenlet, else a new one; counted as running from now on."""
         idle = self._idle
         if idle:
             glet = idle.pop()
@@ -59,8 +66,6 @@ class Spawner:
         else:
             glet = greenlet(self._run, self._hub)
         self.greenlets.add(glet)
-        self._empty.clear()
-        self._hub.loop.run_callback(glet.switch, handler, sock, address)
         return glet
 
     def hold(self):
@@ -82,14 +87,7 @@ class Spawner:
     def _start_resumed(self, handler):
         self.resuming -= 1
         self.held -= 1
-        idle = self._idle
-        if idle:
-            glet = idle.pop()
-            glet.gr_context = None
-        else:
-            glet = greenlet(self._run, self._hub)
-        self.greenlets.add(glet)
-        glet.switch(_call, handler, None)
+        self._take_greenlet().switch(_call, handler, None)
 
     def release(self):
         """A parked connection closed without resuming: its slot is free."""

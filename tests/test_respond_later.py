@@ -232,8 +232,12 @@ def test_a_bad_timeout_is_refused_where_the_app_passes_it(timeout):
 def test_what_is_not_a_gevent_waitable_is_refused_where_the_app_passes_it():
     import threading as real_threading
 
+    from gevent.event import Event
+
     with pytest.raises(TypeError, match="not a gevent waitable"):
         respond_later({}, real_threading.Event(), lambda ready: [], 5)
+    with pytest.raises(TypeError, match="respond must be callable"):
+        respond_later({}, Event(), [b"not a function"], 5)
 
 
 def test_the_fallback_closes_what_respond_returned():
