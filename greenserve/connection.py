@@ -19,13 +19,14 @@ from .disconnect import (HALF_CLOSED, PEER_GONE, STOP_WATCHING, WATCH_BUFFER_LIM
                          Disconnected)
 from .errors import (AppFailed, BodyReadTimeout, ClientDisconnected, ProtocolError,
                      RequestDeadlineExceeded, RequestTimeout)
-from .gevent_private import park_watcher, raw_socket, read_nowait, readable_waiter
+from .gevent_private import raw_socket, read_nowait, readable_waiter
 from .later import ResponseLater
 from .preludes import ConnectionPreludes
 from .protocol.parser import RequestParser
 from .protocol.forwarded import FORWARDED_KEYS, apply_forwarded
 from .protocol.writer import error_response
 from .sending import ResponseSending
+from .waiting import DEADLINE, NOT_READY, SUSPENDED, GreenletFreeWaits
 from .timers import APP, BODY, IDLE, LINGER, READING_HEAD, SEND, IdleTimeout, phase_timeout
 from .wsgi import EMPTY_INPUT, InputStream, build_environ, is_upgrade
 
@@ -46,12 +47,6 @@ LINGER_BYTES = 64 << 20
 # Idle this long between requests (or before the first), a plain-TCP connection parks: its
 # greenlet ends and a read watcher waits for the client's next bytes (see park()).
 PARK_AFTER = 1.0
-# What woke a response waiting without a greenlet (see _suspend): its waitable became
-# ready; its timeout passed, the client left, or the server stops (all answered "not
-# ready"); or the request's own deadline passed (answered 503 whatever respond says).
-_READY, _NOT_READY, _DEADLINE = 1, 2, 3
-# _handle's answer for a response that now waits without a greenlet.
-_SUSPENDED = object()
 
 
 class _Park(Exception):
@@ -62,11 +57,12 @@ class _Closing(Exception):
     """The server is shutting down and this connection is idle."""
 
 
-class Connection(ConnectionPreludes, BodyReading, ResponseSending):
+class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeWaits):
     """Serves the requests of one accepted socket; ``run()`` is the greenlet body.
 
     Its other halves live in their own modules: ``preludes`` (PROXY header, TLS),
-    ``bodies`` (wsgi.input and unread bodies), ``sending`` (start_response and sending).
+    ``bodies`` (wsgi.input and unread bodies), ``sending`` (start_response and sending),
+    ``waiting`` (parked between requests, or a response waiting, without a greenlet).
     """
 
     # Slots: thousands of parked long polls each hold one of these.
@@ -156,7 +152,7 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
             return
         if self.later is not None:
             deadline = self.request_deadline
-            self._wake(_DEADLINE if deadline and monotonic() >= deadline else _NOT_READY)
+            self._wake(DEADLINE if deadline and monotonic() >= deadline else NOT_READY)
             return
         glet = self.greenlet
         if glet is None or glet.dead:
@@ -253,11 +249,6 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
         self.server.connections.add(self)
         self._run(self._serve)
 
-    def _resume(self):
-        """The greenlet body of a parked connection whose client sent something."""
-        self.greenlet = getcurrent()
-        self._run(self._serve_requests)
-
     def _run(self, serve):
         sock = self.sock
         try:
@@ -284,153 +275,6 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
                     sock.close()
                 except OSError:
                     pass
-
-    # -- parking: an idle connection without a greenlet ----------------------------------------
-
-    def park(self):
-        """Wait for the client's next bytes without a greenlet; False if it must close instead.
-
-        A greenlet waiting in a read holds its stacks (several KiB); a parked connection holds
-        only its socket, parser and slot, and a read watcher that starts a new greenlet when
-        bytes arrive. Only connections idle for PARK_AFTER park, so the busy path is unchanged.
-        """
-        server = self.server
-        if server.stopping:
-            return False
-        self.greenlet = None
-        self.parked = True
-        # Nothing of the last request need stay: its body is done, nothing is buffered.
-        self.disconnected = self.parser.request = None
-        server.spawner.hold()
-        self.deadline = self.idle_deadline  # the idle timeout still applies (expire)
-        park_watcher(self.sock).start(self._unpark)
-        return True
-
-    def _unpark(self):
-        """In the hub: the parked client sent something (or closed): serve it again."""
-        park_watcher(self.sock).stop()
-        self.parked = False
-        self.server.spawner.resume(self._resume)
-
-    def _close_parked(self):
-        """In the hub: close a parked connection (idle timeout, eviction, stop)."""
-        park_watcher(self.sock).stop()
-        self.parked = False
-        self.server.connections.discard(self)
-        self.deadline = 0.0
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-        self.server.spawner.release()
-
-    # -- a response waiting without a greenlet (greenserve.respond_later) -----------------------
-
-    def _suspend(self, later):
-        """The app returned ``respond_later(...)``: end the greenlet, keep the connection and
-        its slot, and answer in a new greenlet when the waitable is ready, the timeout
-        passes, the client leaves or the server stops. False if there is nothing to wait
-        for (ready already, a zero timeout, or stopping): the caller answers at once."""
-        timeout = later.timeout
-        server = self.server
-        if timeout == 0 or server.stopping or later.waitable.ready():
-            return False
-        # What can fail comes first, before the slot is held and the greenlet let go.
-        # Its timer: the app's timeout, capped by --request-timeout (see expire).
-        self._enter(APP, timeout or 0.0)
-        later.waitable.rawlink(self._on_ready)
-        self.later = later
-        self.woken_by = 0
-        self.greenlet = None
-        server.spawner.hold()
-        # The socket's own read watcher (idle while the app runs): a reset ends the wait.
-        park_watcher(self.sock).start(self._watch_peer)
-        return True
-
-    def _on_ready(self, _waitable):
-        self._wake(_READY)
-
-    def _watch_peer(self):
-        """In the hub, while a response waits: the client sent something, or left."""
-        verdict = self.poll_peer()
-        if verdict is None:
-            return
-        if verdict == PEER_GONE:
-            self.disconnected.set()
-            self._wake(_NOT_READY)
-            return
-        # Half-closed (it may still read its answer: RFC 9112 §9.6), or as much early
-        # input is held as we keep: only the answer's send can tell more.
-        if verdict == HALF_CLOSED:
-            self.disconnected.half_closed = True
-        park_watcher(self.sock).stop()
-
-    def wake(self):
-        """The server stops: answer a waiting response now (as not ready)."""
-        if self.later is not None:
-            self._wake(_NOT_READY)
-
-    def _wake(self, cause):
-        """In the hub: end the wait (once) and answer in a greenlet in the held slot."""
-        later = self.later
-        if later is None or self.woken_by:
-            return
-        self.woken_by = cause
-        if cause != _READY:  # a ready waitable dropped the link as it called it
-            later.waitable.unlink(self._on_ready)
-        park_watcher(self.sock).stop()
-        self.deadline = 0.0
-        self.server.spawner.resume(self._resume_later)
-
-    def _resume_later(self):
-        """The greenlet body of a waiting response that woke."""
-        self.greenlet = getcurrent()
-        self._run(self._serve_later)
-
-    def _serve_later(self):
-        """Answer the woken response, then serve the connection as usual (the tail of
-        _serve_requests' loop, then the loop)."""
-        server = self.server
-        later, self.later = self.later, None
-        try:
-            keep = self._handle(self.request, later)
-        finally:
-            self.request_deadline = 0.0
-            self.request = self.environ = self.response = None
-            server.requests_served += 1
-        if not keep and not self.parser.body_done:
-            self.linger = True
-        if not keep or server.stopping:
-            return
-        self.served = True
-        self._enter_idle(server.config.keep_alive)
-        # Park at once: after a long poll's answer the greenlet serves the next woken one
-        # (see Spawner.resume); the client's next request will unpark the connection.
-        if self.raw_sock is not None and not self.parser.buffered and self.park():
-            return
-        self._serve_requests()
-
-    def _woken_result(self, later):
-        """What ``respond`` returns; RequestDeadlineExceeded (503) instead if the request's
-        deadline passed while it waited (``respond`` still runs, once, as promised: the
-        app may count its waiters; its answer is dropped)."""
-        if self.woken_by != _DEADLINE:
-            self._enter(APP, 0)  # back under the request's own deadline alone
-            return later.respond(self.woken_by == _READY)
-        self.request_deadline = 0.0
-        if self.server.stats is not None:
-            self.server.stats.refused("deadline")
-        try:
-            dropped = later.respond(False)
-            if hasattr(dropped, "close"):
-                self._close_result(dropped)
-        except Exception as exc:
-            error_log.error("error in respond() after the request deadline for %s %s",
-                            self.environ["REQUEST_METHOD"], self.environ["RAW_URI"],
-                            exc_info=exc)
-        self.response = None  # its start_response, if any, is replaced by the 503
-        raise RequestDeadlineExceeded(
-            f"request still running after {self.server.config.request_timeout} s")
 
     def _linger(self):
         """RFC 9112 §9.6: half-close, then read and discard until the client closes or a
@@ -526,7 +370,7 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
                     self.request_deadline = 0.0
                     self.request = self.environ = self.response = None
                     server.requests_served += 1
-            if keep is _SUSPENDED:
+            if keep is SUSPENDED:
                 return
             if not keep and not parser.body_done:
                 self.linger = True
@@ -566,7 +410,7 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
     def _handle(self, request, later=None):
         """Run the app for one request (or the ``respond`` of its response that waited,
         ``later``), send and log the answer; True if the connection may carry another,
-        _SUSPENDED if its response now waits without a greenlet (see _suspend)."""
+        SUSPENDED if its response now waits without a greenlet (see _suspend)."""
         server = self.server
         if later is not None:
             environ, upgrade, disconnected = self.environ, self.upgrade, self.disconnected
@@ -617,7 +461,7 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending):
                         upgrade = self._decline_upgrade()
                     if self._suspend(later):
                         suspended = True
-                        return _SUSPENDED
+                        return SUSPENDED
                     result = later.respond(bool(later.waitable.ready()))
             else:
                 result = self._woken_result(later)

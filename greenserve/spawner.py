@@ -22,7 +22,7 @@ class Spawner:
     """``spawn(handler, sock, address)`` runs each connection in its own greenlet.
 
     A slot is a connection, not a greenlet: a connection parked without one (see
-    ``Connection.park``) keeps its slot through ``hold()`` until ``release()``.
+    ``waiting.GreenletFreeWaits.park``) keeps its slot through ``hold()`` until ``release()``.
     """
 
     def __init__(self, limit, on_slot_free=None):
