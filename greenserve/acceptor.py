@@ -39,19 +39,23 @@ class Acceptor:
     newcomer is noticed at once.
     """
 
-    def __init__(self, sock, on_connection, full, batch=ACCEPT_BATCH, stand_back=None):
+    def __init__(self, sock, on_connection, full, batch=ACCEPT_BATCH, stand_back=None,
+                 raced_elsewhere=None):
         self.sock = sock
         self.batch = batch
         self.on_connection = on_connection
         self.full = full
         # Workers sharing the listener: stand_back() says when to leave a connection to a
-        # less loaded one for STAND_BACK seconds (see balance.py).
+        # less loaded one for STAND_BACK seconds, raced_elsewhere(moment) whether that one
+        # has been woken to accept since (see balance.py).
         self.stand_back = stand_back
+        self.raced_elsewhere = raced_elsewhere
         self._loop = get_hub().loop
         self._watcher = None
         self._retry = None
         self._poll = None
         self._stood_back = False
+        self._stood_back_at = 0.0
         self._stand_back_after = 0.0  # monotonic time before which it does not stand back
         self._missed = 0  # stand-backs in a row after which the connection still waited
         self.closed = False
@@ -102,6 +106,7 @@ class Acceptor:
                 self._stood_back = False  # nobody took it meanwhile: accept after all
             elif monotonic() >= self._stand_back_after and self.stand_back():
                 self._stood_back = True
+                self._stood_back_at = monotonic()
                 self._wait(STAND_BACK)
                 return
         sock = self.sock
@@ -138,7 +143,8 @@ class Acceptor:
     def _resume_after_wait(self):
         self._stop_retry()
         if self._stood_back:
-            if self.client_waiting():
+            if self.client_waiting() and (self.raced_elsewhere is None
+                                          or not self.raced_elsewhere(self._stood_back_at)):
                 # Nobody came for it. Accept; if the other worker is stuck or overloaded
                 # (not just slow once), stop standing back for a while rather than pause
                 # before every accept.
@@ -147,8 +153,9 @@ class Acceptor:
                     self._missed = 0
                     self._stand_back_after = monotonic() + STOP_STANDING_BACK
             else:
+                # The other worker took it (anything waiting now came later): decide afresh.
                 self._missed = 0
-                self._stood_back = False  # the other worker took it: check again next time
+                self._stood_back = False
         self.start()
 
     def _stop_retry(self):

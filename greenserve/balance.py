@@ -5,8 +5,10 @@ first takes it: often the same one, since a worker busy on a loaded core wakes l
 worker publishes how many connections it holds in a small table in shared memory (an
 anonymous ``MAP_SHARED`` mmap the master makes before forking), and a worker holding clearly
 more than the least loaded other one stays out of the race for a few milliseconds, leaving
-the connection to that one. If nobody takes it meanwhile (the other worker is stuck or busy)
-it accepts after all: a connection is never left waiting for a worker that cannot come.
+the connection to that one. If a connection still waits when it looks again and the other
+worker has not been woken meanwhile (it is stuck or busy), it accepts after all: a connection
+is never left waiting for a worker that cannot come. If the other worker was woken, the one
+waiting is a newer arrival and the choice is made afresh.
 """
 
 import mmap
@@ -97,5 +99,22 @@ class WorkerLoad:
         for index in range(1, counts[0] + 1):
             other = counts[index]
             if 0 <= other < floor and index != me and now - stamps[index] < STALE_AFTER:
+                return True
+        return False
+
+    def others_raced_since(self, moment):
+        """True if a worker this one stands back for has been woken to accept since
+        ``moment`` (monotonic).
+
+        Every worker publishes each time it is woken to accept, so after a stand-back this
+        tells a connection nobody came for (accept it) from a newer one that arrived while
+        the other worker was taking the first (stand back again). Only the less loaded
+        workers count: two loaded ones standing back for a stuck one must not keep each
+        other waiting."""
+        counts, stamps = self.counts, self.stamps
+        me = self.index
+        floor = counts[me] - SLACK
+        for index in range(1, counts[0] + 1):
+            if 0 <= counts[index] < floor and index != me and stamps[index] > moment:
                 return True
         return False

@@ -117,7 +117,8 @@ class Server:
             spawn = self.spawner.spawn
             acceptor = Acceptor(sock, lambda client, address, handler=handler:
                                 spawn(handler, client, address), self._full, batch,
-                                self._stand_back if self.load is not None else None)
+                                self._stand_back if self.load is not None else None,
+                                self.load.others_raced_since if self.load is not None else None)
             acceptor.start()
             self._acceptors.append(acceptor)
         if self.load is not None:
