@@ -25,7 +25,7 @@ from .preludes import ConnectionPreludes
 from .protocol.parser import RequestParser
 from .protocol.forwarded import FORWARDED_KEYS, apply_forwarded
 from .protocol.writer import error_response
-from .sending import ResponseSending
+from .sending import ResponseSending, bytes_written
 from .waiting import DEADLINE, NOT_READY, SUSPENDED, GreenletFreeWaits
 from .timers import APP, BODY, IDLE, LINGER, READING_HEAD, SEND, IdleTimeout, phase_timeout
 from .wsgi import EMPTY_INPUT, InputStream, build_environ, is_upgrade
@@ -74,7 +74,8 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
                  "proxied", "tls_subject",
                  "served", "evicted", "request", "environ", "response", "must_close",
                  "continue_pending", "body_error", "error_status", "body_started",
-                 "body_received", "body_cap", "upgrade", "handed_over", "body_read")
+                 "body_received", "body_cap", "upgrade", "handed_over", "body_read",
+                 "offered_written")
 
     def __init__(self, server, sock, address, listener_environ):
         self.server = server
@@ -172,6 +173,9 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
         stats = self.server.stats
         if self.request_deadline and monotonic() >= self.request_deadline:
             self.request_deadline = 0.0
+            if self.upgrade and self._took_socket():
+                self.deadline = 0.0  # a long-lived socket now: no deadline
+                return
             if stats is not None:
                 stats.refused("deadline")
             glet.throw(RequestDeadlineExceeded(
@@ -424,6 +428,7 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
             self.body_started = self.body_cap = 0.0
             self.body_received = self.body_read = 0
             self.handed_over = False
+            self.offered_written = None
             started = self.started = perf_counter() \
                 if server.access_log or server.stats is not None else 0.0
             environ = build_environ(self.listener_environ, request, server.script_name,
@@ -524,9 +529,19 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
         self.upgrade = False
         self.must_close = True
         request_timeout = self.server.config.request_timeout
-        if request_timeout:  # _offer_socket lifted it for a hand-over that did not come
+        if request_timeout and not self.request_deadline:
+            # _offer_socket lifted it for a hand-over that did not come.
             self.request_deadline = monotonic() + request_timeout
         return False
+
+    def _took_socket(self):
+        """An Upgrade request at its deadline: has the app taken the socket (a 101 sent, or
+        bytes of its own written since it was offered)? Then the deadline no longer applies."""
+        if self.handed_over:
+            return True
+        written = bytes_written(self.sock)
+        return written is not None and self.offered_written is not None \
+            and written > self.offered_written
 
     def _offer_socket(self, environ):
         """An Upgrade request (e.g. WebSocket): let the app take the connection over.
@@ -542,8 +557,13 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
         """
         environ["greenserve.socket"] = environ["gunicorn.socket"] = self.sock
         environ["greenserve.stopping"] = self.server.stopping_event
-        self.request_deadline = 0.0
-        self._enter(APP, 0)
+        # Any client may send Upgrade: the deadline is only lifted once the app has taken
+        # the socket (sent a 101, or written its own handshake, which the kernel's count of
+        # bytes written shows). Where that count is unknown (a unix socket), at once.
+        self.offered_written = bytes_written(self.sock)
+        if self.offered_written is None:
+            self.request_deadline = 0.0
+            self._enter(APP, 0)
 
     def _close_result(self, result):
         """PEP 3333: the iterable's close() runs once the response is over, whatever

@@ -239,6 +239,54 @@ def test_request_timeout_inside_close_is_logged_and_the_request_accounted(serve,
     assert any("close()" in r.getMessage() for r in caplog.records)
 
 
+# -- request deadline and Upgrade ----------------------------------------------------------------
+
+def test_upgrade_headers_do_not_lift_the_request_timeout_of_an_ordinary_app(serve):
+    """Any client may add Upgrade: the deadline is only lifted once the app takes the
+    socket, so an app that answers normally keeps its --request-timeout."""
+    def slow(environ, start_response):
+        import gevent
+        gevent.sleep(30)  # outlives --request-timeout
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4")])
+        return [b"late"]
+
+    with serve(slow, request_timeout=1) as srv, srv.connect(timeout=20) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                     b"Upgrade: websocket\r\n\r\n")
+        code, _, _, _ = read_response(sock, timeout=20)
+    assert code == 503
+    assert time.monotonic() - started < 15
+
+
+def test_an_app_writing_its_own_handshake_keeps_its_socket_past_the_request_timeout(serve):
+    """An app that took the socket (here it writes its own 101 and echoes) is not cut off
+    at --request-timeout: the socket is long-lived now."""
+    def raw_echo(environ, start_response):
+        sock = environ["greenserve.socket"]
+        sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\n"
+                     b"Connection: Upgrade\r\n\r\n")
+        while True:
+            data = sock.recv(100)
+            if not data:
+                return []
+            sock.sendall(data)
+
+    with serve(raw_echo, validate=False, request_timeout=0.5) as srv, \
+            srv.connect(timeout=20) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                     b"Upgrade: echo\r\n\r\n")
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            head += sock.recv(1)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        deadline = time.monotonic() + 1.5  # three times the request timeout
+        while time.monotonic() < deadline:  # the passing time itself is what is tested
+            sock.sendall(b"ping")
+            assert sock.recv(4) == b"ping"
+            time.sleep(0.1)
+
+
 # -- Server header ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("setting, expected", [("edge", b"Server: edge\r\n"), ("", None)])

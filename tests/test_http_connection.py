@@ -2,6 +2,7 @@
 pipelining, 100-continue, response framing. Raw sockets, so every byte is checked."""
 
 import socket
+import threading
 import time
 
 import pytest
@@ -326,6 +327,79 @@ def test_response_framing_keeps_a_pipelined_connection_in_sync(serve):
         code, headers, _ = read_head(reader)
         assert code == 200 and headers["content-length"] == "10"
         assert reader.read() == b"abc"
+
+
+@pytest.mark.parametrize("method, headers", [
+    (b"HEAD", []),                            # RFC 9110 §9.3.2: no content at all
+    (b"GET", [("Content-Length", "5")]),      # the length is met by the first piece
+])
+def test_iteration_stops_once_the_response_can_carry_nothing_more(serve, method, headers):
+    """PEP 3333: the server stops iterating once enough has been sent. An endless
+    generator that never waits must be closed after the piece that completed the response,
+    and the connection goes on serving requests."""
+    closed = threading.Event()
+
+    def endless(environ, start_response):
+        if environ["PATH_INFO"] == "/next":
+            return hello(environ, start_response)
+        start_response("200 OK", [("Content-Type", "text/plain")] + headers)
+
+        def pieces():
+            try:
+                while True:
+                    yield b"hello"
+            finally:
+                closed.set()
+        return pieces()
+
+    with serve(endless) as srv, srv.connect(timeout=20) as sock:
+        reader = sock.makefile("rb")
+        sock.sendall(method + b" / HTTP/1.1\r\nHost: x\r\n\r\n")
+        if method == b"HEAD":
+            code, _, _ = read_head(reader, timeout=20)
+        else:
+            code, _, body, _ = read_response(reader, timeout=20)
+            assert body == b"hello"
+        assert code == 200
+        assert closed.wait(10), "the generator was still being pulled"
+        sock.sendall(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(reader, timeout=20)[2] == b"hello"
+
+
+def sized_body(size):
+    return bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+
+
+def sized_app(environ, start_response):
+    """GET /SIZE: a body of SIZE bytes in one piece; ?own adds the app's Content-Length."""
+    size = int(environ["PATH_INFO"][1:])
+    headers = [("Content-Type", "application/octet-stream")]
+    if environ["QUERY_STRING"] == "own":
+        headers.append(("Content-Length", str(size)))
+    start_response("200 OK", headers)
+    return [sized_body(size)]
+
+
+def test_large_bodies_sent_in_place_survive_a_full_socket_buffer(serve):
+    """A large single-piece body leaves with its head from where it lies (one sendmsg).
+    Pipelined requests for more than the kernel buffers hold make those sends stop
+    part-way, and the rest must follow in order, byte for byte."""
+    sizes = [1 << 20] * 6 + [16383, 16384, 16385, 200000, 5, 70000, 0, 1 << 20, 40000, 16384]
+    # Unwrapped: wsgiref.validate's iterator would hide the one-piece list this is about.
+    with serve(sized_app, validate=False) as srv, srv.connect(timeout=30) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        requests = b"".join(b"GET /%d%s HTTP/1.1\r\nHost: x\r\n\r\n"
+                            % (size, b"?own" if i % 2 else b"") for i, size in enumerate(sizes))
+        sock.sendall(requests + b"HEAD /300000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        reader = sock.makefile("rb")
+        for size in sizes:
+            code, headers, body, _ = read_response(reader, timeout=30)
+            assert code == 200 and headers["content-length"] == str(size)
+            assert body == sized_body(size)
+        code, headers, _ = read_head(reader, timeout=30)
+        assert code == 200 and headers["content-length"] == "300000"
+        sock.sendall(b"GET /5 HTTP/1.1\r\nHost: x\r\n\r\n")  # still in sync
+        assert read_response(reader, timeout=30)[2] == sized_body(5)
 
 
 def test_unknown_length_is_chunked_on_http11_and_close_delimited_on_http10(serve):

@@ -377,6 +377,8 @@ class RequestParser:
             request.keep_alive = bool(version)
         elif connection == b"keep-alive":  # what browsers send, spelled out to skip the set
             request.keep_alive = True
+        elif connection == b"close":  # what a client closing after one request sends
+            request.keep_alive = False
         else:
             options = {token.strip(b" \t").lower() for token in connection.split(b",")}
             if b"close" in options:

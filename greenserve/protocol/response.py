@@ -170,6 +170,13 @@ class Response:
 
     def whole(self, data, close=False):
         """Head, body and end of a body known complete: ``data`` (bytes, maybe empty)."""
+        head, rest = self.whole_parts(data, close)
+        return head + rest if rest else head
+
+    def whole_parts(self, data, close=False):
+        """``whole()`` as two pieces, (head, the rest). Under Content-Length the rest is
+        ``data`` itself, so a large body can be sent from where it lies instead of being
+        copied behind the head."""
         length = self.info.content_length
         if length is None and (data or not self.head_request):
             # An empty body answering HEAD says nothing of the GET's length: no "0" then.
@@ -178,5 +185,5 @@ class Response:
         if self.framing == FIXED and len(data) == length:
             self.remaining = 0
             self.body_sent = length
-            return head + data if data else head  # the usual case, framed in place
-        return head + self.body(data) + self.end() if data else head + self.end()
+            return head, data  # the usual case, framed in place
+        return head, (self.body(data) + self.end() if data else self.end())
