@@ -25,7 +25,7 @@ from .preludes import ConnectionPreludes
 from .protocol.parser import RequestParser
 from .protocol.forwarded import FORWARDED_KEYS, apply_forwarded
 from .protocol.writer import error_response
-from .sending import ResponseSending, bytes_written
+from .sending import ResponseSending, bytes_written, unsent_bytes
 from .waiting import DEADLINE, NOT_READY, SUSPENDED, GreenletFreeWaits
 from .timers import APP, BODY, IDLE, LINGER, READING_HEAD, SEND, IdleTimeout, phase_timeout
 from .wsgi import EMPTY_INPUT, InputStream, build_environ, is_upgrade
@@ -376,7 +376,13 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
                     server.requests_served += 1
             if keep is SUSPENDED:
                 return
-            if not keep and not parser.body_done:
+            if not keep and (not parser.body_done or parser.buffered or (
+                    request.keep_alive and unsent_bytes(self.sock))):
+                # RFC 9112 §9.6: closing while the client may still send (an unread body,
+                # pipelined requests, or more requests on a connection it expected to keep)
+                # before it has our whole response (bytes still in flight) would let those
+                # bytes draw a reset that destroys the response. A client that asked to
+                # close sends nothing more (RFC 9112 §9.6: it MUST NOT).
                 self.linger = True
             if not keep or server.stopping:
                 return

@@ -366,16 +366,37 @@ def test_iteration_stops_once_the_response_can_carry_nothing_more(serve, method,
         assert read_response(reader, timeout=20)[2] == b"hello"
 
 
+@pytest.mark.parametrize("options, query", [({"keep_alive": 0}, b""), ({}, b"?close")])
+def test_a_server_side_close_survives_the_clients_late_bytes(serve, options, query):
+    """RFC 9112 §9.6: a server closing a connection its client expected to keep closes in
+    stages. Here the client sends its next request while a large response, which the server
+    ends with Connection: close of its own accord, is on its way; a plain close() would
+    answer those bytes with a reset that destroys what the client has not read yet."""
+    with serve(sized_app, validate=False, **options) as srv, srv.connect(timeout=20) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(b"GET /3000000%s HTTP/1.1\r\nHost: x\r\n\r\n" % query)
+        first = sock.recv(4096)
+        assert first.startswith(b"HTTP/1.1 200 ")
+        sock.sendall(b"GET /5 HTTP/1.1\r\nHost: x\r\n\r\n")  # late: never answered
+        rest = recv_until_closed(sock, timeout=20)
+    head, _, body = (first + rest).partition(b"\r\n\r\n")
+    assert b"Connection: close" in head
+    assert body == sized_body(3000000)
+
+
 def sized_body(size):
     return bytes(range(256)) * (size // 256) + b"z" * (size % 256)
 
 
 def sized_app(environ, start_response):
-    """GET /SIZE: a body of SIZE bytes in one piece; ?own adds the app's Content-Length."""
+    """GET /SIZE: a body of SIZE bytes in one piece; ?own adds the app's Content-Length,
+    ?close the app's Connection: close."""
     size = int(environ["PATH_INFO"][1:])
     headers = [("Content-Type", "application/octet-stream")]
     if environ["QUERY_STRING"] == "own":
         headers.append(("Content-Length", str(size)))
+    elif environ["QUERY_STRING"] == "close":
+        headers.append(("Connection", "close"))
     start_response("200 OK", headers)
     return [sized_body(size)]
 
