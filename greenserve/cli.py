@@ -366,7 +366,8 @@ def _supervise(spec, config, notes=(), why_master=()):
             _close(sockets)
             hooks.call_logged("on_exit", server_view)
             return _fail(exc)
-        server_view.addresses = [listeners.describe(sock) for sock in sockets]
+        server_view.addresses = [listeners.describe(sock, tls=bool(config.certfile))
+                                 for sock in sockets]
         monitor = health = admin = None
         if admin_socket is not None:
             from .admin import MASTER_LIVE_TIMEOUT, AdminRoutes, AdminThread, Health
@@ -393,7 +394,8 @@ def _supervise(spec, config, notes=(), why_master=()):
         error_log.info("greenserve %s (%s) serving %s%s", version(), speedups.describe(), spec,
                        " (preloaded in the master)" if preload else "")
         for sock in sockets:
-            error_log.info("Listening at %s (pid %d)", listeners.describe(sock), os.getpid())
+            error_log.info("Listening at %s (pid %d)",
+                           listeners.describe(sock, tls=bool(config.certfile)), os.getpid())
         try:
             # systemd's sockets stay open through a stop: systemd queues for the next start.
             supervisor = Supervisor(config, sockets, boot, keep_listening=inherited,
@@ -482,7 +484,8 @@ def _serve(app, spec, config, sockets, hooks, server_view, tls_context=None,
     from .server import Server, run_until_signalled
 
     unix_files = listeners.unix_paths(sockets + ([admin_socket] if admin_socket else []))
-    server_view.addresses = [listeners.describe(sock) for sock in sockets]
+    server_view.addresses = [listeners.describe(sock, tls=bool(config.certfile))
+                             for sock in sockets]
     stats = None
     if admin_socket is not None:
         from .metrics import private_stats

@@ -32,6 +32,9 @@ from .wsgi import EMPTY_INPUT, InputStream, build_environ, is_upgrade
 
 error_log = logging.getLogger("greenserve.error")
 
+# 5xx answers a client's request alone can draw (RFC 9110 §15.6.2 Not Implemented: CONNECT,
+# an unknown transfer coding; §15.6.6 HTTP Version Not Supported): logged like a 4xx.
+CLIENT_CAUSED_5XX = (501, 505)
 # Linux's TCP_INFO tcpi_state for a connection the peer has reset (include/net/tcp_states.h).
 TCP_STATE_CLOSE = 7
 # The refusal cause a phase timer counts as (metrics.REFUSAL_CAUSES); idle is no refusal.
@@ -406,7 +409,8 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
         self.must_close = True
         # Slow and broken clients are the client's business (and a flood of them must not
         # flood the log): debug. Our own failures are worth an operator's eye.
-        level = logging.INFO if exc.status >= 500 else logging.DEBUG
+        level = logging.INFO if exc.status >= 500 and exc.status not in CLIENT_CAUSED_5XX \
+            else logging.DEBUG
         error_log.log(level, "%s from %s: %s", exc.status, self.remote_addr, exc.detail)
         try:
             self._send_error(exc)

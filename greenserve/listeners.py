@@ -309,16 +309,18 @@ def _inherited(fd):
     return sock
 
 
-def describe(sock):
-    """How to reach ``sock``, for the startup log: ``http://127.0.0.1:8000``, ``unix:/path``."""
+def describe(sock, tls=False):
+    """How to reach ``sock``, for the startup log: ``http://127.0.0.1:8000``, ``unix:/path``
+    (``https://`` when it serves TLS)."""
     address = sock.getsockname()
     if sock.family == socket.AF_UNIX:
         if isinstance(address, bytes):
             address = address.decode("utf-8", "replace")
         return f"unix:{address}"
+    scheme = "https" if tls else "http"
     if sock.family == socket.AF_INET6:
-        return f"http://[{address[0]}]:{address[1]}"
-    return f"http://{address[0]}:{address[1]}"
+        return f"{scheme}://[{address[0]}]:{address[1]}"
+    return f"{scheme}://{address[0]}:{address[1]}"
 
 
 def unix_paths(sockets):

@@ -407,7 +407,8 @@ def run_until_signalled(server, banner=None, admin_socket=None):
         if banner:
             error_log.info("%s", banner)
         for sock in server._listeners:
-            error_log.info("Listening at %s (pid %d)", describe(sock), os.getpid())
+            error_log.info("Listening at %s (pid %d)",
+                           describe(sock, tls=server.tls_context is not None), os.getpid())
         stop_requested.wait()
         stopping = gevent.spawn(server.drain)
         gevent.wait([stopping, force], count=1)

@@ -31,7 +31,7 @@ FIXTURE_APPS = Path(__file__).resolve().parent / "fixtureapps"
 WAIT = 20  # seconds: the default bound on every wait (generous for a loaded CI machine)
 
 # greenserve's start-up line, one per listening socket.
-LISTENING = re.compile(r"Listening at http://(?P<host>\[[^\]]+\]|[^\s:]+):(?P<port>\d+) "
+LISTENING = re.compile(r"Listening at https?://(?P<host>\[[^\]]+\]|[^\s:]+):(?P<port>\d+) "
                        r"\(pid (?P<pid>\d+)\)")
 
 

@@ -1,7 +1,9 @@
 """Attacks on a real server that used to hold it, each with the reproduction it was found with
 (scaled down): slow request bodies, eviction at the connection cap, a slow but steady reader,
-a --request-timeout firing inside close(), the Server header setting."""
+a --request-timeout firing inside close() or dodged with Upgrade headers, 5xx answers to bad
+requests at log level INFO, the Server header setting."""
 
+import logging
 import socket
 import threading
 import time
@@ -285,6 +287,25 @@ def test_an_app_writing_its_own_handshake_keeps_its_socket_past_the_request_time
             sock.sendall(b"ping")
             assert sock.recv(4) == b"ping"
             time.sleep(0.1)
+
+
+# -- what a client's mistakes cost the log -------------------------------------------------------
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 501),
+    (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+    (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+])
+def test_5xx_drawn_by_a_clients_request_alone_are_not_logged_at_info(serve, caplog,
+                                                                     request_bytes, status):
+    """A flood of such requests must not flood the log at its default level: they are the
+    client's doing, like a 400. The server's own failures (500, 503) stay at INFO."""
+    caplog.set_level(logging.DEBUG, logger="greenserve.error")
+    with serve(hello) as srv, srv.connect() as sock:
+        sock.sendall(request_bytes)
+        assert recv_until_closed(sock).startswith(b"HTTP/1.1 %d " % status)
+    rejections = [r for r in caplog.records if r.getMessage().startswith(f"{status} from ")]
+    assert rejections and all(r.levelno == logging.DEBUG for r in rejections)
 
 
 # -- Server header ------------------------------------------------------------------------------

@@ -274,5 +274,6 @@ def test_command_starts_with_a_good_certificate(pki, tmp_path, mode):
     with procs.Processes(cwd=tmp_path) as processes:
         server = processes.greenserve("webapp:app", "-b", "127.0.0.1:0", *mode,
                                       "--certfile", pki["cert"], "--keyfile", pki["key"])
-        server.address()
+        host, port = server.address()
+        assert f"Listening at https://{host}:{port} " in server.text()
         assert "imported before gevent monkey-patching" not in server.text()
