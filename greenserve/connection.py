@@ -9,6 +9,7 @@ Timers are phases and deadlines fired by the server's sweeper (see ``timers.py``
 
 import logging
 import socket
+import struct
 from itertools import chain
 from time import monotonic, perf_counter
 
@@ -24,6 +25,7 @@ from .later import ResponseLater
 from .preludes import ConnectionPreludes
 from .protocol.parser import RequestParser
 from .protocol.forwarded import FORWARDED_KEYS, apply_forwarded
+from .protocol.response import UNTIL_CLOSE
 from .protocol.writer import error_response
 from .sending import ResponseSending, bytes_written, unsent_bytes
 from .waiting import DEADLINE, NOT_READY, SUSPENDED, GreenletFreeWaits
@@ -32,6 +34,8 @@ from .wsgi import EMPTY_INPUT, InputStream, build_environ, is_upgrade
 
 error_log = logging.getLogger("greenserve.error")
 
+# struct linger {l_onoff = 1, l_linger = 0}: close() then resets the connection.
+ABORTIVE_LINGER = struct.pack("ii", 1, 0)
 # 5xx answers a client's request alone can draw (RFC 9110 §15.6.2 Not Implemented: CONNECT,
 # an unknown transfer coding; §15.6.6 HTTP Version Not Supported): logged like a 4xx.
 CLIENT_CAUSED_5XX = (501, 505)
@@ -73,7 +77,7 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
                  "phase_seq", "request_deadline", "phase_started", "idle_deadline", "parked",
                  "send_queued", "later", "woken_by", "started",
                  "reading_body",
-                 "disconnected", "linger", "listener_environ", "remote_addr", "remote_port",
+                 "disconnected", "linger", "aborted", "listener_environ", "remote_addr", "remote_port",
                  "proxied", "tls_subject",
                  "served", "evicted", "request", "environ", "response", "must_close",
                  "continue_pending", "body_error", "error_status", "body_started",
@@ -103,6 +107,7 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
         self.reading_body = False
         self.disconnected = None
         self.linger = False
+        self.aborted = False  # closing with a reset: the response sent is not whole
         # Not a per-connection environ copy: an idle connection should cost little.
         self.listener_environ = listener_environ
         if isinstance(address, tuple):
@@ -270,7 +275,7 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
         finally:
             self.server.memory.count += 1  # its greenlet's stacks are freed
             if not self.parked and self.later is None:
-                if self.linger and not self.evicted:
+                if self.linger and not self.evicted and not self.aborted:
                     self._linger()
                 self.server.connections.discard(self)
                 # The greenlet goes on to serve other connections (Spawner): a timer or
@@ -607,6 +612,10 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
             answer = AppFailed()
         if response is not None and response.started:
             self.must_close = True
+            if response.framing == UNTIL_CLOSE:
+                # RFC 9112 §6.3: this body ends where the connection does, so a clean close
+                # would pass the part sent for the whole. A reset says it is not.
+                self._abort_on_close()
             return
         self.response = None
         if isinstance(answer, BodyReadTimeout):
@@ -619,6 +628,14 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
         except ClientDisconnected:
             keep = False
         self.must_close = not keep
+
+    def _abort_on_close(self):
+        """Make the coming close a reset (SO_LINGER with a zero timeout), not a clean end."""
+        self.aborted = True
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, ABORTIVE_LINGER)
+        except OSError:
+            pass
 
     # -- for the disconnect watcher ------------------------------------------------------------
 

@@ -205,6 +205,25 @@ def test_exception_after_headers_closes_connection(serve):
     assert b"7\r\npartial\r\n" in raw and not raw.endswith(b"0\r\n\r\n")
 
 
+def test_exception_in_a_close_delimited_body_resets_the_connection(serve):
+    """HTTP/1.0 without a length: the body ends where the connection does (RFC 9112 §6.3),
+    so a clean close would pass the part sent for the whole. The client must see a reset."""
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"partial"
+        raise RuntimeError("mid-stream")
+
+    with serve(app) as srv, srv.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        sock.settimeout(10)
+        received = b""
+        with pytest.raises(ConnectionResetError):
+            while True:
+                data = sock.recv(65536)
+                assert data, f"a clean end after {received!r}"
+                received += data
+
+
 def test_exc_info_replaces_headers_before_they_are_sent(serve):
     def app(environ, start_response):
         start_response("200 OK", [("Content-Type", "text/plain")])
