@@ -405,9 +405,10 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
         ``detail`` (a ProtocolError, a timeout of ours, AppFailed)."""
         request = self.request
         self.error_status = exc.status
+        head_request = request.method == b"HEAD" if request is not None \
+            else self.parser.begins_head_request()
         self._send(error_response(exc.status, exc.detail, exc.reason, keep_alive,
-                                  request is not None and request.method == b"HEAD",
-                                  self.server.server_line))
+                                  head_request, self.server.server_line))
 
     def _reject(self, exc):
         """Answer an error with ``Connection: close``, then let the caller close."""

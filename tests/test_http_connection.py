@@ -91,6 +91,19 @@ def test_bad_framing_is_rejected_and_the_connection_closed(serve, request_bytes,
     assert b"Connection: close" in raw
 
 
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"HEAD / HTTP/1.1\r\n\r\n", 400),
+    (b"HEAD /" + b"a" * 200 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+])
+def test_an_error_answer_to_a_head_that_failed_to_parse_has_no_content(serve, request_bytes,
+                                                                        status):
+    # RFC 9110 §9.3.2: no content in a response to HEAD, whatever its status.
+    with serve(echo, limit_request_line=100) as srv:
+        raw = exchange(srv, request_bytes)
+    assert status_of(raw) == status
+    assert raw.endswith(b"\r\n\r\n") and raw.count(b"\r\n\r\n") == 1, raw
+
+
 def test_http2_preface_gets_505_not_a_hang(serve):
     # Answered at once, not when the (long) header timer would end a hung read.
     with serve(hello, header_timeout=60) as srv:

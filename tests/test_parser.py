@@ -363,6 +363,29 @@ def test_body_unread_counts_what_is_left():
     assert parser.next_request().chunked and parser.body_unread is None
 
 
+@pytest.mark.parametrize("data, is_head", [
+    (b"HEAD / HTTP/1.1\r\n\r\n", True),                          # 400: no Host
+    (b"\r\n\r\nHEAD / HTTP/1.1\r\nHost: x\r\nX: \x01\r\n\r\n", True),  # after empty lines
+    (b"HEAD /" + b"a" * 9000 + b" HTTP/1.1\r\n", True),           # 414 before the line ends
+    (b"GET / HTTP/1.1\r\n\r\n", False),
+    (b"HEADER / HTTP/1.1\r\n\r\n", False),
+    (b"head / HTTP/1.1\r\n\r\n", False),                          # methods are case-sensitive
+    (b"\r\n", False),
+])
+def test_a_failed_head_tells_whether_it_was_a_head_request(data, is_head):
+    """RFC 9110 §9.3.2: the error answer to a HEAD carries no content, even when the head
+    failed to parse; every split of the bytes gives the same answer."""
+    for cut in range(len(data) + 1):
+        parser = RequestParser()
+        for piece in (data[:cut], data[cut:]):
+            parser.feed(piece)
+            try:
+                parser.next_request()
+            except ProtocolError:
+                pass
+        assert parser.begins_head_request() is is_head, cut
+
+
 def test_limits_follow_the_config():
     config = Config(limit_request_line=11, limit_request_field_size=12,
                     limit_request_fields=13, limit_request_head=14, max_body_size=15)

@@ -131,6 +131,12 @@ class RequestParser:
         """Bytes received but not yet consumed."""
         return len(self._buf) - self._pos
 
+    def begins_head_request(self):
+        """True if the bytes not yet consumed start a HEAD request-line (the empty lines
+        allowed before it are consumed as they arrive): the error answer to a head that
+        failed to parse then carries no content either (RFC 9110 §9.3.2)."""
+        return self._buf.startswith(b"HEAD ", self._pos)
+
     @property
     def body_done(self):
         """True when the current request's body has been read completely."""
