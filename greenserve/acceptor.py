@@ -9,6 +9,8 @@ long poll (measured with ``python -m loadtests.longpoll_scale``), and the loop i
 import errno
 import logging
 import select
+import socket
+import struct
 from time import monotonic
 
 from gevent import get_hub
@@ -28,6 +30,20 @@ SHARED_ACCEPT_BATCH = 1
 # Out of file descriptors or memory: wait this long before trying again.
 RETRY_DELAY = 0.5
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+# Linux's struct tcp_info: on a listening socket tcpi_unacked (a u32 at this offset) is the
+# number of connections waiting in its accept queue.
+TCPI_UNACKED = 24
+
+
+def queued_connections(listener):
+    """How many connections wait in ``listener``'s accept queue; None where the kernel cannot
+    tell (a unix socket, not Linux)."""
+    try:
+        info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCPI_UNACKED + 4)
+    except (OSError, AttributeError):
+        return None
+    return struct.unpack_from("I", info, TCPI_UNACKED)[0] if len(info) >= TCPI_UNACKED + 4 \
+        else None
 
 
 class Acceptor:
@@ -56,6 +72,7 @@ class Acceptor:
         self._poll = None
         self._stood_back = False
         self._stood_back_at = 0.0
+        self._queued_at_stand_back = None
         self._stand_back_after = 0.0  # monotonic time before which it does not stand back
         self._missed = 0  # stand-backs in a row after which the connection still waited
         self.closed = False
@@ -107,6 +124,7 @@ class Acceptor:
             elif monotonic() >= self._stand_back_after and self.stand_back():
                 self._stood_back = True
                 self._stood_back_at = monotonic()
+                self._queued_at_stand_back = queued_connections(self.sock)
                 self._wait(STAND_BACK)
                 return
         sock = self.sock
@@ -143,8 +161,7 @@ class Acceptor:
     def _resume_after_wait(self):
         self._stop_retry()
         if self._stood_back:
-            if self.client_waiting() and (self.raced_elsewhere is None
-                                          or not self.raced_elsewhere(self._stood_back_at)):
+            if self.client_waiting() and not self._newer_arrivals():
                 # Nobody came for it. Accept; if the other worker is stuck or overloaded
                 # (not just slow once), stop standing back for a while rather than pause
                 # before every accept.
@@ -157,6 +174,16 @@ class Acceptor:
                 self._missed = 0
                 self._stood_back = False
         self.start()
+
+    def _newer_arrivals(self):
+        """After a stand-back, connections still wait: True if they are newer arrivals, which
+        the other worker is taking as they come (it was woken to accept meanwhile, and the
+        queue did not grow), False if they are left over (it is stuck, or too busy to keep
+        up)."""
+        if self.raced_elsewhere is None or not self.raced_elsewhere(self._stood_back_at):
+            return False
+        before, now = self._queued_at_stand_back, queued_connections(self.sock)
+        return before is None or now is None or now <= before
 
     def _stop_retry(self):
         if self._retry is not None:

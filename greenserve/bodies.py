@@ -95,6 +95,7 @@ class BodyReading:
                     self.continue_pending = False
                     if self.response is None or not self.response.started:
                         self._send(CONTINUE_RESPONSE)
+                        self._server_wrote()
                 previous = self.phase
                 self._enter(BODY, self.server.config.body_timeout, self._body_deadline())
                 self.reading_body = True

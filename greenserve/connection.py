@@ -27,7 +27,7 @@ from .protocol.parser import RequestParser
 from .protocol.forwarded import FORWARDED_KEYS, apply_forwarded
 from .protocol.response import UNTIL_CLOSE
 from .protocol.writer import error_response
-from .sending import ResponseSending, bytes_written, unsent_bytes
+from .sending import ResponseSending, bytes_written, unread_bytes, unsent_bytes
 from .waiting import DEADLINE, NOT_READY, SUSPENDED, GreenletFreeWaits
 from .timers import APP, BODY, IDLE, LINGER, READING_HEAD, SEND, IdleTimeout, phase_timeout
 from .wsgi import EMPTY_INPUT, InputStream, build_environ, is_upgrade
@@ -182,7 +182,11 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
         if self.request_deadline and monotonic() >= self.request_deadline:
             self.request_deadline = 0.0
             if self.upgrade and self._took_socket():
-                self.deadline = 0.0  # a long-lived socket now: no deadline
+                # A long-lived socket now: no request deadline, but a send or body read of
+                # the server's own keeps its phase timer.
+                phase = self.phase
+                self.deadline = monotonic() + config.send_timeout if phase == SEND else \
+                    monotonic() + config.body_timeout if phase == BODY else 0.0
                 return
             if stats is not None:
                 stats.refused("deadline")
@@ -262,7 +266,6 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
         self._run(self._serve)
 
     def _run(self, serve):
-        sock = self.sock
         try:
             serve()
         except _Park:
@@ -284,7 +287,9 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
                 self.phase = IDLE
                 self.deadline = 0.0
                 try:
-                    sock.close()
+                    # self.sock, not the socket accepted: over TLS that one was detached
+                    # into the SSL socket, and closing it would close nothing.
+                    self.sock.close()
                 except OSError:
                     pass
 
@@ -384,13 +389,15 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
                     server.requests_served += 1
             if keep is SUSPENDED:
                 return
-            if not keep and (not parser.body_done or parser.buffered or (
-                    request.keep_alive and unsent_bytes(self.sock))):
+            if (not keep or server.stopping) and not self.handed_over and (
+                    not parser.body_done or parser.buffered or (request.keep_alive and (
+                        unsent_bytes(self.sock) or unread_bytes(self.sock)))):
                 # RFC 9112 §9.6: closing while the client may still send (an unread body,
                 # pipelined requests, or more requests on a connection it expected to keep)
-                # before it has our whole response (bytes still in flight) would let those
-                # bytes draw a reset that destroys the response. A client that asked to
-                # close sends nothing more (RFC 9112 §9.6: it MUST NOT).
+                # before it has our whole response (bytes still in flight, or its next
+                # bytes already here) would let those bytes draw a reset that destroys the
+                # response. A client that asked to close sends nothing more (RFC 9112 §9.6:
+                # it MUST NOT).
                 self.linger = True
             if not keep or server.stopping:
                 return
@@ -552,12 +559,21 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
 
     def _took_socket(self):
         """An Upgrade request at its deadline: has the app taken the socket (a 101 sent, or
-        bytes of its own written since it was offered)? Then the deadline no longer applies."""
+        bytes of its own written since it was offered)? Then the deadline no longer applies.
+        An app answering through start_response did not; the server's own writes before
+        (100 Continue) move the mark they are counted from (see _server_wrote)."""
         if self.handed_over:
             return True
-        written = bytes_written(self.sock)
-        return written is not None and self.offered_written is not None \
-            and written > self.offered_written
+        if self.response is not None or self.offered_written is None:
+            return False
+        written = bytes_written(self.sock)  # read low: an ACK in between undercounts
+        return written is not None and written > self.offered_written
+
+    def _server_wrote(self):
+        """The server itself wrote on an Upgrade request's socket before any answer (100
+        Continue): those bytes are not the app's handshake."""
+        if self.upgrade and self.offered_written is not None:
+            self.offered_written = bytes_written(self.sock, high=True)
 
     def _offer_socket(self, environ):
         """An Upgrade request (e.g. WebSocket): let the app take the connection over.
@@ -576,7 +592,7 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
         # Any client may send Upgrade: the deadline is only lifted once the app has taken
         # the socket (sent a 101, or written its own handshake, which the kernel's count of
         # bytes written shows). Where that count is unknown (a unix socket), at once.
-        self.offered_written = bytes_written(self.sock)
+        self.offered_written = bytes_written(self.sock, high=True)
         if self.offered_written is None:
             self.request_deadline = 0.0
             self._enter(APP, 0)

@@ -32,17 +32,31 @@ TCP_INFO_SIZE = 128
 SEND_IN_PLACE = 16384
 
 
-def bytes_written(sock):
+def bytes_written(sock, high=False):
     """How many bytes ``sock`` has written so far (acknowledged by the peer or still queued);
-    None where the kernel cannot tell (not TCP, or not Linux)."""
+    None where the kernel cannot tell (not TCP, or not Linux).
+
+    The two counts are read one after the other, and an acknowledgement in between moves
+    bytes from one to the other: ``high`` reads the queue first (an overcount, never an
+    undercount), else the acknowledged count first (never an overcount)."""
+    unsent = unsent_bytes(sock) if high else None
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_SIZE)
     except (OSError, AttributeError):
         return None
-    unsent = unsent_bytes(sock)
+    if not high:
+        unsent = unsent_bytes(sock)
     if len(info) < TCP_INFO_SIZE or unsent is None:
         return None
     return struct.unpack_from("Q", info, TCPI_BYTES_ACKED)[0] + unsent
+
+
+def unread_bytes(sock):
+    """Bytes the peer sent that wait unread in the kernel (FIONREAD); 0 where unknown."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+    except (OSError, ValueError):
+        return 0
 
 
 def unsent_bytes(sock):
@@ -207,7 +221,7 @@ class ResponseSending:
             sent = 0
         except OSError as exc:
             self._lost(exc)
-        if sent < len(head):  # rare: the buffer was all but full; joining costs nothing then
+        if sent < len(head):  # rare (the buffer was all but full): copy, then wait
             self._send_slowly(memoryview(head + body)[sent:])
         elif sent < len(head) + len(body):
             self._send_slowly(memoryview(body)[sent - len(head):])

@@ -261,6 +261,48 @@ def test_upgrade_headers_do_not_lift_the_request_timeout_of_an_ordinary_app(serv
     assert time.monotonic() - started < 15
 
 
+def _wait_for_no_connections(srv, bound=20):
+    deadline = time.monotonic() + bound
+    while srv.server.connections and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not srv.server.connections
+
+
+def test_upgrade_headers_on_a_stream_to_a_client_that_stops_reading_are_cut_off(serve):
+    """The server's own response bytes are not the app taking the socket: a stream answered
+    through start_response keeps its deadline, and the connection is cut when it passes."""
+    def stream(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        piece = b"x" * 65536
+        return (piece for _ in range(800))  # 50 MiB: far more than the socket buffers hold
+
+    with serve(stream, request_timeout=1, send_timeout=60) as srv, \
+            srv.connect(timeout=20) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                     b"Upgrade: websocket\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 200 ")  # then the client stops reading
+        assert _wait_for_no_connections(srv), "the stalled stream outlived its deadline"
+
+
+def test_upgrade_headers_with_100_continue_and_a_stalled_body_keep_the_deadline(serve):
+    """The server's 100 Continue is not the app's handshake either."""
+    def reader(environ, start_response):
+        environ["wsgi.input"].read(100)
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return [b"ok"]
+
+    with serve(reader, request_timeout=1, body_timeout=60) as srv, \
+            srv.connect(timeout=20) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                     b"Upgrade: websocket\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: 100\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 ")
+        sock.sendall(b"part of it")  # and no more
+        code, _, _, _ = read_response(sock, timeout=20)
+    assert code == 503
+
+
 def test_an_app_writing_its_own_handshake_keeps_its_socket_past_the_request_timeout(serve):
     """An app that took the socket (here it writes its own 101 and echoes) is not cut off
     at --request-timeout: the socket is long-lived now."""
