@@ -382,6 +382,14 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
             self._enter(APP, 0)
             try:
                 keep = self._handle(request)
+            except BaseException:
+                # Cut short (a graceful stop's kill, a send timeout): a close-delimited body
+                # must not end cleanly as if it were whole (RFC 9112 §6.3).
+                response = self.response
+                if response is not None and response.started \
+                        and response.framing == UNTIL_CLOSE:
+                    self._abort_on_close()
+                raise
             finally:
                 if self.later is None:
                     self.request_deadline = 0.0

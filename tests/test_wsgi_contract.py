@@ -224,6 +224,27 @@ def test_exception_in_a_close_delimited_body_resets_the_connection(serve):
                 received += data
 
 
+def test_a_close_delimited_body_cut_by_a_graceful_stop_resets_the_connection(serve):
+    """The same when the stop's deadline cuts the stream rather than an app error."""
+    first_sent = threading.Event()
+
+    def endless(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        while True:
+            yield b"tick\n"
+            first_sent.set()
+            gevent.sleep(0.05)
+
+    with serve(endless, stop_timeout=0.5) as srv, srv.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert first_sent.wait(10)
+        srv.stop(0.5)
+        sock.settimeout(10)
+        with pytest.raises(ConnectionResetError):
+            while True:
+                assert sock.recv(65536), "a clean end of a cut body"
+
+
 def test_exc_info_replaces_headers_before_they_are_sent(serve):
     def app(environ, start_response):
         start_response("200 OK", [("Content-Type", "text/plain")])
