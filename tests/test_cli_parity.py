@@ -9,7 +9,8 @@ import subprocess
 import pytest
 
 import procs
-from greenserve.cli import GUNICORN_ABSENT, GUNICORN_SPELLINGS, GUNICORN_TLS, build_parser
+from greenserve.cli import build_parser
+from greenserve.gunicorn_options import GUNICORN_ABSENT, GUNICORN_SPELLINGS, GUNICORN_TLS
 from procs import environment, wait_until
 
 try:

@@ -1,0 +1,126 @@
+"""gunicorn's command-line options greenserve does not take: the one-line hint for each (its
+greenserve spelling, or why greenserve lacks it), shown when a gunicorn command line is
+reused as it is."""
+
+# gunicorn options greenserve spells differently: gunicorn's -> greenserve's. (Those spelled
+# the same need nothing here: argparse knows them.)
+GUNICORN_SPELLINGS = {
+    "--access-logfile": "--access-log",
+    "--access-logformat": "--access-log-format",
+    "--error-logfile": "--error-log",
+    "--log-file": "--error-log",
+    "--log-config-dict": "--log-config",
+    "--log-config-json": "--log-config",
+    "--limit-request-field_size": "--limit-request-field-size",
+    "--proxy-allow-from": "--proxy-allow-ips",
+    "--ssl-version": "--tls-min-version",
+    "-v": "--version",
+    "-u": "--user",
+    "-g": "--group",
+    "-m": "--umask",
+}
+
+_SYSLOG = "send logs to syslog with --log-config (a logging.handlers.SysLogHandler)"
+_STRICT = ("greenserve's HTTP parser stays strict (RFC 9112): such requests are refused "
+           "with 400, there is nothing to relax")
+_STATSD = ("greenserve has no StatsD client; it exports Prometheus metrics on "
+           "--metrics-bind where that option exists")
+
+_PASTE = "PasteDeploy .ini files are not read: name the app as MODULE:APP or MODULE:FACTORY(...)"
+_HTTP2 = ("greenserve speaks HTTP/1.1; the proxy in front of it speaks HTTP/2 (or 3) to "
+          "clients")
+_ASGI = "greenserve serves WSGI applications, not ASGI ones"
+_DIRTY = ("greenserve has no side pool of workers for slow jobs: use a task queue, or "
+          "greenlets in the app")
+_CONTROL = ("greenserve is controlled with signals: HUP reloads, TTIN/TTOU add/remove a "
+            "worker, TERM stops gracefully, QUIT at once")
+_UWSGI = "greenserve speaks HTTP only: point nginx's proxy_pass (not uwsgi_pass) at it"
+
+# gunicorn options greenserve lacks on purpose, with the reason (one line each).
+GUNICORN_ABSENT = {
+    "-k": "greenserve has one kind of worker, gevent greenlets: drop -k/--worker-class "
+          "(and -k gevent --worker-connections N is --max-connections N)",
+    "--worker-class": "greenserve has one kind of worker, gevent greenlets: drop "
+                      "-k/--worker-class (and -k gevent --worker-connections N is "
+                      "--max-connections N)",
+    "--threads": "greenserve serves each request in a greenlet, not a thread: concurrency "
+                 "per worker is --max-connections",
+    "-D": "greenserve stays in the foreground: run it under systemd, supervisord or a "
+          "container instead of -D/--daemon",
+    "--daemon": "greenserve stays in the foreground: run it under systemd, supervisord or a "
+                "container instead of -D/--daemon",
+    "--initgroups": "with --user greenserve always takes on the user's supplementary groups",
+    "--worker-tmp-dir": "greenserve's workers report to the master over a pipe; there is no "
+                        "heartbeat file to place",
+    "--spew": "greenserve does not trace every line; use a debugger or sys.settrace in the app",
+    "--paste": _PASTE,
+    "--paste-global": _PASTE, "--paster": _PASTE,
+    "--reload-engine": "--reload always uses watchfiles (pip install 'greenserve[reload]')",
+    "--no-sendfile": "greenserve sends wsgi.file_wrapper files with sendfile when it can and "
+                     "reads them otherwise; there is nothing to turn off",
+    "-R": "workers keep the master's stdout and stderr already; --capture-output sends them "
+          "to the error log",
+    "--enable-stdio-inheritance": "workers keep the master's stdout and stderr already; "
+                                  "--capture-output sends them to the error log",
+    "--statsd-host": _STATSD, "--statsd-prefix": _STATSD, "--dogstatsd-tags": _STATSD,
+    "--enable-backlog-metric": _STATSD,
+    "--log-syslog": _SYSLOG, "--log-syslog-to": _SYSLOG, "--log-syslog-prefix": _SYSLOG,
+    "--log-syslog-facility": _SYSLOG, "--disable-redirect-access-to-syslog": _SYSLOG,
+    "--logger-class": "route and format logs with --log-config (Python's logging.config "
+                      "dictConfig, as TOML or JSON)",
+    "--strip-header-spaces": _STRICT,
+    "--permit-unconventional-http-method": _STRICT,
+    "--permit-unconventional-http-version": _STRICT,
+    "--casefold-http-method": _STRICT,
+    "--permit-obsolete-folding": _STRICT,
+    "--header-map": "greenserve always drops request headers with an underscore in the name "
+                    "(gunicorn's 'drop'): they could pass for a proxy's headers",
+    "--forwarder-headers": "greenserve applies X-Forwarded-* and Forwarded headers from the "
+                           "peers in --forwarded-allow-ips; there is no list to set",
+    "--protocol": _UWSGI, "--uwsgi-allow-from": _UWSGI,
+    "--http-protocols": _HTTP2, "--http2-cleartext": _HTTP2,
+    "--http2-max-concurrent-streams": _HTTP2, "--http2-initial-window-size": _HTTP2,
+    "--http2-max-frame-size": _HTTP2, "--http2-max-header-list-size": _HTTP2,
+    "--http-parser": "greenserve has one HTTP parser, its own strict one",
+    "--asgi-loop": _ASGI, "--asgi-lifespan": _ASGI, "--asgi-disconnect-grace-period": _ASGI,
+    "--websocket-max-message-size": "WebSocket messages are the app's WebSocket library's "
+                                    "business (simple-websocket, wsproto): limit them there",
+    "--dirty-app": _DIRTY, "--dirty-workers": _DIRTY, "--dirty-timeout": _DIRTY,
+    "--dirty-threads": _DIRTY, "--dirty-graceful-timeout": _DIRTY,
+    "--control-socket": _CONTROL, "--control-socket-mode": _CONTROL,
+    "--no-control-socket": _CONTROL,
+}
+
+# gunicorn's TLS options: greenserve's own TLS (where built) takes most under the same names.
+GUNICORN_TLS = ("--certfile", "--keyfile", "--ca-certs", "--cert-reqs", "--ciphers",
+                "--do-handshake-on-connect", "--suppress-ragged-eofs", "--ssl-version")
+
+
+def gunicorn_hints(argv, known):
+    """One line per gunicorn option in ``argv`` that greenserve does not take (``known``:
+    the parser's option strings): its greenserve spelling, or why greenserve lacks it."""
+    hints = []
+    for token in argv:
+        if token == "--":
+            break
+        if token.startswith("--"):
+            flag = token.partition("=")[0]
+        elif token.startswith("-") and len(token) > 1 and not token[1].isdigit():
+            flag = token[:2]
+        else:
+            continue
+        if flag in known:
+            continue
+        spelling = GUNICORN_SPELLINGS.get(flag)
+        if spelling is not None and spelling in known:
+            reason = f"greenserve spells it {spelling}"
+        elif flag in GUNICORN_ABSENT:
+            reason = GUNICORN_ABSENT[flag]
+        elif flag in GUNICORN_TLS:
+            reason = ("greenserve's TLS has no such setting (greenserve --help lists its TLS "
+                      "options)" if "--certfile" in known else
+                      "this greenserve has no TLS options: terminate TLS at the proxy")
+        else:
+            continue
+        hints.append(f"unknown option {flag} (gunicorn's): {reason}")
+    return hints
