@@ -10,7 +10,6 @@ Timers are phases and deadlines fired by the server's sweeper (see ``timers.py``
 import logging
 import socket
 import struct
-from itertools import chain
 from time import monotonic, perf_counter
 
 from gevent import getcurrent
@@ -27,8 +26,9 @@ from .protocol.parser import RequestParser
 from .protocol.forwarded import FORWARDED_KEYS, apply_forwarded
 from .protocol.response import UNTIL_CLOSE
 from .protocol.writer import error_response
-from .sending import ResponseSending, bytes_written, unread_bytes, unsent_bytes
+from .sending import ResponseSending, unread_bytes, unsent_bytes
 from .waiting import DEADLINE, NOT_READY, SUSPENDED, GreenletFreeWaits
+from .upgrades import UpgradeHandOver, pull_first
 from .timers import APP, BODY, IDLE, LINGER, READING_HEAD, SEND, IdleTimeout, phase_timeout
 from .wsgi import EMPTY_INPUT, InputStream, build_environ, is_upgrade
 
@@ -64,12 +64,14 @@ class _Closing(Exception):
     """The server is shutting down and this connection is idle."""
 
 
-class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeWaits):
+class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeWaits,
+                 UpgradeHandOver):
     """Serves the requests of one accepted socket; ``run()`` is the greenlet body.
 
     Its other halves live in their own modules: ``preludes`` (PROXY header, TLS),
     ``bodies`` (wsgi.input and unread bodies), ``sending`` (start_response and sending),
-    ``waiting`` (parked between requests, or a response waiting, without a greenlet).
+    ``waiting`` (parked between requests, or a response waiting, without a greenlet),
+    ``upgrades`` (an Upgrade request's socket offered to the app).
     """
 
     # Slots: thousands of parked long polls each hold one of these.
@@ -506,7 +508,7 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
                     and type(result) not in (list, tuple):
                 # A lazy body may call start_response with its first piece: only an app
                 # that answered nothing at all took the socket.
-                body = _pull_first(result)
+                body = pull_first(result)
             if upgrade and (self.handed_over or self.response is None):
                 self.handed_over = True  # the app took the socket; nothing more to send
             else:
@@ -553,57 +555,6 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
                 server.access_log(environ, status, sent, elapsed,
                                   response.headers if response is not None else ())
         return keep and self.body_error is None and self._finish_body()
-
-    def _decline_upgrade(self):
-        """The app answers an Upgrade request later (respond_later): it did not take the
-        socket it was offered. Serve it as an ordinary request, then close. False."""
-        self.upgrade = False
-        self.must_close = True
-        request_timeout = self.server.config.request_timeout
-        if request_timeout and not self.request_deadline:
-            # _offer_socket lifted it for a hand-over that did not come.
-            self.request_deadline = monotonic() + request_timeout
-        return False
-
-    def _took_socket(self):
-        """An Upgrade request at its deadline: has the app taken the socket (a 101 sent, or
-        bytes of its own written since it was offered)? Then the deadline no longer applies.
-        An app answering through start_response did not; the server's own writes before
-        (100 Continue) move the mark they are counted from (see _server_wrote)."""
-        if self.handed_over:
-            return True
-        if self.response is not None or self.offered_written is None:
-            return False
-        written = bytes_written(self.sock)  # read low: an ACK in between undercounts
-        return written is not None and written > self.offered_written
-
-    def _server_wrote(self):
-        """The server itself wrote on an Upgrade request's socket before any answer (100
-        Continue): those bytes are not the app's handshake."""
-        if self.upgrade and self.offered_written is not None:
-            self.offered_written = bytes_written(self.sock, high=True)
-
-    def _offer_socket(self, environ):
-        """An Upgrade request (e.g. WebSocket): let the app take the connection over.
-
-        The socket is offered under the keys WebSocket libraries look for (gunicorn's,
-        used by simple-websocket and flask-sock). The app either does the handshake itself
-        on the socket, or calls start_response("101 Switching Protocols", ...), which is
-        sent at once. Either way the connection is the app's until it returns: no
-        --request-timeout (it would cut a long-lived socket), no keep-alive afterwards.
-        ``greenserve.stopping`` (a gevent Event) is set when a graceful stop begins, so
-        such an app can close its side (WebSocket 1001) instead of being cut off at the
-        end of --graceful-timeout.
-        """
-        environ["greenserve.socket"] = environ["gunicorn.socket"] = self.sock
-        environ["greenserve.stopping"] = self.server.stopping_event
-        # Any client may send Upgrade: the deadline is only lifted once the app has taken
-        # the socket (sent a 101, or written its own handshake, which the kernel's count of
-        # bytes written shows). Where that count is unknown (a unix socket), at once.
-        self.offered_written = bytes_written(self.sock, high=True)
-        if self.offered_written is None:
-            self.request_deadline = 0.0
-            self._enter(APP, 0)
 
     def _close_result(self, result):
         """PEP 3333: the iterable's close() runs once the response is over, whatever
@@ -698,11 +649,3 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
             return False
         return bool(info) and info[0] == TCP_STATE_CLOSE
 
-
-def _pull_first(result):
-    """``result``'s pieces as a list or chain, its first one already pulled (so that a
-    generator's start_response has run)."""
-    pieces = iter(result)
-    for first in pieces:
-        return chain((first,), pieces)
-    return []

@@ -22,33 +22,9 @@ from .wsgi import FileWrapper, check_headers, check_status
 
 error_log = logging.getLogger("greenserve.error")
 
-# Linux's struct tcp_info (include/uapi/linux/tcp.h): the offset of tcpi_bytes_acked (RFC
-# 4898's tcpEStatsAppHCThruOctetsAcked, since Linux 4.1) and the size read up to it.
-TCPI_BYTES_ACKED = 120
-TCP_INFO_SIZE = 128
-
 # A body at least this large leaves with its head in one sendmsg() from where it lies; a
 # smaller one is joined to the head first (joining costs less than sendmsg's extra work).
 SEND_IN_PLACE = 16384
-
-
-def bytes_written(sock, high=False):
-    """How many bytes ``sock`` has written so far (acknowledged by the peer or still queued);
-    None where the kernel cannot tell (not TCP, or not Linux).
-
-    The two counts are read one after the other, and an acknowledgement in between moves
-    bytes from one to the other: ``high`` reads the queue first (an overcount, never an
-    undercount), else the acknowledged count first (never an overcount)."""
-    unsent = unsent_bytes(sock) if high else None
-    try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_SIZE)
-    except (OSError, AttributeError):
-        return None
-    if not high:
-        unsent = unsent_bytes(sock)
-    if len(info) < TCP_INFO_SIZE or unsent is None:
-        return None
-    return struct.unpack_from("Q", info, TCPI_BYTES_ACKED)[0] + unsent
 
 
 def unread_bytes(sock):

@@ -192,13 +192,25 @@ def test_exception_before_headers_gives_500_and_keeps_connection(serve, caplog):
     assert any("kaboom" in str(r.exc_info) for r in caplog.records if r.exc_info)
 
 
-def test_exception_after_headers_closes_connection(serve):
-    def app(environ, start_response):
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        yield b"partial"
-        raise RuntimeError("mid-stream")
+def fails_mid_stream(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    yield b"partial"
+    raise RuntimeError("mid-stream")
 
-    with serve(app) as srv, srv.connect() as sock:
+
+def assert_reset(sock):
+    """Read until the connection ends: it must end with a reset, not a clean close."""
+    sock.settimeout(10)
+    received = b""
+    with pytest.raises(ConnectionResetError):
+        while True:
+            data = sock.recv(65536)
+            assert data, f"a clean end after {received!r}"
+            received += data
+
+
+def test_exception_after_headers_closes_connection(serve):
+    with serve(fails_mid_stream) as srv, srv.connect() as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         raw = recv_until_closed(sock)
     # Chunked, but no last-chunk: the client can tell the response is incomplete.
@@ -208,20 +220,9 @@ def test_exception_after_headers_closes_connection(serve):
 def test_exception_in_a_close_delimited_body_resets_the_connection(serve):
     """HTTP/1.0 without a length: the body ends where the connection does (RFC 9112 §6.3),
     so a clean close would pass the part sent for the whole. The client must see a reset."""
-    def app(environ, start_response):
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        yield b"partial"
-        raise RuntimeError("mid-stream")
-
-    with serve(app) as srv, srv.connect() as sock:
+    with serve(fails_mid_stream) as srv, srv.connect() as sock:
         sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
-        sock.settimeout(10)
-        received = b""
-        with pytest.raises(ConnectionResetError):
-            while True:
-                data = sock.recv(65536)
-                assert data, f"a clean end after {received!r}"
-                received += data
+        assert_reset(sock)
 
 
 def test_a_close_delimited_body_cut_by_a_graceful_stop_resets_the_connection(serve):
@@ -239,10 +240,7 @@ def test_a_close_delimited_body_cut_by_a_graceful_stop_resets_the_connection(ser
         sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
         assert first_sent.wait(10)
         srv.stop(0.5)
-        sock.settimeout(10)
-        with pytest.raises(ConnectionResetError):
-            while True:
-                assert sock.recv(65536), "a clean end of a cut body"
+        assert_reset(sock)
 
 
 def test_exc_info_replaces_headers_before_they_are_sent(serve):
