@@ -58,6 +58,9 @@ class BodyReading:
             return False
         body = b"".join(pieces)
         environ["CONTENT_LENGTH"] = str(size)
+        # The body is decoded now: an app (Bottle, for one) that saw Transfer-Encoding would
+        # try to decode the chunks a second time.
+        environ.pop("HTTP_TRANSFER_ENCODING", None)
         environ["wsgi.input"] = InputStream(_BufferedBody(body).read)
         return True
 

@@ -4,6 +4,7 @@ No sockets and no gevent here: the connection hands in a ``receive(max_bytes)`` 
 the body and sends whatever these helpers decide.
 """
 
+import io
 import os
 import re
 import sys
@@ -366,6 +367,9 @@ EMPTY_INPUT = InputStream(_no_body)
 EMPTY_INPUT.read()
 
 
+_BUFFERED_FILES = (io.BufferedReader, io.BufferedRandom)
+
+
 class FileWrapper:
     """``wsgi.file_wrapper``: the server sends a real file with os.sendfile when it can."""
 
@@ -376,9 +380,16 @@ class FileWrapper:
         self.blksize = blksize
 
     def sendfile_source(self):
-        """``(fd, offset, bytes available)`` when the wrapped object is a regular file with
-        a descriptor, else None (then the server iterates)."""
+        """``(fd, offset, bytes available)`` when the wrapped object is a plain open file
+        of a regular file, else None (then the server iterates)."""
         filelike = self.filelike
+        # PEP 3333: sending the wrapper must give what iterating read(blksize) gives. Only a
+        # plain binary file reads the bytes its descriptor holds: a gzip, bz2 or lzma file
+        # (and any wrapper passing fileno() through) would send its compressed source.
+        kind = type(filelike)
+        if kind is not io.FileIO and (kind not in _BUFFERED_FILES
+                                      or type(getattr(filelike, "raw", None)) is not io.FileIO):
+            return None
         try:
             fd = filelike.fileno()
             offset = filelike.tell()

@@ -1,8 +1,11 @@
 """PEP 3333 through a real server: environ, wsgi.input, start_response rules, app errors,
 close() of the iterable, write(), file_wrapper; plus timers and graceful stop."""
 
+import bz2
+import gzip
 import http.client
 import io
+import lzma
 import json
 import socket
 import threading
@@ -370,6 +373,22 @@ def test_file_wrapper_honours_content_length(serve, tmp_path):
         for _ in range(2):
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             assert read_response(reader)[2] == (b"0123456789" * 3)[:25]
+
+
+@pytest.mark.parametrize("opener", [gzip.open, bz2.open, lzma.open])
+def test_file_wrapper_sends_what_a_compressed_file_reads(serve, tmp_path, opener):
+    # Such a file's fileno() is its compressed source's: sendfile would send that instead.
+    payload = b"".join(b"line %d\n" % n for n in range(20000))
+    path = tmp_path / "data.z"
+    with opener(path, "wb") as out:
+        out.write(payload)
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return environ["wsgi.file_wrapper"](opener(path, "rb"))
+
+    with serve(app, validate=False) as srv:
+        assert get(srv)[2] == payload
 
 
 def test_file_wrapper_falls_back_for_file_likes(serve):
