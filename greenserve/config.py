@@ -8,6 +8,7 @@ import dataclasses
 import difflib
 import re
 from dataclasses import dataclass, field
+from urllib.parse import unquote_to_bytes
 
 from .accessformat import ATOMS, JSON_PRESET, compile_format
 from .errors import ConfigError
@@ -70,7 +71,15 @@ def _root_path(text):
     text = str(text)
     if text and (not text.startswith("/") or text.endswith("/")):
         raise ValueError("must start with '/' and not end with '/' (e.g. /app)")
-    return text
+    # RFC 3986 §2.1: a "%" starts a percent-encoding.
+    if re.search(r"%(?![0-9A-Fa-f]{2})", text):
+        raise ValueError("has a '%' that is not followed by two hex digits")
+    if any(ord(c) < 0x20 or ord(c) == 0x7f for c in text):
+        raise ValueError("must not contain control characters")
+    # PEP 3333: SCRIPT_NAME holds the path's octets, percent-decoded, as latin-1 text, the
+    # form PATH_INFO has: "/a%20b" and "/caf\u00e9" (UTF-8 in a URL) become what the request
+    # path becomes, so the prefix is found in it and both halves of the URL agree.
+    return unquote_to_bytes(text.encode("utf-8")).decode("latin-1")
 
 
 def _str(text):

@@ -316,6 +316,8 @@ def describe(sock, tls=False):
     if sock.family == socket.AF_UNIX:
         if isinstance(address, bytes):
             address = address.decode("utf-8", "replace")
+        if address.startswith("\0"):
+            address = "@" + address[1:]  # an abstract name, written as ss(8) does
         return f"unix:{address}"
     scheme = "https" if tls else "http"
     if sock.family == socket.AF_INET6:

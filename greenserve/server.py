@@ -108,7 +108,7 @@ class Server:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 except OSError:
                     self.nodelay_per_connection = True
-            name, port = _server_name_port(sock)
+            name, port = _server_name_port(sock, self.tls_context is not None)
             base = base_environ(self.config, name, port, multiprocess,
                                 errors=self._errors)
             if self.tls_context is not None:
@@ -323,11 +323,16 @@ def _ensure_fd_limit(max_connections):
                           "--max-connections", soft, hard, max_connections, FD_HEADROOM)
 
 
-def _server_name_port(sock):
-    """SERVER_NAME and SERVER_PORT for requests arriving on ``sock``."""
+def _server_name_port(sock, tls=False):
+    """SERVER_NAME and SERVER_PORT for requests arriving on ``sock``: what a URL to this
+    server would hold when a request names no Host (an HTTP/1.0 request)."""
     if sock.family == socket.AF_UNIX:
-        return sock.getsockname() or "localhost", ""
+        # PEP 3333: neither may be empty, and a socket's path is no host name: the local
+        # host on the scheme's default port (a proxy in front names the public host).
+        return "localhost", "443" if tls else "80"
     host, port = sock.getsockname()[:2]
+    if sock.family == socket.AF_INET6:
+        host = f"[{host}]"  # RFC 3875 §4.1.14: an IPv6 server-name is written in brackets
     return host, str(port)
 
 

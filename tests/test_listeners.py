@@ -124,6 +124,14 @@ def test_unix_socket(opened, tmp_path):
     assert not os.path.exists(path)
 
 
+def test_abstract_unix_socket_is_described_without_its_nul(opened):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    opened.append(sock)
+    name = f"greenserve-test-{os.getpid()}"
+    sock.bind("\0" + name)
+    assert describe(sock) == f"unix:@{name}"
+
+
 def test_stale_unix_socket_is_replaced(opened, tmp_path):
     path = str(tmp_path / "stale.sock")
     leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -89,6 +89,17 @@ def test_root_path_sets_script_name(serve):
     assert other["PATH_INFO"] == "/elsewhere"
 
 
+@pytest.mark.parametrize("root_path, request_path", [
+    ("/a%20b", "/a%20b/page"), ("/a b", "/a%20b/page"),
+    ("/caf\u00e9", "/caf%C3%A9/page"), ("/caf%C3%A9", "/caf%C3%A9/page")])
+def test_root_path_takes_the_form_of_path_info(serve, root_path, request_path):
+    # PEP 3333: SCRIPT_NAME, like PATH_INFO, is the decoded path's octets read as latin-1.
+    with serve(environ_dump, root_path=root_path) as srv:
+        env = json.loads(get(srv, request_path)[2])
+    decoded = "/caf\u00e9".encode().decode("latin-1") if "caf" in root_path else "/a b"
+    assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == (decoded, "/page")
+
+
 def test_absolute_form_target_replaces_host(serve):
     with serve(environ_dump) as srv, srv.connect() as sock:
         sock.sendall(b"GET http://other.example:81/p?q=1 HTTP/1.1\r\nHost: ignored\r\n\r\n")
@@ -560,7 +571,8 @@ def test_serves_on_a_unix_socket(tmp_path):
             sock.sendall(b"GET /u HTTP/1.1\r\nHost: x\r\n\r\n")
             env = json.loads(read_response(sock)[2])
     assert env["PATH_INFO"] == "/u" and env["REMOTE_ADDR"] == ""
-    assert env["SERVER_NAME"] == str(path)
+    # PEP 3333: SERVER_NAME and SERVER_PORT are never empty; a path is no host name.
+    assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("localhost", "80")
 
 
 def test_serves_on_ipv6_loopback(serve):
@@ -577,6 +589,8 @@ def test_serves_on_ipv6_loopback(serve):
             sock.sendall(b"GET / HTTP/1.1\r\nHost: [::1]\r\n\r\n")
             env = json.loads(read_response(sock)[2])
     assert env["REMOTE_ADDR"] == "::1" and env["HTTP_HOST"] == "[::1]"
+    # RFC 3875 §4.1.14: in brackets, so SERVER_NAME:SERVER_PORT is a valid authority.
+    assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("[::1]", str(srv.port))
 
 
 def test_500_for_head_has_no_body_and_keeps_the_connection_in_sync(serve):
