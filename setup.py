@@ -2,7 +2,8 @@
 
 Where a C compiler and the Python headers are present (and GREENSERVE_NO_COMPILE is not set),
 the modules named in greenserve/speedups.py are compiled with Cython, unchanged, as optional
-extensions: a module that fails to compile stays pure Python, and the install goes on. Cython
+extensions (a ``.pxd`` file beside a module's source declares C types for its hot classes and
+locals; the source itself stays plain Python): a module that fails to compile stays pure Python, and the install goes on. Cython
 is then a build requirement, which pip installs into its isolated build environment. Without
 a compiler nothing is compiled and Cython is not even asked for.
 """

@@ -100,12 +100,18 @@ def stale():
     found = []
     for name in compiled():
         binary = _spec(name).origin
-        source = os.path.join(os.path.dirname(binary), name.rpartition(".")[2] + ".py")
+        stem = os.path.join(os.path.dirname(binary), name.rpartition(".")[2])
         try:
-            if os.stat(source).st_mtime - os.stat(binary).st_mtime > STALE_AFTER:
-                found.append(name)
+            compiled_at = os.stat(binary).st_mtime
+            newest = os.stat(stem + ".py").st_mtime
         except OSError:
             continue  # no source beside it: nothing to compare with
+        try:
+            newest = max(newest, os.stat(stem + ".pxd").st_mtime)  # its C declarations
+        except OSError:
+            pass
+        if newest - compiled_at > STALE_AFTER:
+            found.append(name)
     return found
 
 
