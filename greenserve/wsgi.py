@@ -11,6 +11,8 @@ import sys
 from stat import S_ISREG
 from urllib.parse import unquote_to_bytes
 
+from .protocol.response import ResponseHeaders
+
 
 
 # RFC 9110 §5.6.2 token, for response header names.
@@ -190,12 +192,6 @@ def check_status(status, switching=False):
     if len(status) <= _MEMO_VALUE:
         _remember(_checked_statuses, status, code)
     return code
-
-
-class ResponseHeaders:
-    """What the server needs to know about an app's validated response headers."""
-
-    __slots__ = ("content_length", "rewrite_length", "close", "has_date", "has_server")
 
 
 def check_headers(headers, upgrade=False):

@@ -8,6 +8,7 @@ test_wsgi_contract.py's, which runs every test cold and warm.
 import pytest
 
 from greenserve import wsgi
+from greenserve.protocol.response import ResponseHeaders
 from greenserve.protocol.parser import RequestParser
 from greenserve.wsgi import base_environ, build_environ, check_headers, check_status, forget_memos
 from test_parser import VALID
@@ -19,8 +20,8 @@ def outcome(check, *args, **kwargs):
         result = check(*args, **kwargs)
     except (TypeError, ValueError) as exc:
         return type(exc), str(exc)
-    if isinstance(result, wsgi.ResponseHeaders):
-        return {name: getattr(result, name) for name in wsgi.ResponseHeaders.__slots__}
+    if isinstance(result, ResponseHeaders):
+        return {name: getattr(result, name) for name in ResponseHeaders.__slots__}
     return result
 
 

@@ -1,3 +1,4 @@
+# C types for the compiled build (see setup.py); protocol/parser.py stays plain Python.
 cimport cython
 
 cdef class Limits:

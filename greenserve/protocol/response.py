@@ -38,6 +38,13 @@ def unread_body_forces_close(unread, continue_pending, drain_limit=DRAIN_LIMIT):
     return continue_pending or unread is None or unread > drain_limit
 
 
+class ResponseHeaders:
+    """What a response's framing needs to know about the app's validated headers (filled in
+    by ``wsgi.check_headers``)."""
+
+    __slots__ = ("content_length", "rewrite_length", "close", "has_date", "has_server")
+
+
 class Response:
     """The framing state of one response; see the module docstring."""
 
@@ -47,7 +54,7 @@ class Response:
 
     def __init__(self, status, code, headers, info, head_request, version, keep_alive,
                  server=SERVER_LINE):
-        """``info`` is the ``wsgi.ResponseHeaders`` summary of ``headers``; ``version`` is 1
+        """``info`` is the ``ResponseHeaders`` summary of ``headers``; ``version`` is 1
         for HTTP/1.1, 0 for 1.0; ``keep_alive`` is whether the request allows another;
         ``server`` the preformatted Server field added when the app sends none."""
         self.status = status
