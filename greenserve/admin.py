@@ -250,9 +250,12 @@ def serve_in_process(sock, routes, config):
     import dataclasses
 
     from .server import Server
+    # Plain HTTP, as with a master: probes (a Kubernetes httpGet, a load balancer's check)
+    # and scrapers reach it without the app's TLS settings.
     admin_config = dataclasses.replace(
         config, access_log=None, proxy_protocol=False, root_path="", workers=1,
-        max_connections=64, request_timeout=30.0)
+        max_connections=64, request_timeout=30.0, certfile=None, keyfile=None, ca_certs=None,
+        cert_reqs="none")
     server = Server(routes.wsgi, admin_config, listeners=[sock])
     server.start()
     return server

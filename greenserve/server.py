@@ -355,7 +355,8 @@ def run_until_signalled(server, banner=None, admin_socket=None):
     gracefully (up to --graceful-timeout). A second signal stops at once.
 
     SIGHUP and SIGUSR2 are logged and ignored (reloading needs a master process: run with
-    --supervise); SIGUSR1 reopens the log files. Returns 0, or 1 after a second signal.
+    --supervise), and so are SIGTTIN and SIGTTOU (no workers to add or remove: run with
+    -w N); SIGUSR1 reopens the log files. Returns 0, or 1 after a second signal.
     """
     import signal
 
@@ -389,11 +390,19 @@ def run_until_signalled(server, banner=None, admin_socket=None):
                           "nothing to reload (run with --supervise for reloads)",
                           signal.Signals(signum).name)
 
+    def on_scale(signum):
+        # Their default action would stop (freeze) the whole server.
+        error_log.warning("%s received and ignored: without a master process there are no "
+                          "workers to add or remove (run with -w N)",
+                          signal.Signals(signum).name)
+
     handlers = [gevent.signal_handler(signum, on_stop, signum)
                 for signum in (signal.SIGTERM, signal.SIGINT)]
     handlers.append(gevent.signal_handler(signal.SIGUSR1, on_reopen, signal.SIGUSR1))
     handlers += [gevent.signal_handler(signum, on_ignored, signum)
                  for signum in (signal.SIGHUP, signal.SIGUSR2)]
+    handlers += [gevent.signal_handler(signum, on_scale, signum)
+                 for signum in (signal.SIGTTIN, signal.SIGTTOU)]
     try:
         server.start()
         if admin_socket is not None:

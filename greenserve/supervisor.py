@@ -44,6 +44,7 @@ TICK = 0.25            # the loop wakes at least this often (timeouts, back-off)
 FAST_STOP_WAIT = 2.0   # after SIGQUIT, workers still alive this long later are killed
 DUMP_WAIT = 2.0        # after SIGABRT, how long a blocked worker has to log its stacks
 SHORT_LIFE = 1.0       # a worker dying younger than this (or unbooted) failed to start
+GIVE_UP_AFTER = 5      # workers in a row dying unbooted, none ever booted: the master exits
 MAX_BACKOFF = 30.0
 
 
@@ -92,7 +93,8 @@ class Supervisor:
     ``config.timeout`` is set, and stops on SIGTERM (gracefully) or SIGQUIT (at once). When
     the app cannot be loaded it sends ``ipc.ERROR`` with the reason and returns
     ``BOOT_ERROR``. ``run()`` returns the master's exit status, or raises ``AppLoadError``
-    when no worker could load the app at start-up (rather than forking for ever).
+    when no worker could load the app at start-up, or workers keep dying before they boot
+    and none ever did (rather than forking for ever).
 
     ``keep_listening`` are sockets among ``sockets`` that stay open until the master exits
     (systemd's, from socket activation: systemd holds them and hands what queues there to
@@ -216,10 +218,7 @@ class Supervisor:
                 error_log.info("worker %d (pid %d) booted", worker.slot, worker.pid)
                 if self.monitor is not None:
                     self.monitor.booted(worker.pid)
-                if self.health is not None and self.stop_deadline is None and all(
-                        any(w.slot == slot and w.current and w.booted
-                            for w in self.workers.values()) for slot in range(self.count)):
-                    self.health.set_ready()
+                self._ready_if_all_served()
                 self._check_ready()
             elif kind == ipc.RETIRE and not worker.outdated:
                 worker.outdated = True
@@ -229,6 +228,13 @@ class Supervisor:
                 worker.dumped = True
             elif kind == ipc.ERROR:
                 worker.reason = reason
+
+    def _ready_if_all_served(self):
+        """/readyz answers ready again once every slot has a current, booted worker."""
+        if self.health is not None and self.stop_deadline is None and all(
+                any(w.slot == slot and w.current and w.booted
+                    for w in self.workers.values()) for slot in range(self.count)):
+            self.health.set_ready()
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -519,34 +525,49 @@ class Supervisor:
         if worker.stop_signal is not None or self.stop_deadline is not None:
             error_log.info("worker (pid %d) %s", worker.pid, how)
             return
-        if code == BOOT_ERROR:
+        if code == BOOT_ERROR and not worker.booted:
             reason = worker.reason or "the application could not be loaded"
             for other in self.workers.values():  # a BOOTED may be waiting in a pipe
                 self._read_all(other)
             if not self.ever_booted:
                 # Every worker would fail the same way: stop instead of forking for ever.
-                self._stop_all(fast=True)
-                self._reap_all()
-                raise AppLoadError(reason)
-            self._abandon_reload(worker, reason)
-            self._back_off()
+                self._give_up(reason)
+            if not self._abandon_reload(worker, reason):
+                self._back_off()  # nothing serves this slot: try again, less and less often
             return
         lived = time.monotonic() - worker.started
         if not worker.booted or lived < SHORT_LIFE:
             error_log.error("worker (pid %d) %s while starting", worker.pid, how)
             self._back_off()
+            if not worker.booted and not self.ever_booted and \
+                    self.failures >= GIVE_UP_AFTER:
+                # Dying before serving for any reason (a crash in an extension, an exit at
+                # import, a killed process) is no better than a load error when no worker
+                # has ever booted: stop instead of forking for ever.
+                self._give_up(f"{GIVE_UP_AFTER} workers in a row {how} before they could "
+                              f"serve, and none ever did")
         else:
             self.failures = 0
             error_log.warning("worker (pid %d) %s; starting a new one", worker.pid, how)
 
+    def _give_up(self, reason):
+        self._stop_all(fast=True)
+        self._reap_all()
+        raise AppLoadError(reason)
+
     def _abandon_reload(self, failed, reason):
-        """A new worker cannot load the app: keep the outdated workers that still serve."""
+        """A new worker cannot load the app: keep the outdated workers that still serve.
+        True if one does (the slot is served; no new attempt until the next reload)."""
         keep = [w for w in self.workers.values() if w.outdated and w.booted
                 and w.stop_signal is None and w.slot == failed.slot]
         error_log.error("worker (pid %d) cannot load the app: %s%s", failed.pid, reason,
                         "; the previous worker keeps serving" if keep else "")
         for worker in keep:
             worker.outdated = False
+        if keep:
+            # The reload is over for this slot; the app is served as before.
+            self._ready_if_all_served()
+        return bool(keep)
 
     def _back_off(self):
         self.failures += 1

@@ -1,5 +1,6 @@
-"""Without a master, HUP, USR1 and USR2 never kill greenserve: HUP and USR2 are logged and
-ignored, USR1 reopens the log files (logrotate's `kill -USR1` after moving them)."""
+"""Without a master, HUP, USR1, USR2, TTIN and TTOU never kill or freeze greenserve: HUP,
+USR2, TTIN and TTOU are logged and ignored, USR1 reopens the log files (logrotate's
+`kill -USR1` after moving them)."""
 
 import signal
 
@@ -30,7 +31,8 @@ def test_hup_usr1_usr2_keep_the_server_serving(tmp_path):
                          what="the access line in the new file")
         assert "/two" not in (tmp_path / "access.log.1").read_text()
 
-        for signum in (signal.SIGHUP, signal.SIGUSR2):
+        # TTIN and TTOU would stop (freeze) a process that does not handle them.
+        for signum in (signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU):
             server.signal(signum)
             name = signal.Signals(signum).name
             procs.wait_until(lambda: f"{name} received and ignored" in error_log.read_text(),

@@ -234,15 +234,67 @@ def test_hup_under_load_drops_nothing_and_loads_new_code(processes, reloadable):
 
 
 def test_failed_reload_keeps_the_old_workers(processes, reloadable):
-    master = processes.greenserve("webapp:app", "-b", "127.0.0.1:0", "-w", "2")
+    master = processes.greenserve("webapp:app", "-b", "127.0.0.1:0", "-w", "2",
+                                  "--metrics-bind", "127.0.0.1:0")
     address = master.address()
+    admin = master.wait_for(r"Admin listener at http://127\.0\.0\.1:(\d+)")
+    admin = ("127.0.0.1", int(admin[1]))
     old = set(booted_pids(master, 2))
+    # (The master logs "booted" just before it marks itself ready.)
+    wait_until(lambda: readiness(admin) == (200, "ready"), what="ready")
     reloadable.write_text("def broken(:\n")
     master.signal(signal.SIGHUP)
     master.wait_for(r"cannot load the app: .*SyntaxError.*; the previous worker keeps "
                     r"serving", count=2)
     assert pids_seen(address, 2) <= old
     assert master.running()
+    # The old workers serve as before: a readiness probe must not take them out of service
+    # (nor does the master retry the broken code until the next reload).
+    wait_until(lambda: readiness(admin) == (200, "ready"), what="ready again")
+    assert "next attempt" not in master.text()
+
+
+def readiness(admin):
+    conn = http.client.HTTPConnection(*admin, timeout=WAIT)
+    try:
+        conn.request("GET", "/readyz")
+        response = conn.getresponse()
+        return response.status, response.read().decode().strip()
+    finally:
+        conn.close()
+
+
+def test_workers_dying_before_they_boot_stop_the_master(processes, project):
+    # Not an exception greenserve could report: the process just ends at import.
+    (project / "dies.py").write_text("import os\nos._exit(7)\n")
+    master = processes.greenserve("dies:app", "-b", "127.0.0.1:0", "-w", "2")
+    assert master.exit_code(timeout=WAIT * 3) == 2
+    last = master.text().strip().splitlines()[-1]
+    assert last.startswith("greenserve: error: ") and "exited with status 7" in last
+    assert len(master.matches(STARTED)) < 10  # it gave up, not forked for ever
+
+
+def test_a_booted_worker_exiting_with_status_3_is_a_crash_not_a_load_error(processes,
+                                                                         project):
+    (project / "exits3.py").write_text(
+        "import os\n"
+        "def app(environ, start_response):\n"
+        "    if environ['PATH_INFO'] == '/bye':\n"
+        "        os._exit(3)\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [str(os.getpid()).encode()]\n")
+    master = processes.greenserve("exits3:app", "-b", "127.0.0.1:0", "--supervise")
+    address = master.address()
+    [first] = booted_pids(master, 1)
+    with pytest.raises((http.client.HTTPException, OSError)):
+        get(address, "/bye")
+    # "; starting a new one", or "while starting" when it lived under a second: a crash
+    # either way, as for any other status.
+    master.wait_for(rf"worker \(pid {first}\) exited with status 3[; ]")
+    master.wait_for(BOOTED, count=2)
+    assert "cannot load the app" not in master.text()
+    status, body, _ = get(address)
+    assert status == 200 and int(body) != first
 
 
 def test_sigterm_lets_a_slow_request_finish(processes, project):

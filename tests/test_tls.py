@@ -82,6 +82,22 @@ def test_https_keep_alive_pipelining_and_scheme(serve, certs):
         conn.close()
 
 
+def test_admin_listener_stays_plain_http_beside_a_tls_server(certs, tmp_path):
+    # Probes (a Kubernetes httpGet, a load balancer's check) speak plain HTTP to it, as they
+    # do when a master runs it.
+    import procs
+    shutil.copy(procs.FIXTURE_APPS / "webapp.py", tmp_path / "webapp.py")
+    with procs.Processes(cwd=tmp_path) as started:
+        server = started.greenserve("webapp:app", "-b", "127.0.0.1:0", "--certfile",
+                                    certs["certfile"], "--keyfile", certs["keyfile"],
+                                    "--metrics-bind", "127.0.0.1:0")
+        port = int(server.wait_for(r"Admin listener at http://127\.0\.0\.1:(\d+)")[1])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+        conn.close()
+
+
 def test_alpn_settles_on_http11(serve, certs):
     context = client_context(certs)
     context.set_alpn_protocols(["h2", "http/1.1"])
