@@ -5,3 +5,11 @@ from greenserve.protocol.response cimport ResponseHeaders
 
 @cython.locals(info=ResponseHeaders)
 cpdef check_headers(headers, upgrade=*)
+
+cdef class InputStream:
+    cdef object _receive, _buffer
+    cdef Py_ssize_t _pos
+    cdef bint _done
+
+    @cython.locals(pos=Py_ssize_t, have=Py_ssize_t, unlimited=bint)
+    cpdef read(self, size=*)
