@@ -358,12 +358,13 @@ class Identity:
     name: str = None
 
 
-def resolve_identity(user, group, euid=None):
+def resolve_identity(user, group, euid=None, check_access=True):
     """The ``Identity`` for --user/--group, or None when neither is given.
 
     ``ConfigError`` (one line) for an unknown user or group, and when this process is not
     root: only root can switch to another user, and silently serving as oneself would hide
-    a broken deployment.
+    a broken deployment. With ``check_access``, also when that identity could not read
+    what the server imports after switching (see ``unreadable_part``).
     """
     if user is None and group is None:
         return None
@@ -388,7 +389,68 @@ def resolve_identity(user, group, euid=None):
         gid = int(group) if entry is None else entry.gr_gid
     if gid is None:  # --user given as a bare id: its group is the same number, as docker's
         gid = uid
-    return Identity(uid, gid, name)
+    identity = Identity(uid, gid, name)
+    if check_access:
+        _check_readable_as(identity, wanted)
+    return identity
+
+
+def _needed_after_switching():
+    """(directory, what it is, whether its listing must be readable) for what the process
+    uses after switching user: Python's standard library, greenserve and gevent (imported
+    later, so listed), and the working directory (entered; the app may come from
+    elsewhere on the path)."""
+    import importlib.util
+    needed = [(os.path.dirname(os.__file__), "Python's standard library", True),
+              (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "greenserve",
+               True)]
+    gevent = importlib.util.find_spec("gevent")  # found, not imported: the master has none
+    if gevent is not None and gevent.origin:
+        needed.append((os.path.dirname(os.path.dirname(gevent.origin)), "gevent", True))
+    needed.append((os.getcwd(), "the working directory", False))
+    return needed
+
+
+def _check_readable_as(identity, wanted):
+    """ConfigError (one line) if ``identity`` could not read what it needs: otherwise the
+    switch happens and imports fail later with a traceback, or in every worker, for ever
+    (Python installed under /root is the usual cause)."""
+    if identity.uid == 0:
+        return
+    groups = set(os.getgrouplist(identity.name, identity.gid)) if identity.name is not None \
+        else {identity.gid}
+    groups.add(identity.gid)
+    for path, what, listed in _needed_after_switching():
+        blocked = unreadable_part(path, identity.uid, groups, listed)
+        if blocked is not None:
+            raise ConfigError(f"--user/--group: {wanted} cannot read {blocked}, on the way to "
+                              f"{what} ({path}); make it readable for them, or install "
+                              f"Python and the app where they can read them")
+
+
+def unreadable_part(path, uid, groups, listed=True):
+    """The first directory on the way to ``path`` (itself included) that user ``uid`` with
+    ``groups`` cannot enter (search permission), or, with ``listed``, list if it is
+    ``path``; None if none."""
+    path = os.path.realpath(path)
+    parts = [path]
+    while parts[-1] != os.path.dirname(parts[-1]):
+        parts.append(os.path.dirname(parts[-1]))
+    for part in reversed(parts):
+        try:
+            info = os.stat(part)
+        except OSError:
+            return part
+        if info.st_uid == uid:
+            mode = info.st_mode >> 6
+        elif info.st_gid in groups:
+            mode = info.st_mode >> 3
+        else:
+            mode = info.st_mode
+        needed = 0o5 if part == path and listed else 0o1  # pass through, maybe list
+        if mode & needed != needed:
+            return part
+    return None
 
 
 def _lookup(by_name, by_id, text, kind):

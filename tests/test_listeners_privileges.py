@@ -21,7 +21,7 @@ import pytest
 import procs
 from greenserve.config import Config, load_config
 from greenserve.errors import ConfigError
-from greenserve.listeners import (Identity, create_listeners, resolve_identity,
+from greenserve.listeners import (Identity, create_listeners, resolve_identity, unreadable_part,
                                   unix_socket_mode)
 from procs import WAIT, get, wait_until
 
@@ -120,15 +120,15 @@ def test_another_user_connects_by_default_and_not_with_a_private_mode(processes,
 
 def test_resolve_identity():
     assert resolve_identity(None, None) is None
-    assert resolve_identity("nobody", None, euid=0) == Identity(NOBODY.pw_uid, NOBODY.pw_gid,
+    assert resolve_identity("nobody", None, euid=0, check_access=False) == Identity(NOBODY.pw_uid, NOBODY.pw_gid,
                                                                  "nobody")
     www = grp.getgrnam("www-data").gr_gid
-    assert resolve_identity("nobody", "www-data", euid=0) == Identity(NOBODY.pw_uid, www,
+    assert resolve_identity("nobody", "www-data", euid=0, check_access=False) == Identity(NOBODY.pw_uid, www,
                                                                       "nobody")
-    assert resolve_identity(str(NOBODY.pw_uid), None, euid=0).name == "nobody"
+    assert resolve_identity(str(NOBODY.pw_uid), None, euid=0, check_access=False).name == "nobody"
     # An id without a passwd entry, as containers often run: its group is the same number.
-    assert resolve_identity("4000123", None, euid=0) == Identity(4000123, 4000123, None)
-    assert resolve_identity(None, "www-data", euid=0) == Identity(os.getuid(), www, None)
+    assert resolve_identity("4000123", None, euid=0, check_access=False) == Identity(4000123, 4000123, None)
+    assert resolve_identity(None, "www-data", euid=0, check_access=False) == Identity(os.getuid(), www, None)
 
 
 @pytest.mark.parametrize("user, group, message", [
@@ -140,7 +140,8 @@ def test_resolve_identity():
 ])
 def test_resolve_identity_errors(user, group, message):
     with pytest.raises(ConfigError) as caught:
-        resolve_identity(user, group, euid=1000 if "needs root" in message else 0)
+        resolve_identity(user, group, euid=1000 if "needs root" in message else 0,
+                         check_access=False)
     assert str(caught.value) == message
 
 
@@ -280,6 +281,39 @@ def test_refused_when_not_root(request, tmp_path):
     assert result.stderr == (f"greenserve: error: --user/--group: switching to user "
                              f"'www-data' needs root, and greenserve runs as uid {uid} (start "
                              f"it as root, or leave --user and --group out)\n")
+
+
+def test_unreadable_parts_are_found_as_the_user_would_meet_them():
+    with tempfile.TemporaryDirectory() as top:  # in /tmp: every directory above is passable
+        os.chmod(top, 0o755)
+        outer = Path(top) / "outer"
+        inner = outer / "inner"
+        inner.mkdir(parents=True)
+        inner.chmod(0o755)
+        uid, groups = 4000123, {4000123}  # no owner, no group: the "other" bits apply
+        for mode, expected in [(0o755, None), (0o711, None), (0o700, outer), (0o744, outer)]:
+            outer.chmod(mode)
+            assert unreadable_part(inner, uid, groups) == (
+                None if expected is None else str(expected)), oct(mode)
+        outer.chmod(0o755)
+        inner.chmod(0o711)  # passable, but its listing (the modules in it) is not readable
+        assert unreadable_part(inner, uid, groups) == str(inner)
+        assert unreadable_part(inner, uid, groups, listed=False) is None
+        assert unreadable_part(inner, os.stat(inner).st_uid, groups) is None  # the owner
+
+
+@needs_root
+def test_a_user_that_could_not_import_the_app_is_refused_before_switching(tmp_path):
+    # pytest's directories are private to root: nobody could import the app from here.
+    private = tmp_path / "app"
+    private.mkdir(mode=0o700)
+    shutil.copy(procs.FIXTURE_APPS / "webapp.py", private / "webapp.py")
+    result = procs.run([*procs.greenserve_command(), "webapp:app", "-b", "127.0.0.1:0",
+                        "--user", "nobody"], cwd=private)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("greenserve: error: --user/--group: user 'nobody' cannot "
+                                    "read /")
+    assert result.stderr.count("\n") == 1
 
 
 @needs_root
