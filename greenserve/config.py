@@ -35,6 +35,17 @@ def _positive_int(text):
     return value
 
 
+# Beyond any head a server could hold in memory; also what the compiled parser's sizes hold.
+_MAX_HEAD_LIMIT = 1 << 40
+
+
+def _head_limit(text):
+    value = _positive_int(text)
+    if value > _MAX_HEAD_LIMIT:
+        raise ValueError(f"must be at most {_MAX_HEAD_LIMIT}")
+    return value
+
+
 def _non_negative_int(text):
     value = _whole(text)
     if value < 0:
@@ -332,16 +343,16 @@ class Config:
     # The numbers are the protocol core's own defaults (it cannot import this module, so
     # they are written once, there) and reach it back through Limits.from_config().
     limit_request_line: int = setting(
-        _PARSER_LIMITS.request_line, "--limit-request-line", parse=_positive_int, metavar="BYTES",
+        _PARSER_LIMITS.request_line, "--limit-request-line", parse=_head_limit, metavar="BYTES",
         help="Longest request line; longer gets 414.")
     limit_request_field_size: int = setting(
-        _PARSER_LIMITS.field_size, "--limit-request-field-size", parse=_positive_int, metavar="BYTES",
+        _PARSER_LIMITS.field_size, "--limit-request-field-size", parse=_head_limit, metavar="BYTES",
         help="Longest header line; longer gets 431.")
     limit_request_fields: int = setting(
-        _PARSER_LIMITS.fields, "--limit-request-fields", parse=_positive_int, metavar="N",
+        _PARSER_LIMITS.fields, "--limit-request-fields", parse=_head_limit, metavar="N",
         help="Most header fields in one request; more gets 431.")
     limit_request_head: int = setting(
-        _PARSER_LIMITS.head, "--limit-request-head", parse=_positive_int, metavar="BYTES",
+        _PARSER_LIMITS.head, "--limit-request-head", parse=_head_limit, metavar="BYTES",
         help="Largest header block; larger gets 431.")
     buffer_chunked_bodies: int = setting(
         0, "--buffer-chunked-bodies", parse=_non_negative_int, metavar="BYTES",

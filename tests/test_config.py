@@ -100,6 +100,8 @@ def test_unrelated_environment_is_ignored():
     ({"keep_alive": "nan"}, "keep-alive: 'nan' from the command line must be a number"),
     ({"log_level": "loud"}, "log-level: 'loud' from the command line must be one of"),
     ({"root_path": "app/"}, "root-path: 'app/' from the command line must start with '/'"),
+    ({"limit_request_head": str(1 << 70)},
+     f"limit-request-head: '{1 << 70}' from the command line must be at most"),
     ({"root_path": "/a%2"}, "root-path: '/a%2' from the command line has a '%' that is not"),
     ({"root_path": "/a\nb"}, "root-path: '/a\\nb' from the command line must not contain"),
 ])
