@@ -8,6 +8,7 @@ application and the server are imported inside ``main`` once patching is done.
 
 import argparse
 import dataclasses
+import difflib
 import os
 import sys
 
@@ -101,18 +102,43 @@ def build_parser():
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, except that a gunicorn option it does not know gets a one-line hint (its
-    greenserve spelling, or why greenserve lacks it) instead of the usage text."""
+    """argparse, except that every usage error is one line on stderr, exit 2: a gunicorn
+    option it does not know gets a hint (its greenserve spelling, or why greenserve lacks
+    it), anything else argparse's reason and a pointer to --help instead of the usage text."""
 
     argv = ()
 
     def error(self, message):
+        self.fail([f"{message} (see {PROG} --help)"])
+
+    def fail(self, lines):
+        """Write ``lines`` as errors (gunicorn hints first, as they are the likely cause)."""
         hints = gunicorn_hints(self.argv, self._option_string_actions)
-        if hints:
-            for hint in hints:
-                sys.stderr.write(f"{PROG}: error: {hint}\n")
-            sys.exit(2)
-        super().error(message)
+        for line in hints or lines:
+            sys.stderr.write(f"{PROG}: error: {line}\n")
+        sys.exit(2)
+
+    def parse(self, argv):
+        """The options given, as a dict; a usage error exits 2 with one line."""
+        # parse_known_args, so the extras can be told apart here: argparse itself only says
+        # "unrecognized arguments: ..." and prints the whole usage.
+        namespace, extras = self.parse_known_args(argv)
+        if extras:
+            self.fail([_unrecognized(extras, self._option_string_actions)])
+        return vars(namespace)
+
+
+def _unrecognized(extras, known):
+    """One line about the first argument greenserve did not take."""
+    options = [token for token in extras if token.startswith("-") and token != "-"]
+    if not options:
+        return (f"unexpected argument {extras[0]!r}: greenserve serves one APP (see "
+                f"{PROG} --help)")
+    flag = options[0].partition("=")[0]
+    longs = [name for name in known if name.startswith("--")]
+    close = difflib.get_close_matches(flag, longs, 1, cutoff=0.75)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"unrecognized option {flag}{hint} (see {PROG} --help)"
 
 
 def main(argv=None):
@@ -127,7 +153,7 @@ def main(argv=None):
 def _main(argv):
     parser = build_parser()
     parser.argv = sys.argv[1:] if argv is None else list(argv)
-    args = vars(parser.parse_args(argv))  # bad usage: argparse prints and exits 2
+    args = parser.parse(parser.argv)  # bad usage: one line, exit 2
     spec = args.pop("app", None)
     try:
         config = load_config(cli=args, environ=os.environ, base=_platform_defaults(os.environ))
@@ -138,7 +164,7 @@ def _main(argv):
         sys.stdout.write(format_toml(config))
         return 0
     if spec is None:
-        parser.error("the following arguments are required: APP")
+        parser.fail([f"no application given: {PROG} MODULE:APP [options] (see {PROG} --help)"])
     notes = unknown_env_warnings(os.environ)
     for pair in config.env:  # -e KEY=VALUE: for the app, the hooks and every worker
         key, _, value = pair.partition("=")

@@ -195,16 +195,29 @@ def test_version(tmp_path):
 
 # -- user errors: one line, exit 2, no traceback --------------------------------------------
 
+def assert_one_line(result, message):
+    """A usage error: exit 2 and ``message`` as the only stderr line (no usage text)."""
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [f"greenserve: error: {message}"]
+
+
 def test_no_app_given(tmp_path):
-    result = run([], tmp_path)
-    assert result.returncode == 2
-    assert "the following arguments are required: APP" in result.stderr
+    assert_one_line(run([], tmp_path), "no application given: greenserve MODULE:APP [options] "
+                                       "(see greenserve --help)")
 
 
-def test_unknown_option(tmp_path):
-    result = run(["webapp:app", "--bakclog", "3"], tmp_path)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "unrecognized arguments: --bakclog" in result.stderr
+@pytest.mark.parametrize("args, message", [
+    (["--bakclog", "3"], "unrecognized option --bakclog (did you mean --backlog?) "
+                         "(see greenserve --help)"),
+    (["--bakclog=3"], "unrecognized option --bakclog (did you mean --backlog?) "
+                      "(see greenserve --help)"),
+    (["--frobnicate"], "unrecognized option --frobnicate (see greenserve --help)"),
+    (["other:app"], "unexpected argument 'other:app': greenserve serves one APP "
+                    "(see greenserve --help)"),
+    (["-w"], "argument -w/--workers: expected one argument (see greenserve --help)"),
+])
+def test_usage_errors_are_one_line(tmp_path, args, message):
+    assert_one_line(run(["webapp:app", *args], tmp_path), message)
 
 
 def test_missing_module(project):

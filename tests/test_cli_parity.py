@@ -90,11 +90,10 @@ def test_several_gunicorn_options_get_a_line_each(tmp_path):
         f"{GUNICORN_ABSENT['--threads']}"]
 
 
-def test_other_unknown_options_still_get_argparse_usage(tmp_path):
-    result = run(["webapp:app", "--bakclog", "3"], tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.startswith("usage: greenserve")
-    assert "unrecognized arguments: --bakclog" in result.stderr
+def test_other_unknown_options_get_one_line_with_a_suggestion(tmp_path):
+    result = run(["webapp:app", "--workers-connections", "3"], tmp_path)
+    assert_one_line_error(result, "unrecognized option --workers-connections (did you mean "
+                                  "--worker-connections?) (see greenserve --help)")
 
 
 def test_the_hint_tables_match_the_options_greenserve_has():
