@@ -265,6 +265,16 @@ def test_import_error_inside_the_app_shows_its_traceback(project):
         "'gs_not_installed_anywhere'")
 
 
+@pytest.mark.parametrize("workers", [[], ["-w", "2"]])
+def test_app_calling_sys_exit_at_import(project, workers):
+    # Without a master the SystemExit used to end greenserve with status 1 and the bare text.
+    result = run(["exits_at_import:app", "-b", "127.0.0.1:0", *workers], project)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "importing 'exits_at_import' failed: SystemExit: DATABASE_URL is not set")
+    assert 'exits_at_import.py", line 5' in result.stderr
+
+
 def test_bind_in_use(project):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
