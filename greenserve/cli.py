@@ -174,7 +174,7 @@ def _main(argv):
                      "loaded once, in the master, and cannot reload")
 
     if config.check_config:
-        return _check(spec, config)
+        return _check(spec, config, notes)
     why_master = _needs_master(config, given)
     if config.workers > 1 or config.supervise or why_master:
         return _supervise(spec, config, notes, why_master)
@@ -247,11 +247,14 @@ def _single(spec, config, notes):
         remove_pid_file(pid_file)
 
 
-def _check(spec, config):
+def _check(spec, config, notes=()):
     """--check-config: load the settings, the app and every hook as a worker would; bind
-    nothing, start nothing. 0 if all of it loads, else 2 with the reason."""
-    if config.monkey_patch:
-        _monkey_patch()  # so that the app imports as it will when served
+    nothing, start nothing. 0 if all of it loads, else 2 with the reason. The warnings a
+    real start would log come first, on stderr: a check that hides them is no check."""
+    # Monkey-patched so that the app imports as it will when served.
+    patch_warnings = _monkey_patch() if config.monkey_patch else []
+    for line in [*notes, *patch_warnings]:
+        sys.stderr.write(f"{PROG}: warning: {line}\n")
     from .hooks import ARGUMENTS, Hooks
     from .log import load_log_config
     try:

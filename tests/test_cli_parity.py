@@ -175,6 +175,16 @@ def test_check_config_loads_the_app_and_binds_nothing(tmp_path):
     assert len((tmp_path / "loads").read_text().split()) == 1  # the app was imported
 
 
+def test_check_config_prints_the_warnings_a_start_would_log(tmp_path):
+    result = run(["webapp:app", "--check-config"], tmp_path,
+                 environment(GREENSERVE_WORKRS="4"))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "greenserve: warning: unknown environment variable GREENSERVE_WORKRS ignored (did you "
+        "mean GREENSERVE_WORKERS?)"]
+    assert result.stdout == "greenserve: configuration OK; webapp:app loads\n"
+
+
 @pytest.mark.parametrize("args, message", [
     (["webapp:ap"], "module 'webapp' has no attribute 'ap' (did you mean 'app'?)"),
     (["webapp:create_app"], "webapp:create_app looks like an app factory: use "
