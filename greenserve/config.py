@@ -82,6 +82,14 @@ def _root_path(text):
     return unquote_to_bytes(text.encode("utf-8")).decode("latin-1")
 
 
+def _url_scheme(text):
+    lowered = str(text).strip().lower()
+    # PEP 3333: wsgi.url_scheme is "http" or "https"; apps build their URLs from it.
+    if lowered not in ("http", "https"):
+        raise ValueError("must be http or https")
+    return lowered
+
+
 def _str(text):
     return str(text)
 
@@ -325,7 +333,7 @@ class Config:
         help="Peers allowed to send a PROXY protocol header (same forms as "
              "--forwarded-allow-ips); others are closed at once.")
     url_scheme: str = setting(
-        "http", "--url-scheme", metavar="SCHEME",
+        "http", "--url-scheme", parse=_url_scheme, metavar="SCHEME",
         help="wsgi.url_scheme for requests (set to https behind a TLS-terminating proxy).")
 
     # -- limits (RFC 9112 leaves them to the server) ----------------------------------------

@@ -319,6 +319,11 @@ def test_bad_cli_value(project):
                       "warning, error, critical")
 
 
+def test_url_scheme_other_than_http_or_https(project):
+    assert_user_error(run(["webapp:app", "--url-scheme", "ftp"], project),
+                      "url-scheme: 'ftp' from the command line must be http or https")
+
+
 def test_missing_chdir(project):
     assert_user_error(run(["webapp:app", "--chdir", "nowhere"], project),
                       "chdir nowhere: no such file or directory")

@@ -102,6 +102,7 @@ def test_unrelated_environment_is_ignored():
     ({"root_path": "app/"}, "root-path: 'app/' from the command line must start with '/'"),
     ({"root_path": "/a%2"}, "root-path: '/a%2' from the command line has a '%' that is not"),
     ({"root_path": "/a\nb"}, "root-path: '/a\\nb' from the command line must not contain"),
+    ({"url_scheme": "ftp"}, "url-scheme: 'ftp' from the command line must be http or https"),
 ])
 def test_bad_cli_values(cli, message):
     with pytest.raises(ConfigError) as caught:
@@ -189,6 +190,11 @@ def test_bad_values_of_the_proxy_and_hardening_settings(cli, message):
         load_config(cli=cli)
     text = str(info.value)
     assert text.startswith(message) and "\n" not in text
+
+
+def test_url_scheme_is_http_or_https():
+    assert load_config(cli={"url_scheme": "HTTPS"}).url_scheme == "https"
+    assert load_config(environ={"GREENSERVE_URL_SCHEME": "http"}).url_scheme == "http"
 
 
 def test_proxy_and_hardening_settings_accept_good_values():
