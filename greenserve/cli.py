@@ -497,6 +497,13 @@ def _setup_import_path(config):
             raise ConfigError(f"chdir {config.chdir}: "
                               f"{(exc.strerror or str(exc)).lower()}") from None
     cwd = os.getcwd()
+    for entry in config.pythonpath:
+        # Relative entries are read after --chdir, as the import system will read them. A
+        # missing one would only show up later as a puzzling "no module named ...". (An
+        # existing file is let through: a zip archive is a valid sys.path entry.)
+        if not os.path.exists(entry):
+            hint = " (give one directory per --pythonpath)" if "," in entry else ""
+            raise ConfigError(f"pythonpath {entry}: no such file or directory{hint}")
     for entry in reversed((cwd, *config.pythonpath)):
         entry = os.path.abspath(entry)
         if entry not in sys.path:

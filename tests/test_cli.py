@@ -329,6 +329,23 @@ def test_missing_chdir(project):
                       "chdir nowhere: no such file or directory")
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--pythonpath", "nowhere"], "pythonpath nowhere: no such file or directory"),
+    # Every entry is checked; a relative one is read after --chdir (from 'site', 'libs'
+    # is not there).
+    (["--pythonpath", "libs", "--pythonpath", "nowhere"],
+     "pythonpath nowhere: no such file or directory"),
+    (["--chdir", "site", "--pythonpath", "libs"], "pythonpath libs: no such file or directory"),
+    (["--pythonpath", "libs,nowhere"], "pythonpath libs,nowhere: no such file or directory "
+                                       "(give one directory per --pythonpath)"),
+])
+def test_missing_pythonpath(project, args, message):
+    (project / "libs").mkdir()
+    (project / "site").mkdir()
+    assert_user_error(run(["webapp:app", *args], project), message)
+    assert_user_error(run(["webapp:app", "--check-config", *args], project), message)
+
+
 def test_ctrl_c_while_the_app_loads(processes):
     server = processes.greenserve("slow_to_import:app", "-b", "127.0.0.1:0")
     server.wait_for("IMPORTING")
