@@ -156,7 +156,8 @@ def _main(argv):
     args = parser.parse(parser.argv)  # bad usage: one line, exit 2
     spec = args.pop("app", None)
     try:
-        config = load_config(cli=args, environ=os.environ, base=_platform_defaults(os.environ))
+        config = load_config(cli=args, environ=os.environ, base=_platform_defaults(os.environ),
+                             cli_source="the command line")
         given = given_settings(args, os.environ)
     except ConfigError as exc:
         return _fail(exc)

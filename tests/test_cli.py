@@ -313,6 +313,12 @@ def test_bad_env_value(project):
     assert_user_error(result, "keep-alive: 'soon' from env is not a valid number")
 
 
+def test_bad_list_value_is_quoted_once(project):
+    assert_user_error(run(["webapp:app", "--forwarded-allow-ips", "300.1.1.1"], project),
+                      "forwarded-allow-ips: '300.1.1.1' from the command line is not an IP "
+                      "address, a network like 10.0.0.0/8, '*' or 'unix'")
+
+
 def test_bad_cli_value(project):
     assert_user_error(run(["webapp:app", "--log-level", "loud"], project),
                       "log-level: 'loud' from the command line must be one of debug, info, "

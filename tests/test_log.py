@@ -276,7 +276,7 @@ def test_log_config_and_capture_output_settings(tmp_path):
     config = load_config(cli={"log_config": "x.TOML", "capture_output": True})
     assert (config.log_config, config.capture_output) == ("x.TOML", True)
     assert Config().log_config is None and Config().capture_output is False
-    with pytest.raises(ConfigError, match=r"^log-config: 'x\.yaml' from the command line "
+    with pytest.raises(ConfigError, match=r"^log-config: 'x\.yaml' from Server\(\) options "
                                           r"must be a \.toml or \.json file$"):
         load_config(cli={"log_config": "x.yaml"})
 
