@@ -426,7 +426,9 @@ class Config:
         None, "--access-log", parse=_optional_str, metavar="FILE",
         help="Write an access log to FILE ('-' = stdout). Off by default.")
     access_log_format: str = setting(
-        '%(h)s - - %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(D)s', "--access-log-format",
+        # gunicorn's default (%(l)s is always '-', %(u)s the Basic auth user), then the
+        # duration in microseconds.
+        '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(D)s', "--access-log-format",
         parse=_access_log_format, metavar="FORMAT",
         help="Access log line, as in gunicorn: %(h)s etc. with "
              + ", ".join(f"{key} {what}" for key, (what, *_) in ATOMS.items())

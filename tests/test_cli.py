@@ -1,5 +1,7 @@
 """The ``greenserve`` command, run for real in subprocesses (``python -m greenserve``)."""
 
+import base64
+import http.client
 import re
 import signal
 import socket
@@ -64,6 +66,30 @@ def test_serves_a_request_and_stops_on_sigterm(processes):
     server.signal(signal.SIGTERM)
     assert server.exit_code() == 0
     assert "Traceback" not in server.text()
+
+
+def test_default_access_log_line_is_gunicorns(processes):
+    # gunicorn, for `curl -u bob:pw http://.../private`: 127.0.0.1 - bob [...] "GET ..."
+    server = processes.greenserve("webapp:app", "-b", "127.0.0.1:0", "--access-log", "-")
+    conn = http.client.HTTPConnection(*server.address(), timeout=WAIT)
+    try:
+        conn.request("GET", "/private", headers={
+            "Authorization": "Basic " + base64.b64encode(b"bob:pw").decode()})
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()
+    server.wait_for(r'^127\.0\.0\.1 - bob \[.*\] "GET /private HTTP/1\.1" 200 \d+ "-" "-" \d+$',
+                    stream="stdout")
+
+
+def test_pid_and_empty_query_atoms_as_gunicorn_writes_them(processes):
+    server = processes.greenserve("webapp:app", "-b", "127.0.0.1:0", "--access-log", "-",
+                                  "--access-log-format", "%(p)s [%(q)s] %(U)s")
+    address = server.address()
+    get(address, "/no-query")
+    get(address, "/with?x=1")
+    server.wait_for(rf"^<{server.pid}> \[\] /no-query$", stream="stdout")
+    server.wait_for(rf"^<{server.pid}> \[x=1\] /with$", stream="stdout")
 
 
 @pytest.mark.parametrize("spec", ["webapp", "webapp:create_app()", "webapp:create_app('hey')",
