@@ -166,7 +166,7 @@ def _main(argv):
         return 0
     if spec is None:
         parser.fail([f"no application given: {PROG} MODULE:APP [options] (see {PROG} --help)"])
-    notes = unknown_env_warnings(os.environ)
+    notes = unknown_env_warnings(os.environ) + _gunicorn_conf_warning(config)
     for pair in config.env:  # -e KEY=VALUE: for the app, the hooks and every worker
         key, _, value = pair.partition("=")
         os.environ[key] = value
@@ -180,6 +180,18 @@ def _main(argv):
     if config.workers > 1 or config.supervise or why_master:
         return _supervise(spec, config, notes, why_master)
     return _single(spec, config, notes)
+
+
+def _gunicorn_conf_warning(config):
+    """A warning when ./gunicorn.conf.py is there and no config file is named: gunicorn
+    reads that file by default (its --config default is ./gunicorn.conf.py), so a project
+    moving over may believe its settings apply."""
+    if config.config or os.environ.get(f"{ENV_PREFIX}CONFIG") or \
+            not os.path.isfile("gunicorn.conf.py"):
+        return []
+    return ["./gunicorn.conf.py is not read: greenserve takes its settings from the command "
+            "line, GREENSERVE_* variables and a TOML file given with -c (see "
+            "docs/migrating-from-gunicorn.md)"]
 
 
 def _needs_master(config, given):

@@ -2,6 +2,7 @@
 --check-config, --print-config, gunicorn's option names, the options that need a master,
 app factories named without their call, and settings that must not pass in silence."""
 
+import re
 import signal
 import socket
 import subprocess
@@ -183,6 +184,28 @@ def test_check_config_prints_the_warnings_a_start_would_log(tmp_path):
         "greenserve: warning: unknown environment variable GREENSERVE_WORKRS ignored (did you "
         "mean GREENSERVE_WORKERS?)"]
     assert result.stdout == "greenserve: configuration OK; webapp:app loads\n"
+
+
+GUNICORN_CONF_WARNING = (
+    "./gunicorn.conf.py is not read: greenserve takes its settings from the command line, "
+    "GREENSERVE_* variables and a TOML file given with -c (see docs/migrating-from-gunicorn.md)")
+
+
+def test_a_gunicorn_conf_py_left_in_the_directory_is_named_at_start_up(processes, tmp_path):
+    (tmp_path / "gunicorn.conf.py").write_text("workers = 4\n")
+    server = processes.greenserve("webapp:app", "-b", "127.0.0.1:0")
+    server.wait_for(r"\[WARNING\] " + re.escape(GUNICORN_CONF_WARNING) + "$")
+    assert procs.get(server.address())[0] == 200  # a warning, not an error
+    checked = run(["webapp:app", "--check-config"], tmp_path)
+    assert checked.returncode == 0
+    assert checked.stderr.splitlines() == [f"greenserve: warning: {GUNICORN_CONF_WARNING}"]
+
+
+def test_no_gunicorn_conf_py_warning_with_a_config_file(tmp_path):
+    (tmp_path / "gunicorn.conf.py").write_text("workers = 4\n")
+    (tmp_path / "gs.toml").write_text("workers = 1\n")
+    checked = run(["webapp:app", "--check-config", "-c", "gs.toml"], tmp_path)
+    assert (checked.returncode, checked.stderr) == (0, "")
 
 
 @pytest.mark.parametrize("args, message", [
