@@ -11,7 +11,7 @@ import pytest
 
 import procs
 from greenserve.cli import build_parser
-from greenserve.gunicorn_options import GUNICORN_ABSENT, GUNICORN_SPELLINGS, GUNICORN_TLS
+from greenserve.gunicorn_options import GUNICORN_ABSENT, GUNICORN_SPELLINGS
 from procs import environment, wait_until
 
 try:
@@ -65,6 +65,7 @@ def test_gunicorn_spellings_get_a_hint(tmp_path, args, spelling):
     ["-D"], ["--daemon"], ["--initgroups"], ["--paste", "x.ini"], ["--spew"],
     ["--statsd-host", "localhost:8125"], ["--reload-engine", "inotify"], ["--no-sendfile"],
     ["--strip-header-spaces"], ["--worker-tmp-dir", "/dev/shm"],
+    ["--do-handshake-on-connect"], ["--suppress-ragged-eofs"],
 ])
 def test_gunicorn_options_greenserve_lacks_say_why(tmp_path, args):
     result = run(["webapp:app", *args], tmp_path)
@@ -101,8 +102,7 @@ def test_the_hint_tables_match_the_options_greenserve_has():
     known = build_parser()._option_string_actions
     for gunicorn, ours in GUNICORN_SPELLINGS.items():
         assert gunicorn not in known, gunicorn
-        # A spelling names a real option, except TLS ones in a greenserve built without TLS.
-        assert ours in known or gunicorn in GUNICORN_TLS, (gunicorn, ours)
+        assert ours in known, (gunicorn, ours)  # a spelling names a real option
     for gunicorn, reason in GUNICORN_ABSENT.items():
         assert gunicorn not in known, f"{gunicorn} exists now: drop it from GUNICORN_ABSENT"
         assert "\n" not in reason and len(reason) < 200
@@ -116,7 +116,7 @@ def test_every_gunicorn_option_is_known_or_answered():
     unanswered = [flag for setting in gunicorn_config.KNOWN_SETTINGS
                   for flag in setting.cli or ()
                   if flag not in known and flag not in GUNICORN_SPELLINGS
-                  and flag not in GUNICORN_ABSENT and flag not in GUNICORN_TLS]
+                  and flag not in GUNICORN_ABSENT]
     assert unanswered == []
     guide = (procs.REPO / "docs" / "migrating-from-gunicorn.md").read_text()
     missing = [setting.name for setting in gunicorn_config.KNOWN_SETTINGS
