@@ -174,18 +174,28 @@ ATOMS = {
     "D": ("duration in microseconds", lambda e, s, b, d, o: int(d * 1_000_000), NUMBER),
     "M": ("duration in milliseconds", lambda e, s, b, d, o: int(d * 1000), NUMBER),
     "L": ("duration in seconds with 6 decimals", lambda e, s, b, d, o: f"{d:.6f}", TEXT),
-    "p": ("process id", lambda e, s, b, d, o: os.getpid(), NUMBER),
+    # As gunicorn writes it ("<%s>" % os.getpid()); the json preset's pid is a number.
+    "p": ("process id as <1234>", lambda e, s, b, d, o: f"<{os.getpid()}>", TEXT),
 }
+
+# Text atoms whose empty value is written as it is rather than as '-': gunicorn logs a
+# request without a query with %(q)s empty (environ.get('QUERY_STRING')). '-' is kept for a
+# rejected request whose line was unreadable (no QUERY_STRING at all).
+_EMPTY_AS_IS = frozenset("q")
 
 # %({name}i)s request header, %({name}o)s response header, %({name}e)s environ variable.
 _KEYED = re.compile(r"\{([^{}]+)\}([ioe])")
 
-# JSON preset: field name -> the atom that fills it.
+# JSON preset: field name -> the atom that fills it, or None for a field of its own.
 JSON_FIELDS = {
     "time": None,  # ISO 8601 rather than the Common Log Format's %(t)s
     "remote_addr": "h", "remote_user": "u", "request": "r", "method": "m", "path": "U",
     "query": "q", "protocol": "H", "status": "s", "bytes": "B", "referer": "f",
-    "user_agent": "a", "duration_us": "D", "pid": "p",
+    "user_agent": "a", "duration_us": "D", "pid": None,  # a number, not %(p)s's "<1234>"
+}
+_JSON_OWN = {
+    "time": (lambda e, s, b, d, o: _clock.iso(), TEXT),
+    "pid": (lambda e, s, b, d, o: os.getpid(), NUMBER),
 }
 
 
@@ -266,22 +276,22 @@ def compile_format(spec):
         except (ValueError, TypeError, KeyError) as exc:
             raise ConfigError(f"access-log-format: {spec!r} is not a valid format: "
                               f"{exc}") from None
-    fields = tuple((key, get, kind) for key, (get, kind) in getters.items())
+    fields = tuple((key, get, kind, "" if key in _EMPTY_AS_IS else "-")
+                   for key, (get, kind) in getters.items())
 
     def render(environ, status, sent, seconds, headers=()):
         values = {}
-        for key, get, kind in fields:
+        for key, get, kind, empty in fields:
             value = get(environ, status, sent, seconds, headers)
             if kind is TEXT:
-                value = escape(value) if value else "-"
+                value = escape(value) if value else (empty if value == "" else "-")
             values[key] = value
         return spec % values
     return render
 
 
-_JSON_GETTERS = tuple(
-    (f'"{name}":', (lambda e, s, b, d, o: _clock.iso(), TEXT) if key is None else ATOMS[key][1:])
-    for name, key in JSON_FIELDS.items())
+_JSON_GETTERS = tuple((f'"{name}":', _JSON_OWN[name] if key is None else ATOMS[key][1:])
+                      for name, key in JSON_FIELDS.items())
 
 
 def _render_json(environ, status, sent, seconds, headers=()):

@@ -165,7 +165,10 @@ def _import(module_name):
                                ) from None
         _trim_traceback(exc)
         raise AppLoadError(f"importing '{module_name}' failed: {_one_line(exc)}") from exc
-    except Exception as exc:  # SyntaxError, ImportError, anything raised at import time
+    # SyntaxError, ImportError, anything raised at import time, and sys.exit("reason") from
+    # an app that refuses to start: its reason becomes our one-line error. (Ctrl-C, a
+    # KeyboardInterrupt, still stops greenserve.)
+    except (Exception, SystemExit) as exc:
         _trim_traceback(exc)
         raise AppLoadError(f"importing '{module_name}' failed: {_one_line(exc)}") from exc
 
@@ -200,7 +203,7 @@ def _call_factory(factory, label, args, kwargs):
                            f"cannot be called as a factory")
     try:
         return factory(*args, **kwargs)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit("reason") too, as at import
         _trim_traceback(exc)
         raise AppLoadError(f"factory {label}() raised {_one_line(exc)}") from exc
 

@@ -8,6 +8,7 @@ application and the server are imported inside ``main`` once patching is done.
 
 import argparse
 import dataclasses
+import difflib
 import os
 import sys
 
@@ -101,18 +102,43 @@ def build_parser():
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, except that a gunicorn option it does not know gets a one-line hint (its
-    greenserve spelling, or why greenserve lacks it) instead of the usage text."""
+    """argparse, except that every usage error is one line on stderr, exit 2: a gunicorn
+    option it does not know gets a hint (its greenserve spelling, or why greenserve lacks
+    it), anything else argparse's reason and a pointer to --help instead of the usage text."""
 
     argv = ()
 
     def error(self, message):
+        self.fail([f"{message} (see {PROG} --help)"])
+
+    def fail(self, lines):
+        """Write ``lines`` as errors (gunicorn hints first, as they are the likely cause)."""
         hints = gunicorn_hints(self.argv, self._option_string_actions)
-        if hints:
-            for hint in hints:
-                sys.stderr.write(f"{PROG}: error: {hint}\n")
-            sys.exit(2)
-        super().error(message)
+        for line in hints or lines:
+            sys.stderr.write(f"{PROG}: error: {line}\n")
+        sys.exit(2)
+
+    def parse(self, argv):
+        """The options given, as a dict; a usage error exits 2 with one line."""
+        # parse_known_args, so the extras can be told apart here: argparse itself only says
+        # "unrecognized arguments: ..." and prints the whole usage.
+        namespace, extras = self.parse_known_args(argv)
+        if extras:
+            self.fail([_unrecognized(extras, self._option_string_actions)])
+        return vars(namespace)
+
+
+def _unrecognized(extras, known):
+    """One line about the first argument greenserve did not take."""
+    options = [token for token in extras if token.startswith("-") and token != "-"]
+    if not options:
+        return (f"unexpected argument {extras[0]!r}: greenserve serves one APP (see "
+                f"{PROG} --help)")
+    flag = options[0].partition("=")[0]
+    longs = [name for name in known if name.startswith("--")]
+    close = difflib.get_close_matches(flag, longs, 1, cutoff=0.75)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"unrecognized option {flag}{hint} (see {PROG} --help)"
 
 
 def main(argv=None):
@@ -127,10 +153,11 @@ def main(argv=None):
 def _main(argv):
     parser = build_parser()
     parser.argv = sys.argv[1:] if argv is None else list(argv)
-    args = vars(parser.parse_args(argv))  # bad usage: argparse prints and exits 2
+    args = parser.parse(parser.argv)  # bad usage: one line, exit 2
     spec = args.pop("app", None)
     try:
-        config = load_config(cli=args, environ=os.environ, base=_platform_defaults(os.environ))
+        config = load_config(cli=args, environ=os.environ, base=_platform_defaults(os.environ),
+                             cli_source="the command line")
         given = given_settings(args, os.environ)
     except ConfigError as exc:
         return _fail(exc)
@@ -138,8 +165,8 @@ def _main(argv):
         sys.stdout.write(format_toml(config))
         return 0
     if spec is None:
-        parser.error("the following arguments are required: APP")
-    notes = unknown_env_warnings(os.environ)
+        parser.fail([f"no application given: {PROG} MODULE:APP [options] (see {PROG} --help)"])
+    notes = unknown_env_warnings(os.environ) + _gunicorn_conf_warning(config)
     for pair in config.env:  # -e KEY=VALUE: for the app, the hooks and every worker
         key, _, value = pair.partition("=")
         os.environ[key] = value
@@ -148,11 +175,23 @@ def _main(argv):
                      "loaded once, in the master, and cannot reload")
 
     if config.check_config:
-        return _check(spec, config)
+        return _check(spec, config, notes)
     why_master = _needs_master(config, given)
     if config.workers > 1 or config.supervise or why_master:
         return _supervise(spec, config, notes, why_master)
     return _single(spec, config, notes)
+
+
+def _gunicorn_conf_warning(config):
+    """A warning when ./gunicorn.conf.py is there and no config file is named: gunicorn
+    reads that file by default (its --config default is ./gunicorn.conf.py), so a project
+    moving over may believe its settings apply."""
+    if config.config or os.environ.get(f"{ENV_PREFIX}CONFIG") or \
+            not os.path.isfile("gunicorn.conf.py"):
+        return []
+    return ["./gunicorn.conf.py is not read: greenserve takes its settings from the command "
+            "line, GREENSERVE_* variables and a TOML file given with -c (see "
+            "docs/migrating-from-gunicorn.md)"]
 
 
 def _needs_master(config, given):
@@ -221,11 +260,14 @@ def _single(spec, config, notes):
         remove_pid_file(pid_file)
 
 
-def _check(spec, config):
+def _check(spec, config, notes=()):
     """--check-config: load the settings, the app and every hook as a worker would; bind
-    nothing, start nothing. 0 if all of it loads, else 2 with the reason."""
-    if config.monkey_patch:
-        _monkey_patch()  # so that the app imports as it will when served
+    nothing, start nothing. 0 if all of it loads, else 2 with the reason. The warnings a
+    real start would log come first, on stderr: a check that hides them is no check."""
+    # Monkey-patched so that the app imports as it will when served.
+    patch_warnings = _monkey_patch() if config.monkey_patch else []
+    for line in [*notes, *patch_warnings]:
+        sys.stderr.write(f"{PROG}: warning: {line}\n")
     from .hooks import ARGUMENTS, Hooks
     from .log import load_log_config
     try:
@@ -468,6 +510,13 @@ def _setup_import_path(config):
             raise ConfigError(f"chdir {config.chdir}: "
                               f"{(exc.strerror or str(exc)).lower()}") from None
     cwd = os.getcwd()
+    for entry in config.pythonpath:
+        # Relative entries are read after --chdir, as the import system will read them. A
+        # missing one would only show up later as a puzzling "no module named ...". (An
+        # existing file is let through: a zip archive is a valid sys.path entry.)
+        if not os.path.exists(entry):
+            hint = " (give one directory per --pythonpath)" if "," in entry else ""
+            raise ConfigError(f"pythonpath {entry}: no such file or directory{hint}")
     for entry in reversed((cwd, *config.pythonpath)):
         entry = os.path.abspath(entry)
         if entry not in sys.path:

@@ -93,6 +93,14 @@ def _root_path(text):
     return unquote_to_bytes(text.encode("utf-8")).decode("latin-1")
 
 
+def _url_scheme(text):
+    lowered = str(text).strip().lower()
+    # PEP 3333: wsgi.url_scheme is "http" or "https"; apps build their URLs from it.
+    if lowered not in ("http", "https"):
+        raise ValueError("must be http or https")
+    return lowered
+
+
 def _str(text):
     return str(text)
 
@@ -336,7 +344,7 @@ class Config:
         help="Peers allowed to send a PROXY protocol header (same forms as "
              "--forwarded-allow-ips); others are closed at once.")
     url_scheme: str = setting(
-        "http", "--url-scheme", metavar="SCHEME",
+        "http", "--url-scheme", parse=_url_scheme, metavar="SCHEME",
         help="wsgi.url_scheme for requests (set to https behind a TLS-terminating proxy).")
 
     # -- limits (RFC 9112 leaves them to the server) ----------------------------------------
@@ -429,7 +437,9 @@ class Config:
         None, "--access-log", parse=_optional_str, metavar="FILE",
         help="Write an access log to FILE ('-' = stdout). Off by default.")
     access_log_format: str = setting(
-        '%(h)s - - %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(D)s', "--access-log-format",
+        # gunicorn's default (%(l)s is always '-', %(u)s the Basic auth user), then the
+        # duration in microseconds.
+        '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(D)s', "--access-log-format",
         parse=_access_log_format, metavar="FORMAT",
         help="Access log line, as in gunicorn: %(h)s etc. with "
              + ", ".join(f"{key} {what}" for key, (what, *_) in ATOMS.items())
@@ -538,7 +548,7 @@ class Config:
 
     def replace(self, **changes):
         """A copy with some settings changed (validated like any other source)."""
-        return load_config(cli=changes, base=self)
+        return load_config(cli=changes, base=self, cli_source="Config.replace()")
 
 
 SETTINGS = {spec.name: spec for spec in dataclasses.fields(Config)}
@@ -553,9 +563,14 @@ def option_name(name):
     return name.replace("_", "-")
 
 
-def _suggest(name):
-    close = difflib.get_close_matches(option_name(name), [option_name(n) for n in SETTINGS], 1)
+def _suggest(name, candidates=SETTINGS):
+    close = difflib.get_close_matches(option_name(name), [option_name(n) for n in candidates],
+                                      1)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+# What a config file may set: not the command-line-only options (--config, --check-config...).
+_FILE_SETTINGS = [name for name, spec in SETTINGS.items() if not spec.metadata["cli_only"]]
 
 
 def parse_value(name, raw, source):
@@ -585,7 +600,13 @@ def parse_value(name, raw, source):
         reason = str(exc)
         if not reason or "invalid literal" in reason or "could not convert" in reason:
             reason = "is not a valid number"
-        raise ConfigError(f"{option_name(name)}: {raw!r} from {source} {reason}") from None
+        if reason.startswith(f"{raw!r} "):  # the reason quotes the whole value: say it once
+            reason = reason[len(repr(raw)):]
+        elif reason.startswith("'"):  # it quotes the bad entry of a list
+            reason = ": " + reason
+        else:
+            reason = " " + reason
+        raise ConfigError(f"{option_name(name)}: {raw!r} from {source}{reason}") from None
 
 
 def settings_from_env(environ):
@@ -622,16 +643,27 @@ def settings_from_toml(path):
     values = {}
     for key, raw in document.items():
         name = key.replace("-", "_")
-        if name not in SETTINGS or SETTINGS[name].metadata["cli_only"]:
-            raise ConfigError(f"config file {path}: unknown option '{key}'{_suggest(name)}")
+        if name == "config":
+            raise ConfigError(f"config file {path}: 'config' cannot be set in a config file "
+                              f"(one file is read: the one -c/--config or "
+                              f"{ENV_PREFIX}CONFIG names)")
+        if name in SETTINGS and SETTINGS[name].metadata["cli_only"]:
+            raise ConfigError(f"config file {path}: '{key}' is a command-line option only "
+                              f"(give --{option_name(name)} when running greenserve)")
+        if name not in SETTINGS:
+            raise ConfigError(f"config file {path}: unknown option "
+                              f"'{key}'{_suggest(name, _FILE_SETTINGS)}")
         values[name] = parse_value(name, raw, f"config file {path}")
     return values
 
 
-def load_config(cli=None, environ=None, base=None):
+def load_config(cli=None, environ=None, base=None, cli_source="Server() options"):
     """Merge the sources: ``cli`` (dict of given options) > ``environ`` > config file > base.
 
     The config file is named by ``config`` in ``cli`` or ``GREENSERVE_CONFIG`` in ``environ``.
+    ``cli_source`` names where ``cli`` came from in error messages: the entry point passes
+    "the command line"; the default fits the library's ``Server(app, **options)`` and
+    ``serve(app, **options)``.
     """
     cli = dict(cli or {})
     for name in cli:
@@ -644,7 +676,7 @@ def load_config(cli=None, environ=None, base=None):
     if environ:
         merged.update(settings_from_env(environ))
     for name, raw in cli.items():
-        merged[name] = parse_value(name, raw, "the command line")
+        merged[name] = parse_value(name, raw, cli_source)
     if base is None:
         return Config(**merged)
     return dataclasses.replace(base, **merged)

@@ -23,8 +23,10 @@ GUNICORN_SPELLINGS = {
 _SYSLOG = "send logs to syslog with --log-config (a logging.handlers.SysLogHandler)"
 _STRICT = ("greenserve's HTTP parser stays strict (RFC 9112): such requests are refused "
            "with 400, there is nothing to relax")
-_STATSD = ("greenserve has no StatsD client; it exports Prometheus metrics on "
-           "--metrics-bind where that option exists")
+_STATSD = ("greenserve has no StatsD client; it serves Prometheus metrics at /metrics on "
+           "--metrics-bind ADDRESS")
+_TLS = ("greenserve's TLS has no such setting; its TLS options are --certfile, --keyfile, "
+        "--ca-certs, --cert-reqs, --ciphers and --tls-min-version")
 
 _PASTE = "PasteDeploy .ini files are not read: name the app as MODULE:APP or MODULE:FACTORY(...)"
 _HTTP2 = ("greenserve speaks HTTP/1.1; the proxy in front of it speaks HTTP/2 (or 3) to "
@@ -89,11 +91,9 @@ GUNICORN_ABSENT = {
     "--dirty-threads": _DIRTY, "--dirty-graceful-timeout": _DIRTY,
     "--control-socket": _CONTROL, "--control-socket-mode": _CONTROL,
     "--no-control-socket": _CONTROL,
+    # gunicorn's other TLS options (--certfile ... --ciphers) are greenserve's too.
+    "--do-handshake-on-connect": _TLS, "--suppress-ragged-eofs": _TLS,
 }
-
-# gunicorn's TLS options: greenserve's own TLS (where built) takes most under the same names.
-GUNICORN_TLS = ("--certfile", "--keyfile", "--ca-certs", "--cert-reqs", "--ciphers",
-                "--do-handshake-on-connect", "--suppress-ragged-eofs", "--ssl-version")
 
 
 def gunicorn_hints(argv, known):
@@ -116,10 +116,6 @@ def gunicorn_hints(argv, known):
             reason = f"greenserve spells it {spelling}"
         elif flag in GUNICORN_ABSENT:
             reason = GUNICORN_ABSENT[flag]
-        elif flag in GUNICORN_TLS:
-            reason = ("greenserve's TLS has no such setting (greenserve --help lists its TLS "
-                      "options)" if "--certfile" in known else
-                      "this greenserve has no TLS options: terminate TLS at the proxy")
         else:
             continue
         hints.append(f"unknown option {flag} (gunicorn's): {reason}")

@@ -239,6 +239,21 @@ def test_exception_at_import_time_is_the_apps(modules):
     assert "raise ValueError('bad settings')" in format_app_error(error)
 
 
+@pytest.mark.parametrize("call, shown", [("sys.exit('no DATABASE_URL')", ": no DATABASE_URL"),
+                                         ("sys.exit(3)", ": 3"), ("sys.exit()", "")])
+def test_sys_exit_at_import_time_is_the_apps(modules, call, shown):
+    modules("gs_t_exits", f"import sys\n{call}\n")
+    error = load_error("gs_t_exits:app")
+    assert str(error) == f"importing 'gs_t_exits' failed: SystemExit{shown}"
+    assert call in format_app_error(error)
+
+
+def test_factory_calling_sys_exit_is_the_apps(modules):
+    modules("gs_t_exit_factory", "import sys\ndef make():\n    sys.exit('no key')\n")
+    error = load_error("gs_t_exit_factory:make()")
+    assert str(error) == "factory gs_t_exit_factory:make() raised SystemExit: no key"
+
+
 def test_syntax_error_in_the_module_is_the_apps(modules):
     modules("gs_t_syntax", "def app(:\n")
     error = load_error("gs_t_syntax:app")

@@ -1,5 +1,7 @@
 """The ``greenserve`` command, run for real in subprocesses (``python -m greenserve``)."""
 
+import base64
+import http.client
 import re
 import signal
 import socket
@@ -64,6 +66,30 @@ def test_serves_a_request_and_stops_on_sigterm(processes):
     server.signal(signal.SIGTERM)
     assert server.exit_code() == 0
     assert "Traceback" not in server.text()
+
+
+def test_default_access_log_line_is_gunicorns(processes):
+    # gunicorn, for `curl -u bob:pw http://.../private`: 127.0.0.1 - bob [...] "GET ..."
+    server = processes.greenserve("webapp:app", "-b", "127.0.0.1:0", "--access-log", "-")
+    conn = http.client.HTTPConnection(*server.address(), timeout=WAIT)
+    try:
+        conn.request("GET", "/private", headers={
+            "Authorization": "Basic " + base64.b64encode(b"bob:pw").decode()})
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()
+    server.wait_for(r'^127\.0\.0\.1 - bob \[.*\] "GET /private HTTP/1\.1" 200 \d+ "-" "-" \d+$',
+                    stream="stdout")
+
+
+def test_pid_and_empty_query_atoms_as_gunicorn_writes_them(processes):
+    server = processes.greenserve("webapp:app", "-b", "127.0.0.1:0", "--access-log", "-",
+                                  "--access-log-format", "%(p)s [%(q)s] %(U)s")
+    address = server.address()
+    get(address, "/no-query")
+    get(address, "/with?x=1")
+    server.wait_for(rf"^<{server.pid}> \[\] /no-query$", stream="stdout")
+    server.wait_for(rf"^<{server.pid}> \[x=1\] /with$", stream="stdout")
 
 
 @pytest.mark.parametrize("spec", ["webapp", "webapp:create_app()", "webapp:create_app('hey')",
@@ -195,16 +221,29 @@ def test_version(tmp_path):
 
 # -- user errors: one line, exit 2, no traceback --------------------------------------------
 
+def assert_one_line(result, message):
+    """A usage error: exit 2 and ``message`` as the only stderr line (no usage text)."""
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [f"greenserve: error: {message}"]
+
+
 def test_no_app_given(tmp_path):
-    result = run([], tmp_path)
-    assert result.returncode == 2
-    assert "the following arguments are required: APP" in result.stderr
+    assert_one_line(run([], tmp_path), "no application given: greenserve MODULE:APP [options] "
+                                       "(see greenserve --help)")
 
 
-def test_unknown_option(tmp_path):
-    result = run(["webapp:app", "--bakclog", "3"], tmp_path)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "unrecognized arguments: --bakclog" in result.stderr
+@pytest.mark.parametrize("args, message", [
+    (["--bakclog", "3"], "unrecognized option --bakclog (did you mean --backlog?) "
+                         "(see greenserve --help)"),
+    (["--bakclog=3"], "unrecognized option --bakclog (did you mean --backlog?) "
+                      "(see greenserve --help)"),
+    (["--frobnicate"], "unrecognized option --frobnicate (see greenserve --help)"),
+    (["other:app"], "unexpected argument 'other:app': greenserve serves one APP "
+                    "(see greenserve --help)"),
+    (["-w"], "argument -w/--workers: expected one argument (see greenserve --help)"),
+])
+def test_usage_errors_are_one_line(tmp_path, args, message):
+    assert_one_line(run(["webapp:app", *args], tmp_path), message)
 
 
 def test_missing_module(project):
@@ -252,6 +291,16 @@ def test_import_error_inside_the_app_shows_its_traceback(project):
         "'gs_not_installed_anywhere'")
 
 
+@pytest.mark.parametrize("workers", [[], ["-w", "2"]])
+def test_app_calling_sys_exit_at_import(project, workers):
+    # Without a master the SystemExit used to end greenserve with status 1 and the bare text.
+    result = run(["exits_at_import:app", "-b", "127.0.0.1:0", *workers], project)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "importing 'exits_at_import' failed: SystemExit: DATABASE_URL is not set")
+    assert 'exits_at_import.py", line 5' in result.stderr
+
+
 def test_bind_in_use(project):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -290,15 +339,43 @@ def test_bad_env_value(project):
     assert_user_error(result, "keep-alive: 'soon' from env is not a valid number")
 
 
+def test_bad_list_value_is_quoted_once(project):
+    assert_user_error(run(["webapp:app", "--forwarded-allow-ips", "300.1.1.1"], project),
+                      "forwarded-allow-ips: '300.1.1.1' from the command line is not an IP "
+                      "address, a network like 10.0.0.0/8, '*' or 'unix'")
+
+
 def test_bad_cli_value(project):
     assert_user_error(run(["webapp:app", "--log-level", "loud"], project),
                       "log-level: 'loud' from the command line must be one of debug, info, "
                       "warning, error, critical")
 
 
+def test_url_scheme_other_than_http_or_https(project):
+    assert_user_error(run(["webapp:app", "--url-scheme", "ftp"], project),
+                      "url-scheme: 'ftp' from the command line must be http or https")
+
+
 def test_missing_chdir(project):
     assert_user_error(run(["webapp:app", "--chdir", "nowhere"], project),
                       "chdir nowhere: no such file or directory")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--pythonpath", "nowhere"], "pythonpath nowhere: no such file or directory"),
+    # Every entry is checked; a relative one is read after --chdir (from 'site', 'libs'
+    # is not there).
+    (["--pythonpath", "libs", "--pythonpath", "nowhere"],
+     "pythonpath nowhere: no such file or directory"),
+    (["--chdir", "site", "--pythonpath", "libs"], "pythonpath libs: no such file or directory"),
+    (["--pythonpath", "libs,nowhere"], "pythonpath libs,nowhere: no such file or directory "
+                                       "(give one directory per --pythonpath)"),
+])
+def test_missing_pythonpath(project, args, message):
+    (project / "libs").mkdir()
+    (project / "site").mkdir()
+    assert_user_error(run(["webapp:app", *args], project), message)
+    assert_user_error(run(["webapp:app", "--check-config", *args], project), message)
 
 
 def test_ctrl_c_while_the_app_loads(processes):

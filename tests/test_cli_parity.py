@@ -2,6 +2,7 @@
 --check-config, --print-config, gunicorn's option names, the options that need a master,
 app factories named without their call, and settings that must not pass in silence."""
 
+import re
 import signal
 import socket
 import subprocess
@@ -10,7 +11,7 @@ import pytest
 
 import procs
 from greenserve.cli import build_parser
-from greenserve.gunicorn_options import GUNICORN_ABSENT, GUNICORN_SPELLINGS, GUNICORN_TLS
+from greenserve.gunicorn_options import GUNICORN_ABSENT, GUNICORN_SPELLINGS
 from procs import environment, wait_until
 
 try:
@@ -64,6 +65,7 @@ def test_gunicorn_spellings_get_a_hint(tmp_path, args, spelling):
     ["-D"], ["--daemon"], ["--initgroups"], ["--paste", "x.ini"], ["--spew"],
     ["--statsd-host", "localhost:8125"], ["--reload-engine", "inotify"], ["--no-sendfile"],
     ["--strip-header-spaces"], ["--worker-tmp-dir", "/dev/shm"],
+    ["--do-handshake-on-connect"], ["--suppress-ragged-eofs"],
 ])
 def test_gunicorn_options_greenserve_lacks_say_why(tmp_path, args):
     result = run(["webapp:app", *args], tmp_path)
@@ -90,19 +92,17 @@ def test_several_gunicorn_options_get_a_line_each(tmp_path):
         f"{GUNICORN_ABSENT['--threads']}"]
 
 
-def test_other_unknown_options_still_get_argparse_usage(tmp_path):
-    result = run(["webapp:app", "--bakclog", "3"], tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.startswith("usage: greenserve")
-    assert "unrecognized arguments: --bakclog" in result.stderr
+def test_other_unknown_options_get_one_line_with_a_suggestion(tmp_path):
+    result = run(["webapp:app", "--workers-connections", "3"], tmp_path)
+    assert_one_line_error(result, "unrecognized option --workers-connections (did you mean "
+                                  "--worker-connections?) (see greenserve --help)")
 
 
 def test_the_hint_tables_match_the_options_greenserve_has():
     known = build_parser()._option_string_actions
     for gunicorn, ours in GUNICORN_SPELLINGS.items():
         assert gunicorn not in known, gunicorn
-        # A spelling names a real option, except TLS ones in a greenserve built without TLS.
-        assert ours in known or gunicorn in GUNICORN_TLS, (gunicorn, ours)
+        assert ours in known, (gunicorn, ours)  # a spelling names a real option
     for gunicorn, reason in GUNICORN_ABSENT.items():
         assert gunicorn not in known, f"{gunicorn} exists now: drop it from GUNICORN_ABSENT"
         assert "\n" not in reason and len(reason) < 200
@@ -116,7 +116,7 @@ def test_every_gunicorn_option_is_known_or_answered():
     unanswered = [flag for setting in gunicorn_config.KNOWN_SETTINGS
                   for flag in setting.cli or ()
                   if flag not in known and flag not in GUNICORN_SPELLINGS
-                  and flag not in GUNICORN_ABSENT and flag not in GUNICORN_TLS]
+                  and flag not in GUNICORN_ABSENT]
     assert unanswered == []
     guide = (procs.REPO / "docs" / "migrating-from-gunicorn.md").read_text()
     missing = [setting.name for setting in gunicorn_config.KNOWN_SETTINGS
@@ -174,6 +174,38 @@ def test_check_config_loads_the_app_and_binds_nothing(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout == "greenserve: configuration OK; parity_app:app loads\n"
     assert len((tmp_path / "loads").read_text().split()) == 1  # the app was imported
+
+
+def test_check_config_prints_the_warnings_a_start_would_log(tmp_path):
+    result = run(["webapp:app", "--check-config"], tmp_path,
+                 environment(GREENSERVE_WORKRS="4"))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "greenserve: warning: unknown environment variable GREENSERVE_WORKRS ignored (did you "
+        "mean GREENSERVE_WORKERS?)"]
+    assert result.stdout == "greenserve: configuration OK; webapp:app loads\n"
+
+
+GUNICORN_CONF_WARNING = (
+    "./gunicorn.conf.py is not read: greenserve takes its settings from the command line, "
+    "GREENSERVE_* variables and a TOML file given with -c (see docs/migrating-from-gunicorn.md)")
+
+
+def test_a_gunicorn_conf_py_left_in_the_directory_is_named_at_start_up(processes, tmp_path):
+    (tmp_path / "gunicorn.conf.py").write_text("workers = 4\n")
+    server = processes.greenserve("webapp:app", "-b", "127.0.0.1:0")
+    server.wait_for(r"\[WARNING\] " + re.escape(GUNICORN_CONF_WARNING) + "$")
+    assert procs.get(server.address())[0] == 200  # a warning, not an error
+    checked = run(["webapp:app", "--check-config"], tmp_path)
+    assert checked.returncode == 0
+    assert checked.stderr.splitlines() == [f"greenserve: warning: {GUNICORN_CONF_WARNING}"]
+
+
+def test_no_gunicorn_conf_py_warning_with_a_config_file(tmp_path):
+    (tmp_path / "gunicorn.conf.py").write_text("workers = 4\n")
+    (tmp_path / "gs.toml").write_text("workers = 1\n")
+    checked = run(["webapp:app", "--check-config", "-c", "gs.toml"], tmp_path)
+    assert (checked.returncode, checked.stderr) == (0, "")
 
 
 @pytest.mark.parametrize("args, message", [

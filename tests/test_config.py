@@ -104,10 +104,11 @@ def test_unrelated_environment_is_ignored():
      f"limit-request-head: '{1 << 70}' from the command line must be at most"),
     ({"root_path": "/a%2"}, "root-path: '/a%2' from the command line has a '%' that is not"),
     ({"root_path": "/a\nb"}, "root-path: '/a\\nb' from the command line must not contain"),
+    ({"url_scheme": "ftp"}, "url-scheme: 'ftp' from the command line must be http or https"),
 ])
 def test_bad_cli_values(cli, message):
     with pytest.raises(ConfigError) as caught:
-        load_config(cli=cli)
+        load_config(cli=cli, cli_source="the command line")
     assert str(caught.value).startswith(message)
     assert "\n" not in str(caught.value)
 
@@ -147,8 +148,48 @@ def test_unknown_file_key_without_a_close_match(tmp_path):
 
 def test_config_key_is_not_allowed_in_the_file(tmp_path):
     path = write_toml(tmp_path, 'config = "other.toml"\n')
-    with pytest.raises(ConfigError, match="unknown option 'config'"):
+    with pytest.raises(ConfigError) as caught:
         load_config(cli={"config": path})
+    assert str(caught.value) == (f"config file {path}: 'config' cannot be set in a config "
+                                 f"file (one file is read: the one -c/--config or "
+                                 f"GREENSERVE_CONFIG names)")
+
+
+def test_command_line_only_keys_are_not_allowed_in_the_file(tmp_path):
+    path = write_toml(tmp_path, "check-config = true\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(cli={"config": path})
+    assert str(caught.value) == (f"config file {path}: 'check-config' is a command-line option "
+                                 f"only (give --check-config when running greenserve)")
+
+
+def test_file_key_suggestions_name_only_what_a_file_may_set(tmp_path):
+    path = write_toml(tmp_path, "confg = 1\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(cli={"config": path})
+    assert "did you mean 'config'" not in str(caught.value)
+
+
+def test_messages_name_where_a_library_value_came_from():
+    from greenserve import Server
+    with pytest.raises(ConfigError, match=r"^keep-alive: 'soon' from Server\(\) options is not "
+                                          r"a valid number$"):
+        Server(lambda environ, start_response: [], keep_alive="soon")
+    with pytest.raises(ConfigError, match=r"^keep-alive: 'soon' from Config\.replace\(\) is "):
+        Config().replace(keep_alive="soon")
+
+
+@pytest.mark.parametrize("raw, message", [
+    # The reason quotes the value: it is said once.
+    ("300.1.1.1", "forwarded-allow-ips: '300.1.1.1' from env is not an IP address"),
+    # The reason quotes one entry of a list: after a colon.
+    ("10.0.0.1,300.1.1.1", "forwarded-allow-ips: '10.0.0.1,300.1.1.1' from env: '300.1.1.1' "
+                           "is not an IP address"),
+])
+def test_a_value_is_quoted_once(raw, message):
+    with pytest.raises(ConfigError) as caught:
+        load_config(environ={"GREENSERVE_FORWARDED_ALLOW_IPS": raw})
+    assert str(caught.value).startswith(message)
 
 
 def test_unknown_cli_key():
@@ -191,6 +232,11 @@ def test_bad_values_of_the_proxy_and_hardening_settings(cli, message):
         load_config(cli=cli)
     text = str(info.value)
     assert text.startswith(message) and "\n" not in text
+
+
+def test_url_scheme_is_http_or_https():
+    assert load_config(cli={"url_scheme": "HTTPS"}).url_scheme == "https"
+    assert load_config(environ={"GREENSERVE_URL_SCHEME": "http"}).url_scheme == "http"
 
 
 def test_proxy_and_hardening_settings_accept_good_values():

@@ -134,7 +134,7 @@ def container_args(container):
 
 
 def test_kubernetes_probes_timeouts_and_user():
-    deployment, service = kubernetes()
+    deployment, service, _ = kubernetes()
     assert (deployment["kind"], service["kind"]) == ("Deployment", "Service")
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -153,6 +153,24 @@ def test_kubernetes_probes_timeouts_and_user():
     # The Service exposes the app, not the admin port.
     assert [port["targetPort"] for port in service["spec"]["ports"]] == ["http"]
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_kubernetes_admin_port_is_open_to_the_scraper_only():
+    deployment, _, policy = kubernetes()
+    assert policy["kind"] == "NetworkPolicy"
+    assert policy["spec"]["podSelector"] == deployment["spec"]["selector"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    named = {port["name"] for port in container["ports"]}
+    rules = {rule["ports"][0]["port"]: rule.get("from") for rule in policy["spec"]["ingress"]}
+    assert set(rules) == named == {"http", "admin"}
+    assert all(len(rule["ports"]) == 1 for rule in policy["spec"]["ingress"])
+    assert rules["http"] is None  # the app: from anywhere (the Ingress controller)
+    (scraper,) = rules["admin"]  # the admin port: from the selected pods only
+    assert scraper["namespaceSelector"]["matchLabels"] and scraper["podSelector"]["matchLabels"]
+    # The probes use the admin port: the kubelet (on the pod's node) is always let through.
+    assert {container[probe]["httpGet"]["port"] for probe in
+            ("readinessProbe", "livenessProbe", "startupProbe")} == {"admin"}
 
 
 def test_kubernetes_command_line_is_valid():

@@ -145,8 +145,29 @@ def require(framework):
 def framework(request):
     """(name, running server) for each framework example, one process per module."""
     require(request.param)
-    with serving(FRAMEWORKS[request.param][1]) as served:
+    with serving(FRAMEWORKS[request.param][1], FRAMEWORK_ENV.get(request.param)) as served:
         yield request.param, served
+
+
+# The Django example refuses to start without a key (a deployment sets its own).
+FRAMEWORK_ENV = {"django": {"DJANGO_SECRET_KEY": "test-only-not-a-secret"}}
+
+
+def test_django_example_refuses_to_start_without_a_secret_key():
+    require("django")
+    code, log = refused_start(FRAMEWORKS["django"][1], {})
+    assert code == 2, log
+    assert log.strip().splitlines()[-1].startswith(
+        "greenserve: error: importing 'examples.django_site.wsgi' failed: ImproperlyConfigured: "
+        "DJANGO_SECRET_KEY is not set")
+
+
+def test_django_example_random_key_is_an_explicit_opt_in():
+    require("django")
+    with serving(FRAMEWORKS["django"][1], {"DJANGO_RANDOM_SECRET_KEY": "1"}) as served:
+        assert served.request("GET", "/")[0] == 200
+        assert any("using a random SECRET_KEY for this process only" in line
+                   for line in served.lines)
 
 
 def send_head(sock, target, *fields):

@@ -50,10 +50,15 @@ class LiveServer:
         self.url = f"http://{self.host}:{self.port}"
 
 
+# The Django example refuses to start without a key (a deployment sets its own).
+TEST_SECRET_KEY = "test-only-not-a-secret"
+
+
 def start_greenserve(processes, framework):
     """``python -m greenserve APP -b 127.0.0.1:0`` for the framework's example app."""
     require(framework)
-    process = processes.greenserve(FRAMEWORKS[framework][1], "-b", "127.0.0.1:0")
+    process = processes.greenserve(FRAMEWORKS[framework][1], "-b", "127.0.0.1:0",
+                                   env=procs.environment(DJANGO_SECRET_KEY=TEST_SECRET_KEY))
     return LiveServer(framework, process)
 
 
@@ -445,9 +450,10 @@ def sized_reads(app):
 
 
 @pytest.mark.parametrize("framework", list(FRAMEWORKS))
-def test_in_process_under_validator(serve, framework):
+def test_in_process_under_validator(serve, framework, monkeypatch):
     """GET, POST form, JSON (also chunked), HEAD and a stream with the app wrapped in
     wsgiref.validate: an AssertionError from the validator would turn into a 500."""
+    monkeypatch.setenv("DJANGO_SECRET_KEY", TEST_SECRET_KEY)  # read as the app is imported
     app = load_app(framework)
     if framework == "flask":
         app = sized_reads(app)

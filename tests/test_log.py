@@ -43,6 +43,10 @@ def environ(**extra):
     return base
 
 
+def test_default_format_is_gunicorns_with_the_duration():
+    assert DEFAULT_FORMAT == '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(D)s'
+
+
 def test_default_format(lines):
     logger, out = lines
     AccessLog(DEFAULT_FORMAT, logger)(environ(), 200, 1234, 0.0125)
@@ -66,16 +70,16 @@ def test_every_key(lines):
     assert (values["s"], values["b"]) == ("404", "0")
     assert (values["f"], values["a"]) == ("http://example.com/", "curl/8.0")
     assert (values["D"], values["L"]) == ("1500000", "1.500000")
-    assert values["p"] == str(os.getpid())
+    assert values["p"] == f"<{os.getpid()}>"  # as gunicorn writes it
 
 
 def test_missing_values_are_dashes(lines):
     logger, out = lines
     bare = {"REQUEST_METHOD": "HEAD", "PATH_INFO": "/x", "QUERY_STRING": "",
             "SERVER_PROTOCOL": "HTTP/1.0"}
-    AccessLog('%(h)s "%(r)s" %(q)s "%(f)s" "%(a)s"', logger)(bare, 204, 0, 0.0)
+    AccessLog('%(h)s "%(r)s" [%(q)s] "%(f)s" "%(a)s"', logger)(bare, 204, 0, 0.0)
     # Without RAW_URI the request line is rebuilt from PATH_INFO and QUERY_STRING.
-    assert out == ['- "HEAD /x HTTP/1.0" - "-" "-"']
+    assert out == ['- "HEAD /x HTTP/1.0" [] "-" "-"']
 
 
 def test_client_text_cannot_forge_lines(lines):
@@ -276,7 +280,7 @@ def test_log_config_and_capture_output_settings(tmp_path):
     config = load_config(cli={"log_config": "x.TOML", "capture_output": True})
     assert (config.log_config, config.capture_output) == ("x.TOML", True)
     assert Config().log_config is None and Config().capture_output is False
-    with pytest.raises(ConfigError, match=r"^log-config: 'x\.yaml' from the command line "
+    with pytest.raises(ConfigError, match=r"^log-config: 'x\.yaml' from Server\(\) options "
                                           r"must be a \.toml or \.json file$"):
         load_config(cli={"log_config": "x.yaml"})
 

@@ -125,7 +125,7 @@ def test_every_atom():
         "h": "10.1.2.3", "l": "-", "u": "alice", "r": "GET /a%20b?x=1 HTTP/1.1", "m": "GET",
         "U": "/a b", "q": "x=1", "H": "HTTP/1.1", "s": "404", "B": "0", "b": "0",
         "f": "http://example.com/", "a": "curl/8.0", "T": "2", "D": "2250000", "M": "2250",
-        "L": "2.250000", "p": str(os.getpid())}
+        "L": "2.250000", "p": f"<{os.getpid()}>"}
 
 
 def test_number_atoms_take_number_conversions():
@@ -180,8 +180,10 @@ def test_gunicorn_default_format_unchanged():
 def test_missing_values_are_dashes():
     bare = {"REQUEST_METHOD": "HEAD", "PATH_INFO": "/x", "QUERY_STRING": "",
             "SERVER_PROTOCOL": "HTTP/1.0"}
-    assert render('%(h)s %(u)s "%(r)s" %(q)s "%(f)s" "%(a)s" %({X}i)s', bare) == \
-        '- - "HEAD /x HTTP/1.0" - "-" "-" -'
+    # An empty query is written empty, as gunicorn does; '-' only when it is not known.
+    assert render('%(h)s %(u)s "%(r)s" [%(q)s] "%(f)s" "%(a)s" %({X}i)s', bare) == \
+        '- - "HEAD /x HTTP/1.0" [] "-" "-" -'
+    assert render("[%(q)s]", {"REMOTE_ADDR": "::1"}) == "[-]"
 
 
 # -- hostile text in every request-controlled atom -----------------------------------------------

@@ -101,7 +101,7 @@ def test_bad_tls_settings(pki, settings, message):
     ("tls_min_version", "1.1", "must be 1.2 or 1.3"),
 ])
 def test_bad_values(setting, raw, reason):
-    with pytest.raises(ConfigError, match=rf"from the command line {reason}$"):
+    with pytest.raises(ConfigError, match=rf"from Server\(\) options {reason}$"):
         load_config(cli={setting: raw})
 
 

@@ -1,6 +1,10 @@
 """WSGI entry point of the example Django project.
 
-Run it from the repository root:  greenserve examples.django_site.wsgi:application
+Run it from the repository root:
+
+    DJANGO_SECRET_KEY=... greenserve examples.django_site.wsgi:application
+
+(DJANGO_RANDOM_SECRET_KEY=1 instead of the key to try it out; see settings.py).
 """
 
 import os
