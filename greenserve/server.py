@@ -356,7 +356,8 @@ def run_until_signalled(server, banner=None, admin_socket=None):
 
     SIGHUP and SIGUSR2 are logged and ignored (reloading needs a master process: run with
     --supervise), and so are SIGTTIN and SIGTTOU (no workers to add or remove: run with
-    -w N); SIGUSR1 reopens the log files. Returns 0, or 1 after a second signal.
+    -w N); SIGUSR1 reopens the log files; SIGQUIT stops at once. Returns 0, or 1 after a
+    second SIGTERM or SIGINT.
     """
     import signal
 
@@ -364,6 +365,7 @@ def run_until_signalled(server, banner=None, admin_socket=None):
     from .log import reopen_log_files
 
     stop_requested, force = Event(), Event()
+    quick = []  # SIGQUIT came: stop at once, as a master's workers do on it
     health = admin_server = watch = None
     if admin_socket is not None:
         from .admin import Health
@@ -379,6 +381,14 @@ def run_until_signalled(server, banner=None, admin_socket=None):
             error_log.info("%s received; stopping gracefully (up to %gs)",
                            signal.Signals(signum).name, server.config.graceful_timeout)
             stop_requested.set()
+
+    def on_quit(signum):
+        error_log.info("SIGQUIT received; stopping at once (requests in flight are cut)")
+        if health is not None:
+            health.set_draining()
+        quick.append(signum)
+        stop_requested.set()
+        force.set()
 
     def on_reopen(signum):
         error_log.info("SIGUSR1 received; reopening log files")
@@ -398,6 +408,7 @@ def run_until_signalled(server, banner=None, admin_socket=None):
 
     handlers = [gevent.signal_handler(signum, on_stop, signum)
                 for signum in (signal.SIGTERM, signal.SIGINT)]
+    handlers.append(gevent.signal_handler(signal.SIGQUIT, on_quit, signal.SIGQUIT))
     handlers.append(gevent.signal_handler(signal.SIGUSR1, on_reopen, signal.SIGUSR1))
     handlers += [gevent.signal_handler(signum, on_ignored, signum)
                  for signum in (signal.SIGHUP, signal.SIGUSR2)]
@@ -424,9 +435,13 @@ def run_until_signalled(server, banner=None, admin_socket=None):
             error_log.info("Listening at %s (pid %d)",
                            describe(sock, tls=server.tls_context is not None), os.getpid())
         stop_requested.wait()
+        if quick:
+            return 0
         stopping = gevent.spawn(server.drain)
         gevent.wait([stopping, force], count=1)
         if not stopping.ready():
+            if quick:
+                return 0
             error_log.warning("second signal received; exiting without waiting for "
                               "in-flight requests")
             return 1

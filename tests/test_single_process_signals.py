@@ -47,3 +47,24 @@ def test_hup_usr1_usr2_keep_the_server_serving(tmp_path):
 def server_address(error_log):
     match = procs.LISTENING.search(error_log.read_text())
     return match["host"], int(match["port"])
+
+
+def test_quit_stops_at_once_and_cleans_up(tmp_path):
+    pid_file = tmp_path / "gs.pid"
+    unix_path = tmp_path / "gs.sock"
+    error_log = tmp_path / "error.log"
+    with procs.Processes() as started:
+        server = started.greenserve("webapp:app", "-b", "127.0.0.1:0", "-b",
+                                    f"unix:{unix_path}", "--pid", pid_file,
+                                    "--error-log", error_log, "--graceful-timeout", "60")
+        procs.wait_until(lambda: error_log.exists() and "Listening at" in error_log.read_text(),
+                         what="the start-up line in the error log")
+        address = server_address(error_log)
+        # A request in flight does not hold a quick stop back (a graceful one would wait).
+        held = procs.HeldRequest(server, address, tmp_path)
+        server.signal(signal.SIGQUIT)
+        assert server.exit_code() == 0
+        assert "SIGQUIT received; stopping at once" in error_log.read_text()
+        assert not pid_file.exists() and not unix_path.exists()
+        held.thread.join(procs.WAIT)
+        assert held.done() and "response" not in held.outcome  # cut, not answered
