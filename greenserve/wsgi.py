@@ -14,7 +14,6 @@ from urllib.parse import unquote_to_bytes
 from .protocol.response import ResponseHeaders
 
 
-
 # RFC 9110 §5.6.2 token, for response header names.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # RFC 9110 §5.5: field values are visible characters, obs-text, SP and HTAB; never CR or LF
