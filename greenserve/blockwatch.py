@@ -154,14 +154,19 @@ class BlockWatch:
                 ping.send()
             else:
                 frame = sys._current_frames().get(self._ident)
-                running = self._sample(frame, running, now, last_check)
+                # Woken this late, this thread could not run either: what blocked the hub
+                # held the interpreter lock, and the frame seen now is from after it (a
+                # call that releases the lock, such as a send, let this thread in).
+                late = now - last_check - self.interval >= self.threshold
+                running = self._sample(frame, running, now, last_check, late)
                 del frame
             last_check = now
 
-    def _sample(self, frame, running, now, last_check):
+    def _sample(self, frame, running, now, last_check, late=False):
         """Follow who runs while the hub is overdue; report a greenlet once it has run
         for the threshold. Returns the new ``running`` record. ``frame`` is None when the
-        hub's thread runs no Python code (a C function run directly as a greenlet)."""
+        hub's thread runs no Python code (a C function run directly as a greenlet);
+        ``late``: this thread itself could not run since ``last_check``."""
         bottom = None if frame is None else _outermost(frame)
         if running is None:
             running = [bottom, self._asked_at, None]
@@ -172,7 +177,8 @@ class BlockWatch:
                 running[2].ended = now
             running = [bottom, last_check, None]
         if running[2] is None and now - running[1] >= self.threshold:
-            report = Report(self._asked, running[1], _request_of(frame), _stack(frame))
+            report = Report(self._asked, running[1], _request_of(frame), _stack(frame),
+                            held_lock=late)
             running[2] = report
             self._reports.append(report)
             if self.on_block is not None:
