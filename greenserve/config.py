@@ -6,11 +6,10 @@ Nothing here reads the environment or the disk on import; callers pass them in.
 
 import dataclasses
 import difflib
-import re
 from dataclasses import dataclass, field
-from urllib.parse import unquote_to_bytes
 
-from .accessformat import ATOMS, JSON_PRESET, compile_format
+from . import setting_values as parsers
+from .accessformat import ATOMS, JSON_PRESET
 from .errors import ConfigError
 from .protocol.parser import Limits
 from .speedups import VARIABLES as SPEEDUP_VARIABLES
@@ -19,215 +18,8 @@ ENV_PREFIX = "GREENSERVE_"
 _PARSER_LIMITS = Limits()
 
 
-# -- value parsers: str -> value, raising ValueError with a short reason --------------------
-
-def _whole(text):
-    # int(4.5) is 4: a float (TOML workers = 4.5) must not be rounded down in silence.
-    if isinstance(text, float):
-        raise ValueError("must be a whole number")
-    return int(text)
-
-
-def _positive_int(text):
-    value = _whole(text)
-    if value < 1:
-        raise ValueError("must be a whole number of at least 1")
-    return value
-
-
-# Beyond any head a server could hold in memory; also what the compiled parser's sizes hold.
-_MAX_HEAD_LIMIT = 1 << 40
-
-
-def _head_limit(text):
-    value = _positive_int(text)
-    if value > _MAX_HEAD_LIMIT:
-        raise ValueError(f"must be at most {_MAX_HEAD_LIMIT}")
-    return value
-
-
-def _non_negative_int(text):
-    value = _whole(text)
-    if value < 0:
-        raise ValueError("must be a whole number of at least 0")
-    return value
-
-
-def _seconds(text):
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise ValueError("must be a number of seconds, 0 or more")
-    return value
-
-
-def _bool(text):
-    if isinstance(text, bool):
-        return text
-    lowered = str(text).strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("must be true or false")
-
-
-def _log_level(text):
-    lowered = str(text).strip().lower()
-    if lowered not in ("debug", "info", "warning", "error", "critical"):
-        raise ValueError("must be one of debug, info, warning, error, critical")
-    return lowered
-
-
-def _root_path(text):
-    text = str(text)
-    if text and (not text.startswith("/") or text.endswith("/")):
-        raise ValueError("must start with '/' and not end with '/' (e.g. /app)")
-    # RFC 3986 §2.1: a "%" starts a percent-encoding.
-    if re.search(r"%(?![0-9A-Fa-f]{2})", text):
-        raise ValueError("has a '%' that is not followed by two hex digits")
-    if any(ord(c) < 0x20 or ord(c) == 0x7f for c in text):
-        raise ValueError("must not contain control characters")
-    # PEP 3333: SCRIPT_NAME holds the path's octets, percent-decoded, as latin-1 text, the
-    # form PATH_INFO has: "/a%20b" and "/caf\u00e9" (UTF-8 in a URL) become what the request
-    # path becomes, so the prefix is found in it and both halves of the URL agree.
-    return unquote_to_bytes(text.encode("utf-8")).decode("latin-1")
-
-
-def _url_scheme(text):
-    lowered = str(text).strip().lower()
-    # PEP 3333: wsgi.url_scheme is "http" or "https"; apps build their URLs from it.
-    if lowered not in ("http", "https"):
-        raise ValueError("must be http or https")
-    return lowered
-
-
-def _str(text):
-    return str(text)
-
-
-def _field_value(text):
-    text = str(text)
-    # RFC 9110 §5.5: visible characters, spaces and tabs; never CR, LF or other controls.
-    if text != text.strip() or any(ord(c) < 0x20 and c != "\t" or ord(c) == 0x7f or
-                                   ord(c) > 0xff for c in text):
-        raise ValueError("must be printable latin-1 text without leading or trailing spaces")
-    return text
-
-
-def _trusted_peers(text):
-    from .protocol.forwarded import TrustedProxies
-    text = ",".join(str(text).replace(",", " ").split())
-    TrustedProxies.parse(text)  # ValueError names the bad entry
-    return text
-
-
-def _access_log_format(text):
-    text = str(text)
-    compile_format(text)  # a ConfigError names an unknown atom or a broken field
-    return text
-
-
-def _log_config_file(text):
-    if text in (None, ""):
-        return None
-    text = str(text)
-    if not text.lower().endswith((".toml", ".json")):
-        raise ValueError("must be a .toml or .json file")
-    return text
-
-
-def _optional_str(text):
-    return None if text in (None, "") else str(text)
-
-
-def _octal_mode(text):
-    # Written as chmod and umask take it: octal digits, with or without a leading 0 or 0o.
-    if isinstance(text, int) and not isinstance(text, bool):
-        value = text
-    else:
-        digits = str(text).strip().lower()
-        digits = digits[2:] if digits.startswith("0o") else digits
-        if not digits or any(c not in "01234567" for c in digits):
-            raise ValueError("must be an octal mode such as 660 or 0o007")
-        value = int(digits, 8)
-    if not 0 <= value <= 0o777:
-        raise ValueError("must be an octal mode between 0 and 777")
-    return value
-
-
-def _optional_mode(text):
-    return None if text in (None, "") else _octal_mode(text)
-
-
-def _account(text):
-    # A user or group name, or a numeric id; looked up when the server starts.
-    if text in (None, ""):
-        return None
-    text = str(text).strip()
-    if not text or any(c.isspace() or c in ":/" for c in text):
-        raise ValueError("must be a user or group name, or a numeric id")
-    return text
-
-
-def _cert_reqs(text):
-    lowered = str(text).strip().lower()
-    # gunicorn takes ssl.CERT_* numbers; accept those too.
-    lowered = {"0": "none", "1": "optional", "2": "required"}.get(lowered, lowered)
-    if lowered not in ("none", "optional", "required"):
-        raise ValueError("must be none, optional or required")
-    return lowered
-
-
-def _tls_version(text):
-    value = str(text).strip()
-    value = {"1.2": "1.2", "1.3": "1.3", "tlsv1.2": "1.2", "tlsv1.3": "1.3"}.get(value.lower())
-    if value is None:
-        raise ValueError("must be 1.2 or 1.3")
-    return value
-
-
-def _admin_address(text):
-    if text in (None, ""):
-        return None
-    from .listeners import parse_bind
-    text = str(text).strip()
-    try:
-        kind = parse_bind(text)[0]
-    except ConfigError:
-        kind = None
-    # A port of its own, never the app's default one; fd:// sockets are the app's.
-    if kind == "unix" or (kind == "tcp" and text.rsplit(":", 1)[-1].isdigit()):
-        return text
-    raise ValueError("must be HOST:PORT, [IPv6]:PORT or unix:/path")
-
-
-def _milliseconds(text):
-    value = int(text)
-    if value < 0:
-        raise ValueError("must be a whole number of milliseconds, 0 or more")
-    return value
-
-
-def _env_pair(text):
-    key, sep, _ = str(text).partition("=")
-    if not sep or not _ENV_KEY.fullmatch(key):
-        raise ValueError("must be KEY=VALUE, KEY a letter or '_' then letters, digits or '_'")
-    return str(text)
-
-
-def _hook_name(text):
-    text = None if text in (None, "") else str(text).strip()
-    if text is not None and not _HOOK_NAME.fullmatch(text):
-        raise ValueError("must name a function as MODULE:FUNCTION (e.g. myhooks:post_fork)")
-    return text
-
-
-_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_HOOK_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
-
-
-def setting(default, *flags, help, parse=_str, metavar=None, multiple=False, flag=False,
-            cli_only=False):
+def setting(default, *flags, help, parse=parsers.text_value, metavar=None, multiple=False,
+            flag=False, cli_only=False):
     """Declare one setting as a dataclass field carrying its CLI/env/file metadata."""
     meta = {"flags": flags, "help": help, "parse": parse, "metavar": metavar,
             "multiple": multiple, "flag": flag, "cli_only": cli_only}
@@ -246,220 +38,222 @@ class Config:
         help="Address to listen on: HOST:PORT, [IPv6]:PORT, unix:/path or fd://N. "
              "Repeat for several.")
     backlog: int = setting(
-        2048, "--backlog", parse=_positive_int, metavar="N",
+        2048, "--backlog", parse=parsers.positive_int, metavar="N",
         help="Pending connections the kernel queues before refusing new ones.")
     max_connections: int = setting(
-        10000, "--max-connections", "--worker-connections", parse=_positive_int, metavar="N",
+        10000, "--max-connections", "--worker-connections", parse=parsers.positive_int, metavar="N",
         help="Open connections one worker handles at once (its greenlet pool size).")
     workers: int = setting(
-        1, "-w", "--workers", parse=_positive_int, metavar="N",
+        1, "-w", "--workers", parse=parsers.positive_int, metavar="N",
         help="Worker processes to fork (each runs its own gevent hub). More than 1 starts "
              "a master process; WEB_CONCURRENCY is used when neither -w nor "
              "GREENSERVE_WORKERS nor the config file sets it.")
     supervise: bool = setting(
-        False, "--supervise", parse=_bool, flag=True,
+        False, "--supervise", parse=parsers.boolean, flag=True,
         help="Run a master process even with one worker: it restarts a worker that dies, "
              "reloads on SIGHUP and scales on SIGTTIN/SIGTTOU.")
     reuse_port: bool = setting(
-        False, "--reuse-port", parse=_bool, flag=True,
+        False, "--reuse-port", parse=parsers.boolean, flag=True,
         help="Give each worker its own SO_REUSEPORT listening socket per TCP address, so "
              "the kernel spreads connections evenly (Linux).")
 
     # -- sockets and privileges -------------------------------------------------------------
     umask: int = setting(
-        0, "--umask", parse=_octal_mode, metavar="MODE",
+        0, "--umask", parse=parsers.octal_mode, metavar="MODE",
         help="Permission bits (octal, as umask takes them) removed from the unix sockets "
              "greenserve creates. The default 0 lets any local user connect (a reverse "
              "proxy running as another user must be able to); 007 keeps other users out.")
     socket_mode: int = setting(
-        None, "--socket-mode", parse=_optional_mode, metavar="MODE",
+        None, "--socket-mode", parse=parsers.optional_mode, metavar="MODE",
         help="Exact permissions (octal, e.g. 660) of the unix sockets greenserve creates; "
              "overrides --umask.")
     user: str = setting(
-        None, "--user", parse=_account, metavar="USER",
+        None, "--user", parse=parsers.account, metavar="USER",
         help="After binding, switch to this user (name or id), with its groups: bind port "
              "80 or a socket in /run as root, then serve as e.g. www-data. Needs root. "
              "With workers, the master stays root and the workers switch.")
     group: str = setting(
-        None, "--group", parse=_account, metavar="GROUP",
+        None, "--group", parse=parsers.account, metavar="GROUP",
         help="After binding, switch to this group (name or id); default: the --user's own "
              "group. Needs root. Unix sockets greenserve creates belong to --user/--group.")
 
     # -- TLS --------------------------------------------------------------------------------
     certfile: str = setting(
-        None, "--certfile", parse=_optional_str, metavar="FILE",
+        None, "--certfile", parse=parsers.optional_str, metavar="FILE",
         help="Serve HTTPS with this PEM certificate (chain first, then intermediates; the "
              "private key may follow in the same file).")
     keyfile: str = setting(
-        None, "--keyfile", parse=_optional_str, metavar="FILE",
+        None, "--keyfile", parse=parsers.optional_str, metavar="FILE",
         help="The PEM private key of --certfile, when it is not in that file. It is read "
              "before --user takes effect, so it may stay readable by root only.")
     ca_certs: str = setting(
-        None, "--ca-certs", parse=_optional_str, metavar="FILE",
+        None, "--ca-certs", parse=parsers.optional_str, metavar="FILE",
         help="PEM file of the certificate authorities whose client certificates are "
              "accepted (with --cert-reqs).")
     cert_reqs: str = setting(
-        "none", "--cert-reqs", parse=_cert_reqs, metavar="WHEN",
+        "none", "--cert-reqs", parse=parsers.cert_reqs, metavar="WHEN",
         help="Client certificates: none (not asked for), optional (checked if sent) or "
              "required (the handshake fails without a valid one).")
     ciphers: str = setting(
-        None, "--ciphers", parse=_optional_str, metavar="LIST",
+        None, "--ciphers", parse=parsers.optional_str, metavar="LIST",
         help="OpenSSL cipher list for TLS 1.2 (e.g. ECDHE+AESGCM:ECDHE+CHACHA20); TLS 1.3 "
              "always uses its own strong suites. Default: Python's.")
     tls_min_version: str = setting(
-        "1.2", "--tls-min-version", parse=_tls_version, metavar="VERSION",
+        "1.2", "--tls-min-version", parse=parsers.tls_version, metavar="VERSION",
         help="Oldest TLS version accepted: 1.2 or 1.3.")
 
     # -- application ----------------------------------------------------------------------
     chdir: str = setting(
-        None, "--chdir", parse=_optional_str, metavar="DIR",
+        None, "--chdir", parse=parsers.optional_str, metavar="DIR",
         help="Change to this directory before loading the application.")
     pythonpath: tuple = setting(
         (), "--pythonpath", multiple=True, metavar="DIR",
         help="Add a directory to sys.path before loading the application (repeatable).")
     root_path: str = setting(
-        "", "--root-path", parse=_root_path, metavar="PATH",
+        "", "--root-path", parse=parsers.root_path, metavar="PATH",
         help="SCRIPT_NAME the application is mounted under (e.g. /app behind a proxy).")
     monkey_patch: bool = setting(
-        True, "--monkey-patch", parse=_bool, flag=True,
+        True, "--monkey-patch", parse=parsers.boolean, flag=True,
         help="Run gevent.monkey.patch_all() before loading anything "
              "(--no-monkey-patch turns it off).")
     server_header: str = setting(
-        "greenserve", "--server-header", parse=_field_value, metavar="TEXT",
+        "greenserve", "--server-header", parse=parsers.field_value, metavar="TEXT",
         help="The Server header greenserve adds to responses that lack one, and to its own "
              "error responses ('' = none).")
     forwarded_allow_ips: str = setting(
-        "127.0.0.1,::1", "--forwarded-allow-ips", parse=_trusted_peers, metavar="ADDRESSES",
+        "127.0.0.1,::1", "--forwarded-allow-ips", parse=parsers.trusted_peers, metavar="ADDRESSES",
         help="Proxies whose X-Forwarded-For/-Proto/-Host/-Port/-Prefix and Forwarded "
              "headers are applied (client address, scheme, host): comma-separated "
              "addresses and CIDR networks, 'unix' for peers on a unix socket, '*' for any "
              "peer, '' for none. From other peers the headers reach the app untouched.")
     proxy_protocol: bool = setting(
-        False, "--proxy-protocol", parse=_bool, flag=True,
+        False, "--proxy-protocol", parse=parsers.boolean, flag=True,
         help="Expect a PROXY protocol header (HAProxy v1 or v2) before each connection's "
              "first request, from the peers in --proxy-allow-ips; it sets the client "
              "address. Connections without a valid one are closed.")
     proxy_allow_ips: str = setting(
-        "127.0.0.1,::1", "--proxy-allow-ips", parse=_trusted_peers, metavar="ADDRESSES",
+        "127.0.0.1,::1", "--proxy-allow-ips", parse=parsers.trusted_peers, metavar="ADDRESSES",
         help="Peers allowed to send a PROXY protocol header (same forms as "
              "--forwarded-allow-ips); others are closed at once.")
     url_scheme: str = setting(
-        "http", "--url-scheme", parse=_url_scheme, metavar="SCHEME",
+        "http", "--url-scheme", parse=parsers.url_scheme, metavar="SCHEME",
         help="wsgi.url_scheme for requests (set to https behind a TLS-terminating proxy).")
 
     # -- limits (RFC 9112 leaves them to the server) ----------------------------------------
     # The numbers are the protocol core's own defaults (it cannot import this module, so
     # they are written once, there) and reach it back through Limits.from_config().
     limit_request_line: int = setting(
-        _PARSER_LIMITS.request_line, "--limit-request-line", parse=_head_limit, metavar="BYTES",
+        _PARSER_LIMITS.request_line, "--limit-request-line", parse=parsers.head_limit,
+        metavar="BYTES",
         help="Longest request line; longer gets 414.")
     limit_request_field_size: int = setting(
-        _PARSER_LIMITS.field_size, "--limit-request-field-size", parse=_head_limit, metavar="BYTES",
+        _PARSER_LIMITS.field_size, "--limit-request-field-size", parse=parsers.head_limit,
+        metavar="BYTES",
         help="Longest header line; longer gets 431.")
     limit_request_fields: int = setting(
-        _PARSER_LIMITS.fields, "--limit-request-fields", parse=_head_limit, metavar="N",
+        _PARSER_LIMITS.fields, "--limit-request-fields", parse=parsers.head_limit, metavar="N",
         help="Most header fields in one request; more gets 431.")
     limit_request_head: int = setting(
-        _PARSER_LIMITS.head, "--limit-request-head", parse=_head_limit, metavar="BYTES",
+        _PARSER_LIMITS.head, "--limit-request-head", parse=parsers.head_limit, metavar="BYTES",
         help="Largest header block; larger gets 431.")
     buffer_chunked_bodies: int = setting(
-        0, "--buffer-chunked-bodies", parse=_non_negative_int, metavar="BYTES",
+        0, "--buffer-chunked-bodies", parse=parsers.non_negative_int, metavar="BYTES",
         help="Read a chunked request body (up to BYTES, else 413) before calling the app and "
              "set CONTENT_LENGTH, for frameworks that ignore bodies without one (Django, "
              "Bottle); 0 = off, the app reads the body as it arrives.")
     max_body_size: int = setting(
-        _PARSER_LIMITS.body, "--max-body-size", parse=_non_negative_int, metavar="BYTES",
+        _PARSER_LIMITS.body, "--max-body-size", parse=parsers.non_negative_int, metavar="BYTES",
         help="Largest request body; larger gets 413 without being read (0 = unlimited).")
 
     # -- timers (seconds, 0 = off) ----------------------------------------------------------
     graceful_timeout: float = setting(
-        30.0, "--graceful-timeout", parse=_seconds, metavar="SECONDS",
+        30.0, "--graceful-timeout", parse=parsers.seconds, metavar="SECONDS",
         help="On SIGTERM/SIGINT, how long in-flight requests may take to finish.")
     keep_alive: float = setting(
-        5.0, "--keep-alive", parse=_seconds, metavar="SECONDS",
+        5.0, "--keep-alive", parse=parsers.seconds, metavar="SECONDS",
         help="Close a keep-alive connection idle this long (0 = no keep-alive).")
     header_timeout: float = setting(
-        10.0, "--header-timeout", parse=_seconds, metavar="SECONDS",
+        10.0, "--header-timeout", parse=parsers.seconds, metavar="SECONDS",
         help="The whole request head must arrive within this time of its first byte "
              "(408 otherwise).")
     body_timeout: float = setting(
-        30.0, "--body-timeout", parse=_seconds, metavar="SECONDS",
+        30.0, "--body-timeout", parse=parsers.seconds, metavar="SECONDS",
         help="Longest pause while reading a request body (408 otherwise).")
     body_min_rate: int = setting(
-        500, "--body-min-rate", parse=_non_negative_int, metavar="BYTES",
+        500, "--body-min-rate", parse=parsers.non_negative_int, metavar="BYTES",
         help="Slowest request body allowed, in bytes per second: the whole body must arrive "
              "within --body-timeout plus one second per this many bytes (408 otherwise; "
              "0 = no rate limit, only the pause limit).")
     send_timeout: float = setting(
-        30.0, "--send-timeout", parse=_seconds, metavar="SECONDS",
+        30.0, "--send-timeout", parse=parsers.seconds, metavar="SECONDS",
         help="Drop a client that accepts no response bytes for this long.")
     request_timeout: float = setting(
-        0.0, "--request-timeout", parse=_seconds, metavar="SECONDS",
+        0.0, "--request-timeout", parse=parsers.seconds, metavar="SECONDS",
         help="Interrupt an app still running this long after its request arrived: 503 if "
              "nothing was sent yet, else the connection is closed (0 = no deadline).")
 
     # -- workers (under a master process) ---------------------------------------------------
     timeout: float = setting(
-        30.0, "-t", "--timeout", parse=_seconds, metavar="SECONDS",
+        30.0, "-t", "--timeout", parse=parsers.seconds, metavar="SECONDS",
         help="A worker whose gevent hub has not run for this long (a greenlet that never "
              "yields, or an app that takes this long to load) gets every greenlet's stack "
              "logged and is killed and replaced (0 = never).")
     max_requests: int = setting(
-        0, "--max-requests", parse=_non_negative_int, metavar="N",
+        0, "--max-requests", parse=parsers.non_negative_int, metavar="N",
         help="Replace a worker gracefully after it has served about this many requests "
              "(0 = never); guards against slow memory leaks.")
     max_requests_jitter: int = setting(
-        0, "--max-requests-jitter", parse=_non_negative_int, metavar="N",
+        0, "--max-requests-jitter", parse=parsers.non_negative_int, metavar="N",
         help="Add a random 0..N to each worker's --max-requests, so workers do not all "
              "restart at once.")
 
     # -- operations -------------------------------------------------------------------------
     metrics_bind: str = setting(
-        None, "--metrics-bind", parse=_admin_address, metavar="ADDRESS",
+        None, "--metrics-bind", parse=parsers.admin_address, metavar="ADDRESS",
         help="Serve /metrics (Prometheus), /healthz (alive) and /readyz (ready for traffic; "
              "503 as soon as a graceful stop or a reload begins) on this separate address: "
              "HOST:PORT, [IPv6]:PORT or unix:/path. Off by default; keep it off the public "
              "network.")
     block_warning: int = setting(
-        100, "--block-warning", parse=_milliseconds, metavar="MS",
+        100, "--block-warning", parse=parsers.milliseconds, metavar="MS",
         help="Log a warning, with the request and the stack, when code serving a request "
              "keeps a worker's event loop from running for this many milliseconds or more "
              "(a CPU-bound loop, a blocking call that is not cooperative); 0 = off.")
 
     # -- logging ----------------------------------------------------------------------------
     log_level: str = setting(
-        "info", "--log-level", parse=_log_level, metavar="LEVEL",
+        "info", "--log-level", parse=parsers.log_level, metavar="LEVEL",
         help="Error log level: debug, info, warning, error or critical.")
     error_log: str = setting(
         "-", "--error-log", metavar="FILE",
         help="Where the error log goes ('-' = stderr).")
     access_log: str = setting(
-        None, "--access-log", parse=_optional_str, metavar="FILE",
+        None, "--access-log", parse=parsers.optional_str, metavar="FILE",
         help="Write an access log to FILE ('-' = stdout). Off by default.")
     access_log_format: str = setting(
         # gunicorn's default (%(l)s is always '-', %(u)s the Basic auth user), then the
         # duration in microseconds.
         '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(D)s', "--access-log-format",
-        parse=_access_log_format, metavar="FORMAT",
+        parse=parsers.access_log_format, metavar="FORMAT",
         help="Access log line, as in gunicorn: %(h)s etc. with "
              + ", ".join(f"{key} {what}" for key, (what, *_) in ATOMS.items())
              + "; %({Header}i)s a request header, %({Header}o)s a response header, "
              f"%({{VARIABLE}}e)s an environ variable. '{JSON_PRESET}' writes one JSON "
              "object per line instead.")
     log_config: str = setting(
-        None, "--log-config", parse=_log_config_file, metavar="FILE",
+        None, "--log-config", parse=parsers.log_config_file, metavar="FILE",
         help="Configure logging from this file (Python's logging.config.dictConfig, as "
              "TOML or JSON), e.g. to send logs to syslog or as JSON. The greenserve.error "
              "and greenserve.access loggers it configures follow the file; the others "
              "still follow --error-log and --access-log.")
     capture_output: bool = setting(
-        False, "--capture-output", parse=_bool, flag=True,
+        False, "--capture-output", parse=parsers.boolean, flag=True,
         help="Send the app's stdout and stderr (print(), stray tracebacks) to the "
              "--error-log file.")
 
     # -- development and process management --------------------------------------------------
     reload: bool = setting(
-        False, "--reload", parse=_bool, flag=True,
+        False, "--reload", parse=parsers.boolean, flag=True,
         help="Development: restart the workers when a Python file under the working "
              "directory and --pythonpath (or --reload-dir), or a --reload-extra-file, "
              "changes. A changed file with a syntax error is reported and the workers keep "
@@ -474,67 +268,67 @@ class Config:
         help="With --reload, also restart when this file changes, e.g. a template or a "
              "settings file (repeatable).")
     preload: bool = setting(
-        False, "--preload", parse=_bool, flag=True,
+        False, "--preload", parse=parsers.boolean, flag=True,
         help="Load the app once in the master process, then fork the workers (they share "
              "its memory copy-on-write). SIGHUP then restarts the workers without "
              "reloading the code. Starts a master process.")
     pid: str = setting(
-        None, "-p", "--pid", parse=_optional_str, metavar="FILE",
+        None, "-p", "--pid", parse=parsers.optional_str, metavar="FILE",
         help="Write the pid of the master (or of the only process) to FILE; it is removed "
              "at exit.")
     env: tuple = setting(
-        (), "-e", "--env", parse=_env_pair, multiple=True, metavar="KEY=VALUE",
+        (), "-e", "--env", parse=parsers.env_pair, multiple=True, metavar="KEY=VALUE",
         help="Set an environment variable before the app is loaded (repeatable).")
     name: str = setting(
-        None, "-n", "--name", parse=_optional_str, metavar="NAME",
+        None, "-n", "--name", parse=parsers.optional_str, metavar="NAME",
         help="Name in the process titles ('greenserve: master [NAME]', 'greenserve: worker "
              "[NAME]'; default: the app spec). Titles are set when the setproctitle package "
              "is installed.")
     check_config: bool = setting(
-        False, "--check-config", parse=_bool, flag=True, cli_only=True,
+        False, "--check-config", parse=parsers.boolean, flag=True, cli_only=True,
         help="Check the settings, the app and the hooks, then exit: 0 if they load, 2 "
              "(with the reason) if not. Nothing is bound.")
     print_config: bool = setting(
-        False, "--print-config", parse=_bool, flag=True, cli_only=True,
+        False, "--print-config", parse=parsers.boolean, flag=True, cli_only=True,
         help="Print the settings in effect, as a TOML config file, and exit.")
 
     # -- server hooks: functions named MODULE:FUNCTION --------------------------------------
     on_starting: str = setting(
-        None, "--on-starting", parse=_hook_name, metavar="MODULE:FUNCTION",
+        None, "--on-starting", parse=parsers.hook_name, metavar="MODULE:FUNCTION",
         help="Hook on_starting(server): in the master (or the only process) before the "
              "listeners are bound and the app is loaded.")
     when_ready: str = setting(
-        None, "--when-ready", parse=_hook_name, metavar="MODULE:FUNCTION",
+        None, "--when-ready", parse=parsers.hook_name, metavar="MODULE:FUNCTION",
         help="Hook when_ready(server): in the master once every worker serves (or in the "
              "only process once it accepts).")
     post_fork: str = setting(
-        None, "--post-fork", parse=_hook_name, metavar="MODULE:FUNCTION",
+        None, "--post-fork", parse=parsers.hook_name, metavar="MODULE:FUNCTION",
         help="Hook post_fork(server, worker): in each new worker, before it loads the app "
              "(with --preload the master's app is already there: reset what it shares, "
              "such as a connection pool). Starts a master.")
     post_worker_init: str = setting(
-        None, "--post-worker-init", parse=_hook_name, metavar="MODULE:FUNCTION",
+        None, "--post-worker-init", parse=parsers.hook_name, metavar="MODULE:FUNCTION",
         help="Hook post_worker_init(worker): in each worker once the app is loaded, before "
              "it accepts connections. Starts a master.")
     worker_exit: str = setting(
-        None, "--worker-exit", parse=_hook_name, metavar="MODULE:FUNCTION",
+        None, "--worker-exit", parse=parsers.hook_name, metavar="MODULE:FUNCTION",
         help="Hook worker_exit(server, worker): in each worker as it exits, after its "
              "connections are closed. Starts a master.")
     on_exit: str = setting(
-        None, "--on-exit", parse=_hook_name, metavar="MODULE:FUNCTION",
+        None, "--on-exit", parse=parsers.hook_name, metavar="MODULE:FUNCTION",
         help="Hook on_exit(server): in the master (or the only process) just before it "
              "exits.")
     pre_request: str = setting(
-        None, "--pre-request", parse=_hook_name, metavar="MODULE:FUNCTION",
+        None, "--pre-request", parse=parsers.hook_name, metavar="MODULE:FUNCTION",
         help="Hook pre_request(worker, environ): in the worker, before the app is called.")
     post_request: str = setting(
-        None, "--post-request", parse=_hook_name, metavar="MODULE:FUNCTION",
+        None, "--post-request", parse=parsers.hook_name, metavar="MODULE:FUNCTION",
         help="Hook post_request(worker, environ, status): in the worker once the response "
              "is over; status is the line the app gave start_response ('200 OK'), or None "
              "if the app raised first.")
 
     config: str = setting(
-        None, "-c", "--config", parse=_optional_str, metavar="FILE", cli_only=True,
+        None, "-c", "--config", parse=parsers.optional_str, metavar="FILE", cli_only=True,
         help="Read settings from this TOML file (keys are the option names).")
 
     def __post_init__(self):
@@ -592,8 +386,8 @@ def parse_value(name, raw, source):
                 parsed.append(parse(item))
             return tuple(parsed)
         if spec.metadata["flag"]:
-            return _bool(raw)
-        if isinstance(raw, bool) or (raw is None and parse is not _optional_str):
+            return parsers.boolean(raw)
+        if isinstance(raw, bool) or (raw is None and parse is not parsers.optional_str):
             raise ValueError("is not allowed here")
         return parse(raw)
     except (TypeError, ValueError) as exc:
