@@ -146,21 +146,17 @@ def test_unknown_file_key_without_a_close_match(tmp_path):
         load_config(cli={"config": path})
 
 
-def test_config_key_is_not_allowed_in_the_file(tmp_path):
-    path = write_toml(tmp_path, 'config = "other.toml"\n')
+@pytest.mark.parametrize("line, reason", [
+    ('config = "other.toml"', "'config' cannot be set in a config file (one file is read: the "
+                              "one -c/--config or GREENSERVE_CONFIG names)"),
+    ("check-config = true", "'check-config' is a command-line option only (give "
+                            "--check-config when running greenserve)"),
+])
+def test_keys_a_file_cannot_set_are_refused_with_why(tmp_path, line, reason):
+    path = write_toml(tmp_path, line + "\n")
     with pytest.raises(ConfigError) as caught:
         load_config(cli={"config": path})
-    assert str(caught.value) == (f"config file {path}: 'config' cannot be set in a config "
-                                 f"file (one file is read: the one -c/--config or "
-                                 f"GREENSERVE_CONFIG names)")
-
-
-def test_command_line_only_keys_are_not_allowed_in_the_file(tmp_path):
-    path = write_toml(tmp_path, "check-config = true\n")
-    with pytest.raises(ConfigError) as caught:
-        load_config(cli={"config": path})
-    assert str(caught.value) == (f"config file {path}: 'check-config' is a command-line option "
-                                 f"only (give --check-config when running greenserve)")
+    assert str(caught.value) == f"config file {path}: {reason}"
 
 
 def test_file_key_suggestions_name_only_what_a_file_may_set(tmp_path):
