@@ -15,10 +15,9 @@ from time import monotonic
 
 from gevent import get_hub
 from gevent.monkey import get_original
-from gevent.socket import socket as GeventSocket
 
 from .balance import MISSES_TO_STOP, STAND_BACK, STOP_STANDING_BACK
-from .gevent_private import accept_raw
+from .gevent_private import ConnectionSocket, accept_raw
 
 error_log = logging.getLogger("greenserve.error")
 
@@ -144,7 +143,7 @@ class Acceptor:
                 if exc.errno in _RESOURCE_ERRORS:
                     self._back_off()
                 return
-            client = GeventSocket(sock.family, sock.type, sock.proto, fileno=fd)
+            client = ConnectionSocket(sock.family, sock.type, sock.proto, fd)
             self.on_connection(client, address)
 
     def _back_off(self):

@@ -3,6 +3,7 @@ and behave as greenserve expects. If a gevent release moves them, this fails fir
 loudly: fix gevent_private.py, nothing else."""
 
 import _socket
+import os
 import socket as stdlib_socket
 import ssl
 import threading
@@ -13,8 +14,8 @@ import pytest
 import trustme
 from gevent import socket as gsocket
 
-from greenserve.gevent_private import (accept_raw, park_watcher, raw_socket, read_nowait,
-                                       readable_waiter)
+from greenserve.gevent_private import (ConnectionSocket, accept_raw, park_watcher, raw_socket,
+                                       read_nowait, readable_waiter)
 
 
 def test_gevent_version_is_one_this_was_checked_with():
@@ -121,3 +122,55 @@ def test_read_nowait_through_tls():
     finally:
         tls.close()
         server.close()
+
+
+def _accepted_pair():
+    """(ConnectionSocket of an accepted connection, the client's gevent socket)."""
+    listener = gsocket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = gsocket.create_connection(listener.getsockname())
+    fd, _ = accept_raw(listener)()
+    listener.close()
+    return ConnectionSocket(listener.family, listener.type, listener.proto, fd), client
+
+
+def test_connection_socket_is_a_gevent_socket_and_closes_its_descriptor():
+    server, client = _accepted_pair()
+    with client:
+        assert isinstance(server, gsocket.socket)
+        assert raw_socket(server).gettimeout() == 0.0
+        gevent.spawn_later(0.05, client.sendall, b"ping")
+        assert server.recv(10) == b"ping"  # waits cooperatively, as gevent's does
+        server.sendall(b"pong")
+        assert client.recv(10) == b"pong"
+        fd = server.fileno()
+        server.close()
+        assert server.fileno() == -1
+        with pytest.raises(OSError):
+            os.fstat(fd)  # the descriptor itself is closed, not only the object
+        with pytest.raises(OSError):
+            server.recv(10)
+        assert client.recv(10) == b""  # the peer sees the end of the stream
+        server.close()  # twice is harmless
+
+
+def test_connection_socket_closed_under_a_waiting_greenlet_wakes_it():
+    server, client = _accepted_pair()
+    with client:
+        waiter = gevent.spawn(server.recv, 10)
+        gevent.sleep(0)  # the waiter now waits on the socket's read watcher
+        server.close()
+        waiter.join(5)
+        assert waiter.dead and isinstance(waiter.exception, OSError)
+
+
+def test_connection_socket_stays_open_while_a_file_made_from_it_is_open():
+    server, client = _accepted_pair()
+    with client:
+        reader = server.makefile("rb")
+        server.close()
+        client.sendall(b"line\n")
+        assert reader.readline() == b"line\n"
+        reader.close()
+        assert server.fileno() == -1
