@@ -202,7 +202,7 @@ class AdminThread:
         # The master's admin endpoint reuses the server's strict request parser.
         from .errors import ProtocolError, RequestTimeout
         from .protocol.parser import Limits, RequestParser
-        from .protocol.writer import error_response, format_head
+        from .protocol.writer import date_line, error_response, format_head
         parser = RequestParser(Limits(request_line=4096, field_size=HEAD_LIMIT, fields=100,
                                       head=HEAD_LIMIT, body=0))
         deadline = monotonic() + CLIENT_TIMEOUT
@@ -231,7 +231,9 @@ class AdminThread:
         method = request.method.decode("latin-1")
         status, headers, body = self.routes.respond(method, request.path.decode("latin-1"),
                                                     accept)
-        extra = f"Content-Length: {len(body)}\r\nConnection: close\r\n"
+        # RFC 9110 §6.6.1: an origin server with a clock sends Date (its error answers above
+        # already do).
+        extra = f"Content-Length: {len(body)}\r\n{date_line()}Connection: close\r\n"
         head = format_head(status, headers, extra)
         conn.settimeout(CLIENT_TIMEOUT)
         conn.sendall(head if method == "HEAD" else head + body)

@@ -7,6 +7,7 @@ with real forked processes, some killed, while a scraping thread races them.
 
 import http.client
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -547,6 +548,45 @@ def test_other_paths_methods_and_broken_requests(admin):
     with socket.create_connection(client.address, timeout=WAIT) as raw:
         raw.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nBad header\r\n\r\n")
         assert raw.makefile("rb").readline().startswith(b"HTTP/1.1 400 ")
+
+
+def _raw_exchange(address, request, pieces):
+    """Send ``request`` to the admin listener in ``pieces`` (a list of split points) and read
+    the whole answer (it closes after one)."""
+    with socket.create_connection(address, timeout=WAIT) as raw:
+        start = 0
+        for end in [*pieces, len(request)]:
+            raw.sendall(request[start:end])
+            start = end
+        received = b""
+        while True:
+            data = raw.recv(65536)
+            if not data:
+                return received
+            received += data
+
+
+def _splits(request):
+    """The ways a request is split in these tests: whole, at every point, a byte at a time."""
+    return [[], *([point] for point in range(1, len(request))),
+            list(range(1, len(request)))]
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",     # 200
+    b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n",     # 404
+    b"POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n",    # 405
+    b"HEAD /readyz HTTP/1.1\r\nHost: x\r\n\r\n",     # 503, head only
+])
+def test_every_admin_answer_has_a_date(admin, request_bytes):
+    # RFC 9110 §6.6.1: an origin server with a clock MUST send Date in 2xx, 3xx and 4xx
+    # responses (and the admin listener's own error answers already do).
+    client, _, _, _ = admin()
+    for pieces in _splits(request_bytes):
+        answer = _raw_exchange(client.address, request_bytes, pieces)
+        head = answer.partition(b"\r\n\r\n")[0]
+        assert re.search(rb"\r\nDate: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT(\r\n|$)",
+                         head), (pieces, answer)
 
 
 def test_a_collect_error_is_a_500_and_a_log_line(admin, caplog):
