@@ -224,7 +224,9 @@ class AdminThread:
                 request = parser.next_request()
         except ProtocolError as exc:
             conn.settimeout(CLIENT_TIMEOUT)
-            conn.sendall(error_response(exc.status, exc.detail, exc.reason))
+            # RFC 9110 §9.3.2: no content in an answer to HEAD, error or not.
+            conn.sendall(error_response(exc.status, exc.detail, exc.reason,
+                                        head=parser.begins_head_request()))
             return
         accept = ",".join(value.decode("latin-1") for name, value in request.headers
                           if name.lower() == b"accept")

@@ -589,6 +589,23 @@ def test_every_admin_answer_has_a_date(admin, request_bytes):
                          head), (pieces, answer)
 
 
+@pytest.mark.parametrize("request_bytes", [
+    b"HEAD /metrics HTTP/1.1\r\nHost: x\r\nBad header\r\n\r\n",   # 400
+    b"HEAD /metrics HTTP/1.1\r\n\r\n",                             # 400: no Host
+    b"HEAD /metrics HTTP/2.0\r\nHost: x\r\n\r\n",                    # 505
+])
+def test_an_admin_error_answering_head_has_no_content(admin, request_bytes):
+    # RFC 9110 §9.3.2: the server MUST NOT send content in the response to HEAD; the
+    # Content-Length is the one a GET would have got.
+    client, _, _, _ = admin()
+    for pieces in _splits(request_bytes):
+        answer = _raw_exchange(client.address, request_bytes, pieces)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert re.match(rb"HTTP/1\.1 [45]\d\d ", head) and b"\r\nContent-Length: " in head, \
+            answer
+        assert body == b"", (pieces, answer)
+
+
 def test_a_collect_error_is_a_500_and_a_log_line(admin, caplog):
     def broken():
         raise RuntimeError("boom")
