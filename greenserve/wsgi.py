@@ -103,7 +103,10 @@ def base_environ(config, server_name, server_port, multiprocess, file_wrapper=No
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": config.url_scheme,
         "wsgi.errors": errors if errors is not None else sys.stderr,
-        "wsgi.multithread": False,
+        # PEP 3333: true when the app "may be simultaneously invoked by another thread in
+        # the same process": every connection runs it in its own greenlet (gunicorn's gevent
+        # worker says True as well).
+        "wsgi.multithread": True,
         "wsgi.multiprocess": multiprocess,
         "wsgi.run_once": False,
         "wsgi.input_terminated": True,

@@ -12,6 +12,7 @@ import threading
 import time
 
 import gevent
+import gevent.event
 import pytest
 from conftest import read_response, recv_until_closed
 
@@ -77,8 +78,31 @@ def test_environ_keys(serve):
     assert "HTTP_X_UNDER" not in env  # names with "_" would spoof "-" headers
     assert env["wsgi.url_scheme"] == "http"
     assert env["wsgi.input_terminated"] is True
-    assert env["wsgi.multithread"] is False and env["wsgi.run_once"] is False
+    assert env["wsgi.run_once"] is False
     assert env["wsgi.version"] == [1, 0]
+
+
+def test_multithread_is_true_since_requests_run_the_app_concurrently(serve):
+    # PEP 3333: wsgi.multithread "should evaluate true if the application object may be
+    # simultaneously invoked by another thread in the same process". Each connection runs
+    # the app in its own greenlet (a thread to the app once gevent has patched threading),
+    # so two requests are inside the app at once: the second arrives while the first waits.
+    arrived = []
+    both_in = gevent.event.Event()
+
+    def app(environ, start_response):
+        arrived.append(environ["wsgi.multithread"])
+        if len(arrived) == 2:
+            both_in.set()
+        assert both_in.wait(5), "the other request never reached the app"
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return [b"ok"]
+
+    with serve(app) as srv, srv.connect() as first, srv.connect() as second:
+        first.sendall(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        second.sendall(b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(first)[0] == read_response(second)[0] == 200
+    assert arrived == [True, True]
 
 
 def test_root_path_sets_script_name(serve):
