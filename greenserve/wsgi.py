@@ -126,7 +126,9 @@ def build_environ(base, request, script_name, remote_addr, remote_port):
     # (find, not "in": bytes.__contains__ first tries the operand as an int and raises.)
     if path.find(b"%") >= 0:
         path = unquote_to_bytes(path)
-    path_info = path.decode("latin-1")
+    # RFC 9112 §3.2.4: the asterisk-form (OPTIONS *) names the server, not a resource; CGI
+    # allows a PATH_INFO only empty or starting with "/" (RFC 3875 §4.1.5). RAW_URI keeps "*".
+    path_info = path.decode("latin-1") if path != b"*" else ""
     if script_name and (path_info == script_name or path_info.startswith(script_name + "/")):
         path_info = path_info[len(script_name):]
     environ["PATH_INFO"] = path_info

@@ -82,6 +82,20 @@ def test_environ_keys(serve):
     assert env["wsgi.version"] == [1, 0]
 
 
+def test_a_server_wide_options_request_has_an_empty_path_info(serve):
+    # RFC 9112 §3.2.4: "OPTIONS *" asks about the server, not a resource. CGI (RFC 3875
+    # §4.1.5) allows PATH_INFO only empty or starting with "/", which wsgiref.validate (wrapped
+    # around every app here) checks; the target itself stays in RAW_URI.
+    with serve(environ_dump, root_path="/app") as srv, srv.connect() as sock:
+        sock.sendall(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, body, _ = read_response(sock)
+    assert status == 200
+    env = json.loads(body)
+    assert env["REQUEST_METHOD"] == "OPTIONS"
+    assert env["PATH_INFO"] == "" and env["RAW_URI"] == "*"
+    assert env["SCRIPT_NAME"] == "/app"
+
+
 def test_multithread_is_true_since_requests_run_the_app_concurrently(serve):
     # PEP 3333: wsgi.multithread "should evaluate true if the application object may be
     # simultaneously invoked by another thread in the same process". Each connection runs
