@@ -30,6 +30,10 @@ WAITING_AFTER = 1.0
 ADMIN_CONNECTIONS = 8
 CLIENT_TIMEOUT = 5.0
 HEAD_LIMIT = 16384
+# After an answer, how long and how much of the client's further input is discarded before
+# closing (see _linger): short, since each lingering client holds one of the few slots.
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 256 * 1024
 
 
 class Health:
@@ -192,6 +196,7 @@ class AdminThread:
         _block_signals()
         try:
             self._answer(conn)
+            _linger(conn)
         except Exception:
             error_log.exception("admin listener: error answering a request")
         finally:
@@ -225,8 +230,9 @@ class AdminThread:
         except ProtocolError as exc:
             conn.settimeout(CLIENT_TIMEOUT)
             # RFC 9110 §9.3.2: no content in an answer to HEAD, error or not.
+            # No Server field, as in this listener's other answers (and --server-header '').
             conn.sendall(error_response(exc.status, exc.detail, exc.reason,
-                                        head=parser.begins_head_request()))
+                                        head=parser.begins_head_request(), server=""))
             return
         accept = ",".join(value.decode("latin-1") for name, value in request.headers
                           if name.lower() == b"accept")
@@ -239,6 +245,27 @@ class AdminThread:
         head = format_head(status, headers, extra)
         conn.settimeout(CLIENT_TIMEOUT)
         conn.sendall(head if method == "HEAD" else head + body)
+
+
+def _linger(conn):
+    """RFC 9112 §9.6: half-close, then briefly discard what the client still sends, so bytes
+    it sent after the answer was decided (the rest of a bad head, a body) do not make the
+    kernel reset the connection before the client has read the answer."""
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        end = monotonic() + LINGER_SECONDS
+        discarded = 0
+        while discarded < LINGER_BYTES:
+            left = end - monotonic()
+            if left <= 0:
+                return
+            conn.settimeout(left)
+            data = conn.recv(65536)
+            if not data:
+                return
+            discarded += len(data)
+    except OSError:  # the bound passed, or the client reset or left: nothing to protect
+        pass
 
 
 def _block_signals():

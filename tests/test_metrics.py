@@ -604,6 +604,7 @@ def test_an_admin_error_answering_head_has_no_content(admin, request_bytes):
         assert re.match(rb"HTTP/1\.1 [45]\d\d ", head) and b"\r\nContent-Length: " in head, \
             answer
         assert body == b"", (pieces, answer)
+        assert b"\r\nServer:" not in head  # as in this listener's other answers
 
 
 def test_a_collect_error_is_a_500_and_a_log_line(admin, caplog):
