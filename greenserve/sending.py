@@ -128,16 +128,23 @@ class ResponseSending:
             if response.excess or response.short:
                 self._log_framing_errors(response)
             return
+        send = self._send
+        started = None  # the response once its head is out: from then on it cannot change
         for data in result:
             if type(data) is not bytes:
                 raise TypeError(f"the app yielded {type(data).__name__}, not bytes")
             if not data:
                 continue
-            response = self._started_response()
-            if response.started:
-                self._send(response.body(data))
+            response = started
+            if response is not None:
+                send(response.body(data))
             else:
-                self._send(response.head(None, self._must_say_close()) + response.body(data))
+                response = self._started_response()
+                if response.started:  # the app used write() first
+                    send(response.body(data))
+                else:
+                    send(response.head(None, self._must_say_close()) + response.body(data))
+                started = response
             framing = response.framing
             if framing == NO_BODY or (framing == FIXED and not response.remaining):
                 # PEP 3333: stop iterating once enough has been sent. A HEAD (or 204, 304)
