@@ -15,7 +15,8 @@ import termios
 from gevent.socket import wait_write
 
 from .errors import ClientDisconnected
-from .protocol.response import FIXED, NO_BODY, Response, unread_body_forces_close
+from .protocol.response import (FIXED, NO_BODY, UNTIL_CLOSE, Response,
+                                 unread_body_forces_close)
 from .protocol.writer import format_head
 from .timers import APP, SEND
 from .wsgi import FileWrapper, check_headers, check_status
@@ -243,6 +244,12 @@ class ResponseSending:
         """A send failed: the peer is gone (or stopped reading past the send timeout)."""
         if self.disconnected is not None:
             self.disconnected.set()
+        response = self.response
+        if response is not None and response.started and response.framing == UNTIL_CLOSE:
+            # RFC 9112 §6.3: this body ends where the connection does. A client dropped by
+            # --send-timeout may read again later: a clean close would pass the part sent
+            # for the whole (and an app that catches this error cannot undo that).
+            self._abort_on_close()
         if isinstance(exc, ClientDisconnected):
             raise exc
         raise ClientDisconnected(f"connection lost while sending: {exc}") from None

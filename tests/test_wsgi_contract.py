@@ -295,6 +295,31 @@ def test_a_close_delimited_body_cut_by_a_graceful_stop_resets_the_connection(ser
         assert_reset(sock)
 
 
+def test_a_close_delimited_body_cut_by_the_send_timeout_resets_the_connection(serve):
+    """The same when --send-timeout drops a client that stopped reading: if it reads again
+    later, what it was sent must not end cleanly as if it were the whole body."""
+    body = TrackedBody([b"y" * 65536] * 2000)
+
+    def stream(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return body
+
+    with serve(stream, send_timeout=0.5) as srv, srv.connect() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert body.closed.wait(10)  # the server gave up on the stalled reader
+        # Bounded: after a clean close the kernel trickles the queued bytes out slowly.
+        deadline = time.monotonic() + 10
+        sock.settimeout(10)
+        received = 0
+        with pytest.raises(ConnectionResetError):
+            while time.monotonic() < deadline:
+                data = sock.recv(65536)
+                assert data, f"a clean end after {received} bytes of a cut body"
+                received += len(data)
+            pytest.fail(f"no reset within 10 s ({received} bytes read)")
+
+
 def test_exc_info_replaces_headers_before_they_are_sent(serve):
     def app(environ, start_response):
         start_response("200 OK", [("Content-Type", "text/plain")])
