@@ -26,14 +26,16 @@ error_log = logging.getLogger("greenserve.error")
 MASTER_LIVE_TIMEOUT = 10.0
 # Requests in the app this long count as waiting (long polls, streams), not active.
 WAITING_AFTER = 1.0
-# AdminThread: connections served at once, and how long one may take in all.
+# AdminThread: requests answered at once (a thread each); connections whose request head is
+# still arriving (read by the acceptor thread alone, so slow clients hold no answering slot);
+# and how long one may take in all.
 ADMIN_CONNECTIONS = 8
+PENDING_CONNECTIONS = 256
 CLIENT_TIMEOUT = 5.0
 HEAD_LIMIT = 16384
-# After an answer, how long and how much of the client's further input is discarded before
-# closing (see _linger): short, since each lingering client holds one of the few slots.
+# After refusing a bad head, how long the client's further input is read and discarded before
+# the close (see _refuse); at most PENDING_CONNECTIONS connections linger at once.
 LINGER_SECONDS = 1.0
-LINGER_BYTES = 256 * 1024
 
 
 class Health:
@@ -130,10 +132,13 @@ def _text(status, line, headers=()):
 class AdminThread:
     """Serves ``routes`` on the listening socket ``sock`` from threads of the master.
 
-    One acceptor thread, and one short-lived thread per connection (at most
-    ``ADMIN_CONNECTIONS``), so a slow client cannot hold up a probe. Every thread blocks
-    all signals: the kernel then delivers them to the master's main thread, whose loop
-    acts on them. Each connection carries one request and is closed.
+    One acceptor thread reads the request heads of every connection (up to
+    ``PENDING_CONNECTIONS``, the oldest closed to make room) with a selector, so clients
+    that connect and send their head slowly or never cannot hold up a probe; a complete
+    request is answered in a short-lived thread of its own (at most ``ADMIN_CONNECTIONS``
+    at once). Every thread blocks all signals: the kernel then delivers them to the
+    master's main thread, whose loop acts on them. Each connection carries one request and
+    is closed.
     """
 
     def __init__(self, sock, routes):
@@ -142,6 +147,7 @@ class AdminThread:
         self._wake_r = self._wake_w = None
         self._thread = None
         self._slots = None
+        self._lingering = {}  # refused connections read until closed: conn -> deadline
 
     def start(self):
         import threading
@@ -173,99 +179,179 @@ class AdminThread:
         self.sock.close()
 
     def _accept_loop(self):
-        import select
-        import threading
+        import selectors
         _block_signals()
-        while True:
-            self._slots.acquire()
-            try:
-                readable, _, _ = select.select([self.sock, self._wake_r], [], [])
-            except (OSError, ValueError):  # closed under us
-                return
-            if self._wake_r in readable:
-                return
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                self._slots.release()
-                continue
-            threading.Thread(target=self._serve, args=(conn,), daemon=True,
-                             name="greenserve-admin-request").start()
+        # Connections whose head is arriving: conn -> (parser, deadline); refused ones whose
+        # input is discarded before the close: conn -> deadline. Within each, all get the same
+        # time, so the dict's order (insertion) is also the order of their deadlines.
+        pending = {}
+        self._lingering = lingering = {}
+        selector = selectors.DefaultSelector()
+        try:
+            selector.register(self.sock, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            while True:
+                deadlines = [next(iter(pending.values()))[1]] if pending else []
+                if lingering:
+                    deadlines.append(next(iter(lingering.values())))
+                timeout = max(0.0, min(deadlines) - monotonic()) if deadlines else None
+                try:
+                    events = selector.select(timeout)
+                except (OSError, ValueError):  # closed under us
+                    return
+                for key, _ in events:
+                    if key.fileobj == self._wake_r:
+                        return
+                    if key.fileobj is self.sock:
+                        self._accept(selector, pending)
+                    elif key.fileobj in lingering:
+                        self._discard(selector, key.fileobj)
+                    else:
+                        self._read_head(selector, pending, key.fileobj)
+                self._expire(selector, pending)
+        finally:
+            for conn in [*pending, *lingering]:
+                conn.close()
+            selector.close()
 
-    def _serve(self, conn):
+    def _accept(self, selector, pending):
+        import selectors
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:  # gone before we got to it, or the socket closed under us
+            return
+        if len(pending) >= PENDING_CONNECTIONS:
+            # The one that has waited longest gives up its place to the newcomer.
+            oldest = next(iter(pending))
+            self._drop(selector, pending, oldest)
+        conn.setblocking(False)
+        parser = self._parser()
+        pending[conn] = (parser, monotonic() + CLIENT_TIMEOUT)
+        selector.register(conn, selectors.EVENT_READ)
+
+    @staticmethod
+    def _parser():
+        # The master's admin endpoint reuses the server's strict request parser.
+        from .protocol.parser import Limits, RequestParser
+        return RequestParser(Limits(request_line=4096, field_size=HEAD_LIMIT, fields=100,
+                                    head=HEAD_LIMIT, body=0))
+
+    def _read_head(self, selector, pending, conn):
+        from .errors import ProtocolError
+        parser = pending[conn][0]
+        try:
+            data = conn.recv(HEAD_LIMIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._drop(selector, pending, conn)
+            return
+        if not data:
+            self._drop(selector, pending, conn)
+            return
+        try:
+            parser.feed(data)
+            request = parser.next_request()
+        except ProtocolError as exc:
+            self._refuse(selector, pending, conn, exc)
+            return
+        if request is not None:
+            selector.unregister(conn)
+            del pending[conn]
+            self._dispatch(conn, request)
+
+    def _expire(self, selector, pending):
+        from .errors import RequestTimeout
+        now = monotonic()
+        lingering = self._lingering
+        while lingering:
+            conn, deadline = next(iter(lingering.items()))
+            if deadline > now:
+                break
+            self._drop(selector, lingering, conn)
+        while pending:
+            conn, (_, deadline) = next(iter(pending.items()))
+            if deadline > now:
+                return
+            self._refuse(selector, pending, conn, RequestTimeout(
+                f"request head not received within {CLIENT_TIMEOUT:g} s"))
+
+    @staticmethod
+    def _drop(selector, pending, conn):
+        selector.unregister(conn)
+        del pending[conn]
+        conn.close()
+
+    def _refuse(self, selector, pending, conn, exc):
+        """Answer a bad or late head with its error (a short answer the empty send buffer
+        takes at once, without a thread), then linger before the close."""
+        from .protocol.writer import error_response
+        parser = pending.pop(conn)[0]
+        try:
+            # RFC 9110 §9.3.2: no content in an answer to HEAD, error or not. No Server field,
+            # as in this listener's other answers (and --server-header '').
+            conn.send(error_response(exc.status, exc.detail, exc.reason,
+                                     head=parser.begins_head_request(), server=""))
+            # RFC 9112 §9.6: half-close, then discard what the client still sends (the rest
+            # of a bad head, a body) for a moment: closing with it unread would make the
+            # kernel reset the connection before the client has read the answer.
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            selector.unregister(conn)
+            conn.close()
+            return
+        lingering = self._lingering
+        if len(lingering) >= PENDING_CONNECTIONS:
+            self._drop(selector, lingering, next(iter(lingering)))
+        lingering[conn] = monotonic() + LINGER_SECONDS
+
+    def _discard(self, selector, conn):
+        """Input of a refused connection: read and drop it; close at its end."""
+        try:
+            if conn.recv(65536):
+                return
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self._drop(selector, self._lingering, conn)
+
+    def _dispatch(self, conn, request):
+        """Answer a complete request in a thread."""
+        import threading
+        # Only answering holds a slot, which takes a moment: a probe waits for no slow client.
+        self._slots.acquire()
+        try:
+            threading.Thread(target=self._serve, args=(conn, request), daemon=True,
+                             name="greenserve-admin-request").start()
+        except BaseException:
+            self._slots.release()
+            conn.close()
+            raise
+
+    def _serve(self, conn, request):
         _block_signals()
         try:
-            self._answer(conn)
-            _linger(conn)
+            conn.setblocking(True)
+            conn.settimeout(CLIENT_TIMEOUT)
+            self._answer(conn, request)
         except Exception:
             error_log.exception("admin listener: error answering a request")
         finally:
             conn.close()
             self._slots.release()
 
-    def _answer(self, conn):
-        # The master's admin endpoint reuses the server's strict request parser.
-        from .errors import ProtocolError, RequestTimeout
-        from .protocol.parser import Limits, RequestParser
-        from .protocol.writer import date_line, error_response, format_head
-        parser = RequestParser(Limits(request_line=4096, field_size=HEAD_LIMIT, fields=100,
-                                      head=HEAD_LIMIT, body=0))
-        deadline = monotonic() + CLIENT_TIMEOUT
-        try:
-            request = None
-            while request is None:
-                left = deadline - monotonic()
-                if left <= 0:
-                    raise RequestTimeout(f"request head not received within "
-                                         f"{CLIENT_TIMEOUT:g} s")
-                conn.settimeout(left)
-                try:
-                    data = conn.recv(HEAD_LIMIT)
-                except socket.timeout:
-                    continue
-                if not data:
-                    return
-                parser.feed(data)
-                request = parser.next_request()
-        except ProtocolError as exc:
-            conn.settimeout(CLIENT_TIMEOUT)
-            # RFC 9110 §9.3.2: no content in an answer to HEAD, error or not.
-            # No Server field, as in this listener's other answers (and --server-header '').
-            conn.sendall(error_response(exc.status, exc.detail, exc.reason,
-                                        head=parser.begins_head_request(), server=""))
-            return
+    def _answer(self, conn, request):
+        from .protocol.writer import date_line, format_head
         accept = ",".join(value.decode("latin-1") for name, value in request.headers
                           if name.lower() == b"accept")
         method = request.method.decode("latin-1")
         status, headers, body = self.routes.respond(method, request.path.decode("latin-1"),
                                                     accept)
-        # RFC 9110 §6.6.1: an origin server with a clock sends Date (its error answers above
-        # already do).
+        # RFC 9110 §6.6.1: an origin server with a clock sends Date.
         extra = f"Content-Length: {len(body)}\r\n{date_line()}Connection: close\r\n"
         head = format_head(status, headers, extra)
-        conn.settimeout(CLIENT_TIMEOUT)
         conn.sendall(head if method == "HEAD" else head + body)
-
-
-def _linger(conn):
-    """RFC 9112 §9.6: half-close, then briefly discard what the client still sends, so bytes
-    it sent after the answer was decided (the rest of a bad head, a body) do not make the
-    kernel reset the connection before the client has read the answer."""
-    try:
-        conn.shutdown(socket.SHUT_WR)
-        end = monotonic() + LINGER_SECONDS
-        discarded = 0
-        while discarded < LINGER_BYTES:
-            left = end - monotonic()
-            if left <= 0:
-                return
-            conn.settimeout(left)
-            data = conn.recv(65536)
-            if not data:
-                return
-            discarded += len(data)
-    except OSError:  # the bound passed, or the client reset or left: nothing to protect
-        pass
 
 
 def _block_signals():

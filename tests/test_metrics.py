@@ -631,6 +631,39 @@ def test_a_slow_client_does_not_hold_up_a_probe(admin):
             sock.close()
 
 
+def test_many_slow_clients_do_not_hold_up_a_probe(admin):
+    """More silent or half-sent connections than there are answering threads: a probe is
+    still answered at once (a kubelet's probe times out after a second by default)."""
+    from greenserve.admin import ADMIN_CONNECTIONS
+    client, _, _, _ = admin()
+    idle = [socket.create_connection(client.address) for _ in range(4 * ADMIN_CONNECTIONS)]
+    try:
+        for sock in idle[::2]:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # half a request, then nothing
+        for _ in range(3):
+            started = time.monotonic()
+            assert client.get("/healthz")[0] == 200
+            assert time.monotonic() - started < 2
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_the_oldest_pending_connection_makes_room_for_a_new_one(admin, monkeypatch):
+    from greenserve import admin as admin_module
+    monkeypatch.setattr(admin_module, "PENDING_CONNECTIONS", 4)
+    client, _, _, _ = admin()
+    oldest = socket.create_connection(client.address, timeout=WAIT)
+    oldest.sendall(b"GET /healthz HTTP/1.1\r\n")
+    others = [socket.create_connection(client.address) for _ in range(3)]
+    try:
+        assert client.get("/healthz")[0] == 200  # the fifth: the oldest was closed for it
+        assert oldest.recv(100) == b""
+    finally:
+        for sock in [oldest, *others]:
+            sock.close()
+
+
 def test_admin_threads_block_every_signal(admin):
     _, _, _, thread = admin()
     native = thread._thread.native_id
