@@ -524,7 +524,10 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
             # The peer left, or the body's framing broke under the app's read (answered
             # below from body_error).
             self.must_close = True
-        except (Exception, RequestDeadlineExceeded) as exc:
+        except (Exception, RequestDeadlineExceeded, SystemExit) as exc:
+            # sys.exit() in a view (argparse's error() calls it) is the app failing: reaching
+            # the hub it would end the worker and every request in flight. (KeyboardInterrupt
+            # is left to propagate: it is the operator's Ctrl-C in a library program.)
             self._app_failed(exc)
         finally:
             if not suspended:
@@ -561,7 +564,7 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
         happened; a failure in it is logged, never lost."""
         try:
             result.close()
-        except (Exception, RequestDeadlineExceeded) as exc:
+        except (Exception, RequestDeadlineExceeded, SystemExit) as exc:
             if isinstance(exc, RequestDeadlineExceeded):
                 self.must_close = True
             error_log.error("error in close() of the app's iterable for %s %s",

@@ -8,6 +8,7 @@ import io
 import lzma
 import json
 import socket
+import sys
 import threading
 import time
 
@@ -318,6 +319,34 @@ def test_a_close_delimited_body_cut_by_the_send_timeout_resets_the_connection(se
                 assert data, f"a clean end after {received} bytes of a cut body"
                 received += len(data)
             pytest.fail(f"no reset within 10 s ({received} bytes read)")
+
+
+@pytest.mark.parametrize("where", ["call", "iteration", "close"])
+def test_an_app_calling_sys_exit_fails_only_its_request(serve, where):
+    """sys.exit() in a view (argparse's error() calls it) is the app failing: a 500 (or a cut
+    response, once started), not the end of the hub and of every request in flight."""
+    class Body:
+        def __iter__(self):
+            if where == "iteration":
+                raise SystemExit("from the body")
+            yield b"ok"
+
+        def close(self):
+            if where == "close":
+                sys.exit(3)
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/exit":
+            if where == "call":
+                sys.exit("from the app")
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return Body()
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return [b"ok"]
+
+    with serve(app) as srv:
+        assert get(srv, "/exit")[0] == (200 if where == "close" else 500)
+        assert get(srv, "/")[::2] == (200, b"ok")  # the server lives on
 
 
 def test_exc_info_replaces_headers_before_they_are_sent(serve):
