@@ -15,7 +15,7 @@ import termios
 from gevent.socket import wait_write
 
 from .errors import ClientDisconnected
-from .protocol.response import (FIXED, NO_BODY, UNTIL_CLOSE, Response,
+from .protocol.response import (CHUNKED, FIXED, NO_BODY, UNTIL_CLOSE, Response,
                                  unread_body_forces_close)
 from .protocol.writer import format_head
 from .timers import APP, SEND
@@ -26,6 +26,7 @@ error_log = logging.getLogger("greenserve.error")
 # A body at least this large leaves with its head in one sendmsg() from where it lies; a
 # smaller one is joined to the head first (joining costs less than sendmsg's extra work).
 SEND_IN_PLACE = 16384
+_END = object()  # what next() returns once the app's iterable is exhausted
 
 
 def unread_bytes(sock):
@@ -130,29 +131,40 @@ class ResponseSending:
                 self._log_framing_errors(response)
             return
         send = self._send
-        started = None  # the response once its head is out: from then on it cannot change
-        for data in result:
+        pieces = iter(result)
+        for data in pieces:
             if type(data) is not bytes:
                 raise TypeError(f"the app yielded {type(data).__name__}, not bytes")
             if not data:
                 continue
-            response = started
-            if response is not None:
+            response = self._started_response()
+            if response.started:  # the app used write() first
                 send(response.body(data))
             else:
-                response = self._started_response()
-                if response.started:  # the app used write() first
-                    send(response.body(data))
-                else:
-                    send(response.head(None, self._must_say_close()) + response.body(data))
-                started = response
+                send(response.head(None, self._must_say_close()) + response.body(data))
+            # The head is out: the response and its framing can no longer change, so the rest
+            # of the body goes straight from the iterable to the framing and the send.
             framing = response.framing
-            if framing == NO_BODY or (framing == FIXED and not response.remaining):
-                # PEP 3333: stop iterating once enough has been sent. A HEAD (or 204, 304)
-                # answer, or a length already met, takes nothing more: pulling on would run
-                # the app's generator for no one, never yielding, and never noticing that
-                # the client has left.
-                break
+            if framing == CHUNKED or framing == UNTIL_CLOSE:
+                body = response.body
+                for data in pieces:
+                    if type(data) is not bytes:
+                        raise TypeError(f"the app yielded {type(data).__name__}, not bytes")
+                    if data:
+                        send(body(data))
+            elif framing == FIXED:
+                # PEP 3333: stop iterating once the length is met: pulling on would run the
+                # app's generator for no one, never noticing that the client has left.
+                while response.remaining:
+                    data = next(pieces, _END)
+                    if data is _END:
+                        break
+                    if type(data) is not bytes:
+                        raise TypeError(f"the app yielded {type(data).__name__}, not bytes")
+                    if data:
+                        send(response.body(data))
+            # A HEAD (or 204, 304) answer takes nothing more, for the same reason.
+            break
         response = self._started_response()
         if response.started:
             self._send(response.end())
