@@ -200,7 +200,7 @@ class ResponseSending:
         except BlockingIOError:
             sent = 0
         except OSError as exc:
-            self._lost(exc)
+            self._lost(exc, len(data))
         if sent < len(data):
             self._send_slowly(memoryview(data)[sent:])
 
@@ -216,7 +216,7 @@ class ResponseSending:
         except BlockingIOError:
             sent = 0
         except OSError as exc:
-            self._lost(exc)
+            self._lost(exc, len(head) + len(body))
         if sent < len(head):  # rare (the buffer was all but full): copy, then wait
             self._send_slowly(memoryview(head + body)[sent:])
         elif sent < len(head) + len(body):
@@ -234,7 +234,7 @@ class ResponseSending:
                 self.send_queued = unsent_bytes(sock)
                 view = view[send(view):]
         except OSError as exc:
-            self._lost(exc)
+            self._lost(exc, len(view))
         finally:
             self._enter(APP, 0)
 
@@ -252,11 +252,17 @@ class ResponseSending:
         self.send_queued = queued
         return True
 
-    def _lost(self, exc):
-        """A send failed: the peer is gone (or stopped reading past the send timeout)."""
+    def _lost(self, exc, unsent=0):
+        """A send failed, ``unsent`` bytes short: the peer is gone (or stopped reading past
+        the send timeout)."""
         if self.disconnected is not None:
             self.disconnected.set()
         response = self.response
+        if response is not None and unsent:
+            # The access log and the metrics count the body bytes that left, not the ones
+            # framed: what was not sent is the end of what was framed, so the body's (a few
+            # bytes of chunk framing aside).
+            response.body_sent = max(0, response.body_sent - unsent)
         if response is not None and response.started and response.framing == UNTIL_CLOSE:
             # RFC 9112 §6.3: this body ends where the connection does. A client dropped by
             # --send-timeout may read again later: a clean close would pass the part sent

@@ -438,6 +438,27 @@ def test_real_server_gunicorn_default_format(serve, access_lines):
         'ua\x85 127.0.0.1 - - [01/Jan/2000:00:00:00 +0000] "GET /forged"\x9b'
 
 
+@pytest.mark.parametrize("pieces", [1, 320], ids=["one piece", "streamed"])
+def test_the_byte_count_of_a_response_cut_short_is_what_was_sent(serve, access_lines, pieces):
+    # gunicorn's %(b)s is the response's length as sent: a client that stopped reading and was
+    # dropped at the send timeout did not get the 20 MiB the app framed.
+    size = 20 * 1024 * 1024
+
+    def big(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                                  ("Content-Length", str(size))])
+        return [b"x" * (size // pieces)] * pieces
+
+    with serve(big, send_timeout=0.5, access_log="-", access_log_format="%(s)s %(b)s") as srv, \
+            srv.connect() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        (line,) = access_lines.wait(1, timeout=10)  # the server gave up on the stalled reader
+    status, sent = line.split()
+    # What the kernel took: its send buffer (a few MiB at most), never the whole body.
+    assert status == "200" and 0 < int(sent) < size // 2, line
+
+
 def test_real_server_json(serve, access_lines):
     with serve(hello, access_log="-", access_log_format="json") as srv:
         assert exchange(srv, HOSTILE_REQUEST).startswith(b"HTTP/1.1 200 ")
