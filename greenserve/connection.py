@@ -19,7 +19,7 @@ from .disconnect import (HALF_CLOSED, PEER_GONE, STOP_WATCHING, WATCH_BUFFER_LIM
                          Disconnected)
 from .errors import (AppFailed, BodyReadTimeout, ClientDisconnected, ProtocolError,
                      RequestDeadlineExceeded, RequestTimeout)
-from .gevent_private import raw_socket, read_nowait, readable_waiter
+from .gevent_private import raw_socket, read_nowait, readable_waiter, send_close_notify
 from .later import ResponseLater
 from .preludes import ConnectionPreludes
 from .protocol.parser import RequestParser
@@ -288,6 +288,10 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
                 self.greenlet = None
                 self.phase = IDLE
                 self.deadline = 0.0
+                if self.raw_sock is None and not self.aborted:
+                    # TLS: end with close_notify, so the client can tell the end of the
+                    # stream from a cut (a reset, when aborted, says the response is cut).
+                    send_close_notify(self.sock)
                 try:
                     # self.sock, not the socket accepted: over TLS that one was detached
                     # into the SSL socket, and closing it would close nothing.
@@ -301,6 +305,9 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
         (and destroy the response) before the client has read it."""
         self._enter(LINGER, LINGER_SECONDS)
         try:
+            if self.raw_sock is None:
+                # TLS: the shutdown below drops the TLS layer; say goodbye in it first.
+                send_close_notify(self.sock)
             self.sock.shutdown(socket.SHUT_WR)
             discarded = 0
             while discarded < LINGER_BYTES:

@@ -101,6 +101,26 @@ def read_nowait(sock, size):
         return b""
 
 
+def send_close_notify(sock):
+    """Over TLS, send our close_notify alert without waiting for the peer's (an "incomplete
+    close", which RFC 9112 §9.8 allows a server): one SSL_shutdown on the non-blocking
+    socket. Nothing for a plain socket, or once the TLS layer is gone.
+
+    Without it the client cannot tell our close from a truncation attack: RFC 9112 §9.8
+    makes a response without Content-Length or chunked framing complete "only if a valid
+    closure alert has been received", and "Servers MUST attempt to initiate an exchange of
+    closure alerts with the client before closing the connection" (RFC 8446 §6.1 too)."""
+    sslobj = getattr(sock, "_sslobj", None)
+    if sslobj is None:
+        return
+    try:
+        # Writes the alert, then cannot read the peer's without waiting: SSLWantReadError
+        # (or SSLWantWriteError if the send buffer is full, SSLError after a reset).
+        sslobj.shutdown()
+    except (OSError, ValueError):
+        pass
+
+
 def park_watcher(sock):
     """The read watcher gevent keeps on ``sock`` (``sock._read_event``), for a connection
     that waits without a greenlet: ``start(callback)`` calls back from the hub when the

@@ -170,3 +170,37 @@ def test_disconnect_event_over_tls(serve, certs):
         while not fired and time.monotonic() < deadline:
             time.sleep(0.05)  # the app's own report is the event; polled, bounded
     assert fired == [True]
+
+
+def test_the_server_ends_tls_with_close_notify(serve, certs):
+    # RFC 9112 §9.8: "Servers MUST attempt to initiate an exchange of closure alerts with the
+    # client before closing the connection", and a response framed by the close alone "is
+    # complete only if a valid closure alert has been received". A client that does not
+    # forgive a bare TCP close (suppress_ragged_eofs=False) must read each answer whole.
+    def streamed(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return (piece for piece in (b"part 1,", b" part 2"))
+
+    requests = [
+        # HTTP/1.0 without Content-Length: the body ends where the connection does.
+        (b"GET /stream HTTP/1.0\r\nHost: x\r\n\r\n", b"part 1, part 2"),
+        (b"GET /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", None),
+        # The server's own 400, which closes with a linger.
+        (b"GET /bad HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", None),
+    ]
+    with serve(streamed, certfile=certs["certfile"], keyfile=certs["keyfile"]) as srv:
+        for request, body in requests:
+            raw = socket.create_connection((srv.host, srv.port), timeout=WAIT)
+            with client_context(certs).wrap_socket(raw, server_hostname="localhost",
+                                                   suppress_ragged_eofs=False) as sock:
+                sock.sendall(request)
+                received = b""
+                while True:
+                    # SSLEOFError here: the server closed without close_notify.
+                    data = sock.recv(65536)
+                    if not data:
+                        break
+                    received += data
+            assert received.startswith(b"HTTP/1.1 "), received
+            if body is not None:
+                assert received.endswith(b"\r\n\r\n" + body)
