@@ -548,7 +548,12 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
         if self.handed_over:
             # The connection belonged to another protocol: it ends with the app.
             if started:
-                server.access_log(environ, 101, 0, perf_counter() - started)
+                # started is also set for --metrics-bind alone, without an access log.
+                elapsed = perf_counter() - started
+                if server.stats is not None:
+                    server.stats.observe(self.request.method, 101, elapsed, self.body_read, 0)
+                if server.access_log:
+                    server.access_log(environ, 101, 0, elapsed)
             return False
         if self.body_error is not None and (response is None or not response.started):
             # The body's framing broke while the app read it: answer it if we still can.

@@ -118,3 +118,30 @@ def test_a_graceful_stop_tells_a_handed_over_socket_to_say_goodbye(serve):
     # The stop ends with the app's goodbye, not at the end of --graceful-timeout (60 s).
     assert process.exit_code() == 0
     assert time.monotonic() - started < 20
+
+
+def test_metrics_without_an_access_log_count_a_websocket_that_ends(serve):
+    # --metrics-bind without --access-log: the end of a handed-over socket was logged to a
+    # nonexistent access log, a TypeError and a traceback per WebSocket (any client could
+    # fill the error log with them), and the request was never counted.
+    process, (host, port) = serve("flask_app", "--metrics-bind", "127.0.0.1:0")
+    admin = int(process.wait_for(r"Admin listener at http://127\.0\.0\.1:(\d+)")[1])
+    ws = websocket.create_connection(f"ws://{host}:{port}/echo", timeout=WAIT)
+    ws.send("hello")
+    assert ws.recv() == "hello"
+    ws.close()
+
+    def upgraded_requests():
+        conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=WAIT)
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+        conn.close()
+        return [line for line in text.splitlines()
+                if line.startswith('greenserve_requests_total{method="GET",status="1xx"}')]
+
+    assert procs.wait_until(upgraded_requests, what="the WebSocket request counted") == \
+        ['greenserve_requests_total{method="GET",status="1xx"} 1']
+    conn = http.client.HTTPConnection(host, port, timeout=WAIT)
+    conn.request("GET", "/")
+    assert conn.getresponse().read() == b"plain page"
+    assert "Traceback" not in process.text()
