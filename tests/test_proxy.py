@@ -212,6 +212,8 @@ def test_x_forwarded_for_over_several_header_lines():
     "_hidden",
     "unknown",
     "10.0.0.2, unknown",  # the trusted hop did not know its client
+    "fe80::1%eth0 x",  # an IPv6 zone: Python's parser takes any text but "%" there
+    "[fe80::1%eth0]:80",
     "",
     " , ",
 ])
@@ -475,6 +477,7 @@ def test_forwarded_partly_applied(value, expected, reason):
     'for="[2001:db8::1]x"',
     'for="[198.51.100.7]"',
     'for="[zz::1]:80"',
+    'for="[fe80::1%eth0 x]"',        # RFC 7239 §6: an IPv6address has no zone
     'for="999.1.1.1"',
     'for="01.2.3.4"',
     'for="198.51.100.7:99999"',

@@ -43,6 +43,17 @@ def test_forwarded_headers_from_a_trusted_peer_are_applied(serve):
     assert env["SERVER_PORT"] == "443" and env["greenserve.peer_addr"] == "127.0.0.1"
 
 
+def test_an_ipv6_zone_never_carries_text_into_remote_addr(serve):
+    # Python's ipaddress takes "fe80::1%<any text but %>" as an address; REMOTE_ADDR (and
+    # every log and rate limit keyed on it) must only ever hold an address.
+    for header in (b"X-Forwarded-For: fe80::1%<script> x\r\n",
+                   b'Forwarded: for="[fe80::1%<script> x]"\r\n'):
+        with serve(environ_echo) as srv, srv.connect(WAIT) as sock:  # 127.0.0.1: trusted
+            env = ask(sock, b"GET / HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n"
+                            + header)
+        assert env["REMOTE_ADDR"] == "127.0.0.1", header
+
+
 def test_forwarded_headers_from_an_untrusted_peer_reach_the_app_untouched(serve):
     with serve(environ_echo, forwarded_allow_ips="") as srv, srv.connect(WAIT) as sock:
         env = ask(sock, b"GET / HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n"

@@ -308,9 +308,12 @@ def _address_and_port(text):
     else:
         host, parse = text, ipaddress.ip_address
     try:
-        return parse(host), port
+        ip = parse(host)
     except ValueError:
         return None
+    # Python accepts an IPv6 zone of any text but "%" ("fe80::1%<anything>"); no proxy
+    # writes one (RFC 3986 §3.2.2 has no zone), and it would put that text in REMOTE_ADDR.
+    return None if getattr(ip, "scope_id", None) is not None else (ip, port)
 
 
 def _scheme_from_x_forwarded(environ, reasons):
@@ -508,7 +511,10 @@ def _parse_node(text, name):
         try:
             ip = ipaddress.IPv6Address(host)
         except ValueError:
-            raise _Malformed(f"{name}={_show(text)} is not an IPv6 address") from None
+            ip = None
+        # RFC 7239 §6: "[" IPv6address "]", without a zone (Python accepts any text as one).
+        if ip is None or ip.scope_id is not None:
+            raise _Malformed(f"{name}={_show(text)} is not an IPv6 address")
     else:
         host, colon, rest = text.partition(":")
         rest = colon + rest
