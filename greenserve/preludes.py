@@ -48,6 +48,12 @@ class ConnectionPreludes:
         if header.client is not None:
             self.remote_addr, self.remote_port = header.client
             self.proxied = server.forwarded_trust.trusts(self.remote_addr)
+        elif header.command == "PROXY":
+            # The proxy relays a client it cannot name (v1 UNKNOWN, a v2 unspecified or
+            # datagram source): the bytes are that client's, so its forwarded headers must
+            # not pass for the proxy's. Only LOCAL connections (the proxy's own, such as its
+            # health checks) keep the proxy's trust.
+            self.proxied = False
         if proxy.rest:
             self.parser.feed(proxy.rest)
         return True

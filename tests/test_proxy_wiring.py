@@ -91,6 +91,23 @@ def test_proxy_header_sets_the_client_address(serve, header):
         assert env["REMOTE_ADDR"] == "203.0.113.9"
 
 
+@pytest.mark.parametrize("header, trusted", [
+    (b"PROXY UNKNOWN\r\n", False),
+    (b"PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n", False),
+    (V2_SIGNATURE + b"\x21\x00\x00\x00", False),  # PROXY, source unspecified
+    (V2_SIGNATURE + b"\x20\x00\x00\x00", True),  # LOCAL: the proxy's own connection
+])
+def test_forwarded_headers_relayed_for_an_unnamed_client_are_not_trusted(serve, header,
+                                                                         trusted):
+    # The proxy (127.0.0.1, trusted for forwarded headers) relays bytes from a client it
+    # cannot name: that client's own X-Forwarded-For must not pass for the proxy's.
+    with serve(environ_echo, proxy_protocol=True) as srv, srv.connect(WAIT) as sock:
+        sock.sendall(header)
+        env = ask(sock, b"GET / HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n"
+                        b"X-Forwarded-For: 198.51.100.7\r\n")
+    assert env["REMOTE_ADDR"] == ("198.51.100.7" if trusted else "127.0.0.1")
+
+
 @pytest.mark.parametrize("what, data", [
     ("no header", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
     ("malformed", b"PROXY TCP4 203.0.113.9 127.0.0.1 99999 80\r\n"),
