@@ -125,8 +125,12 @@ def create_listeners(binds, backlog, reuse_port=False, unix_mode=0o777, unix_own
             sockets.append(_create(text, address, backlog, reuse_port, unix_mode, unix_owner,
                                    ipv4_wildcard_ports))
     except BaseException:
+        # Undo the whole start: close what was bound and remove the unix socket files
+        # created for it, so a failed start leaves no file behind.
+        paths = unix_paths(sockets)
         for sock in sockets:
             sock.close()
+        remove_unix_files(paths)
         raise
     return sockets
 

@@ -187,10 +187,34 @@ def test_failure_closes_the_sockets_already_opened(opened, tmp_path):
     port = busy.getsockname()[1]
     with pytest.raises(ConfigError, match=rf"^bind 127\.0\.0\.1:{port}: address already in use$"):
         create_listeners([f"unix:{path}", f"127.0.0.1:{port}"], 16)
-    # The unix socket made first was closed: nobody accepts on it any more.
+    # The unix socket made first was closed (and its file removed): nobody accepts on it.
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client, \
-            pytest.raises(ConnectionRefusedError):
+            pytest.raises((ConnectionRefusedError, FileNotFoundError)):
         client.connect(path)
+
+
+def test_failure_removes_the_unix_socket_files_it_created(opened, tmp_path):
+    (busy,) = listen(opened, "127.0.0.1:0")
+    port = busy.getsockname()[1]
+    first, second = tmp_path / "first.sock", tmp_path / "second.sock"
+    with pytest.raises(ConfigError, match="address already in use"):
+        create_listeners([f"unix:{first}", f"unix:{second}", f"127.0.0.1:{port}"], 16)
+    # A failed start leaves nothing behind: no socket file for the next start to trip on.
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_failed_start_leaves_no_socket_file(opened, tmp_path):
+    from procs import run, greenserve_command
+    (busy,) = listen(opened, "127.0.0.1:0")
+    port = busy.getsockname()[1]
+    path = tmp_path / "app.sock"
+    for workers in ("1", "2"):
+        result = run(greenserve_command("examples.hello:app", "-w", workers, "-b", f"unix:{path}",
+                                        "-b", f"127.0.0.1:{port}"))
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines()[-1] == \
+            f"greenserve: error: bind 127.0.0.1:{port}: address already in use"
+        assert not path.exists()
 
 
 @contextlib.contextmanager
