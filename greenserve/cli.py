@@ -268,9 +268,16 @@ def _check(spec, config, notes=()):
     patch_warnings = _monkey_patch() if config.monkey_patch else []
     for line in [*notes, *patch_warnings]:
         sys.stderr.write(f"{PROG}: warning: {line}\n")
+    from . import listeners, tls
     from .hooks import ARGUMENTS, Hooks
     from .log import load_log_config
     try:
+        # What a real start refuses before it loads the app: a malformed --bind address, an
+        # unknown or unusable --user/--group, a missing or mismatched certificate or key.
+        for text in config.bind:
+            listeners.parse_bind(text)
+        listeners.resolve_identity(config.user, config.group)
+        tls.server_context(config)
         _setup_import_path(config)
         if config.log_config:
             load_log_config(config.log_config)

@@ -219,6 +219,32 @@ def test_check_config_fails_with_the_reason(tmp_path, args, message):
     assert_one_line_error(run([*args, "--check-config"], tmp_path), message)
 
 
+@pytest.mark.parametrize("args, message", [
+    (["-b", "8000"], "malformed address '8000' (expected HOST:PORT, [IPv6]:PORT, unix:/path "
+                     "or fd://N)"),
+    (["-b", "127.0.0.1:0", "-b", "127.0.0.1:99999"],
+     "malformed address '127.0.0.1:99999' (expected HOST:PORT, [IPv6]:PORT, unix:/path or "
+     "fd://N)"),
+    (["--certfile", "missing.pem"], "--certfile missing.pem: no such file"),
+    (["--keyfile", "key.pem"], "--keyfile needs --certfile (the server's certificate) to serve "
+                               "HTTPS"),
+])
+def test_check_config_refuses_what_a_start_refuses(tmp_path, args, message):
+    # --check-config must not say OK to settings the real start then stops on.
+    start = run(["webapp:app", *args], tmp_path)
+    assert_one_line_error(start, message)
+    assert_one_line_error(run(["webapp:app", "--check-config", *args], tmp_path), message)
+
+
+def test_check_config_refuses_an_unknown_user(tmp_path):
+    args = ["webapp:app", "--user", "no-such-user-greenserve"]
+    start = run(args, tmp_path)
+    assert start.returncode == 2
+    message = start.stderr.strip().splitlines()[-1].removeprefix("greenserve: error: ")
+    assert "no-such-user-greenserve" in message
+    assert_one_line_error(run([*args, "--check-config"], tmp_path), message)
+
+
 # -- --pid, -e, --name -------------------------------------------------------------------------
 
 def test_pid_file_is_written_and_removed(processes, tmp_path):
