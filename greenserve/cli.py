@@ -270,7 +270,7 @@ def _check(spec, config, notes=()):
         sys.stderr.write(f"{PROG}: warning: {line}\n")
     from . import listeners, tls
     from .hooks import ARGUMENTS, Hooks
-    from .log import load_log_config
+    from .log import check_logging
     try:
         # What a real start refuses before it loads the app: a malformed --bind address, an
         # unknown or unusable --user/--group, a missing or mismatched certificate or key.
@@ -279,8 +279,7 @@ def _check(spec, config, notes=()):
         listeners.resolve_identity(config.user, config.group)
         tls.server_context(config)
         _setup_import_path(config)
-        if config.log_config:
-            load_log_config(config.log_config)
+        check_logging(config)  # loads --log-config too
         if config.reload:
             from .reload import require_watchfiles, watched_roots
             require_watchfiles()

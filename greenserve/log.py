@@ -45,9 +45,7 @@ def setup_logging(config):
     options above then only route the others. ``config.capture_output`` points the
     process's stdout and stderr at the error-log file. Any problem is a ``ConfigError``.
     """
-    if config.capture_output and config.error_log == "-":
-        raise ConfigError("capture-output: needs --error-log FILE (without it the app's "
-                          "output already goes to stdout and stderr)")
+    _check_capture_output(config)
     document = load_log_config(config.log_config) if config.log_config else None
     routed = _routed_by(document)
     if document is not None:
@@ -80,6 +78,44 @@ def setup_logging(config):
         if handler is not None:
             handler.setFormatter(logging.Formatter(fmt or "%(message)s", DATE_FORMAT))
         _install(logger, handler, lvl)
+
+
+def _check_capture_output(config):
+    if config.capture_output and config.error_log == "-":
+        raise ConfigError("capture-output: needs --error-log FILE (without it the app's "
+                          "output already goes to stdout and stderr)")
+
+
+def check_logging(config):
+    """ConfigError for what ``setup_logging`` would refuse, found without installing
+    anything or creating a file (for --check-config): --capture-output without a file, a
+    log file that cannot be opened for writing."""
+    _check_capture_output(config)
+    document = load_log_config(config.log_config) if config.log_config else None
+    routed = _routed_by(document)
+    for logger, destination, option in ((error_log, config.error_log, "error-log"),
+                                        (access_logger, config.access_log, "access-log")):
+        if logger.name in routed or destination in (None, "-"):
+            continue
+        problem = _unwritable(destination)
+        if problem:
+            raise ConfigError(f"{option}: cannot open {destination}: {problem}")
+
+
+def _unwritable(path):
+    """Why ``path`` could not be opened for appending (None if it could), without creating it."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+        return None
+    except FileNotFoundError:
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            return "no such file or directory"
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return "permission denied"
+        return None
+    except OSError as exc:
+        return (exc.strerror or str(exc)).lower()
 
 
 def _handler(destination, stream, option):

@@ -228,12 +228,26 @@ def test_check_config_fails_with_the_reason(tmp_path, args, message):
     (["--certfile", "missing.pem"], "--certfile missing.pem: no such file"),
     (["--keyfile", "key.pem"], "--keyfile needs --certfile (the server's certificate) to serve "
                                "HTTPS"),
+    (["--capture-output"], "capture-output: needs --error-log FILE (without it the app's "
+                           "output already goes to stdout and stderr)"),
+    (["--error-log", "missing/error.log"], "error-log: cannot open missing/error.log: no such "
+                                           "file or directory"),
+    (["--access-log", "missing/access.log"], "access-log: cannot open missing/access.log: no "
+                                             "such file or directory"),
+    (["--access-log", "."], "access-log: cannot open .: is a directory"),
 ])
 def test_check_config_refuses_what_a_start_refuses(tmp_path, args, message):
     # --check-config must not say OK to settings the real start then stops on.
     start = run(["webapp:app", *args], tmp_path)
     assert_one_line_error(start, message)
     assert_one_line_error(run(["webapp:app", "--check-config", *args], tmp_path), message)
+
+
+def test_check_config_creates_no_log_file(tmp_path):
+    result = run(["webapp:app", "--check-config", "--error-log", "e.log", "--access-log",
+                  "a.log"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "e.log").exists() and not (tmp_path / "a.log").exists()
 
 
 def test_check_config_refuses_an_unknown_user(tmp_path):
