@@ -445,6 +445,11 @@ def settings_from_toml(path):
             raise ConfigError(f"config file {path}: '{key}' is a command-line option only "
                               f"(give --{option_name(name)} when running greenserve)")
         if name not in SETTINGS:
+            from .gunicorn_options import gunicorn_config_hint
+            hint = gunicorn_config_hint(key)
+            if hint:
+                raise ConfigError(f"config file {path}: unknown option '{key}' (gunicorn's): "
+                                  f"{hint}")
             raise ConfigError(f"config file {path}: unknown option "
                               f"'{key}'{_suggest(name, _FILE_SETTINGS)}")
         values[name] = parse_value(name, raw, f"config file {path}")

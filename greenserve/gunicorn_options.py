@@ -120,3 +120,59 @@ def gunicorn_hints(argv, known):
             continue
         hints.append(f"unknown option {flag} (gunicorn's): {reason}")
     return hints
+
+
+# gunicorn's config-file (gunicorn.conf.py) names, where they differ from its flags: a TOML
+# file written from a gunicorn.conf.py keeps them.
+_CONFIG_SPELLINGS = {
+    "accesslog": "access-log", "errorlog": "error-log", "loglevel": "log-level",
+    "keepalive": "keep-alive", "worker_connections": "max-connections",
+    "preload_app": "preload", "proc_name": "name", "raw_env": "env", "pidfile": "pid",
+    "logconfig": "log-config", "logconfig_dict": "log-config", "logconfig_json": "log-config",
+    "ssl_version": "tls-min-version",
+}
+_NO_HOOK = "greenserve has no {name} hook: "
+_CONFIG_ABSENT = {
+    "wsgi_app": "name the app on the command line: greenserve MODULE:APP -c FILE",
+    "worker_class": GUNICORN_ABSENT["--worker-class"],
+    "daemon": GUNICORN_ABSENT["--daemon"],
+    "sendfile": GUNICORN_ABSENT["--no-sendfile"],
+    "syslog": _SYSLOG, "syslog_addr": _SYSLOG, "syslog_prefix": _SYSLOG,
+    "syslog_facility": _SYSLOG,
+    "secure_scheme_headers": "from the peers in --forwarded-allow-ips, X-Forwarded-Proto, "
+                             "X-Forwarded-Ssl, X-Forwarded-Scheme and Forwarded: proto= set "
+                             "the scheme; there is no list to set",
+    "raw_paste_global_conf": _PASTE, "uwsgi_allow_ips": _UWSGI,
+    "dirty_apps": _DIRTY, "control_socket_disable": _CONTROL,
+    "default_proc_name": "the app spec is the default --name",
+    "tmp_upload_dir": "request bodies are not spooled to disk; the app reads wsgi.input as "
+                      "it arrives",
+    "on_reload": _NO_HOOK + "SIGHUP replaces the workers; post-fork and post-worker-init run "
+                            "in each new one",
+    "pre_fork": _NO_HOOK + "the master runs no code of yours around forks; use post-fork",
+    "worker_int": _NO_HOOK + "workers ignore SIGINT (the master decides); use worker-exit",
+    "worker_abort": _NO_HOOK + "on a blocked hub greenserve logs every greenlet's stack itself",
+    "pre_exec": _NO_HOOK + "greenserve never re-executes itself (no SIGUSR2 binary upgrade)",
+    "child_exit": _NO_HOOK + "the master logs each worker's exit; worker-exit runs in the "
+                             "worker",
+    "nworkers_changed": _NO_HOOK + "SIGTTIN and SIGTTOU are logged",
+    "ssl_context": _NO_HOOK + "the TLS options are --certfile, --keyfile, --ca-certs, "
+                              "--cert-reqs, --ciphers and --tls-min-version",
+    "on_dirty_starting": _DIRTY, "dirty_post_fork": _DIRTY, "dirty_worker_init": _DIRTY,
+    "dirty_worker_exit": _DIRTY,
+}
+
+
+def gunicorn_config_hint(key):
+    """The reason for an unknown config-file key that is one of gunicorn's settings (its
+    greenserve spelling, or why greenserve lacks it), or None."""
+    name = key.replace("-", "_")
+    if name in _CONFIG_SPELLINGS:
+        spelling = _CONFIG_SPELLINGS[name]
+        return f"greenserve spells it '{spelling}'"
+    if name in _CONFIG_ABSENT:
+        return _CONFIG_ABSENT[name].format(name=name)
+    flag = "--" + name.replace("_", "-")
+    if flag in GUNICORN_SPELLINGS:
+        return f"greenserve spells it '{GUNICORN_SPELLINGS[flag][2:]}'"
+    return GUNICORN_ABSENT.get(flag)

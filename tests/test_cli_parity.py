@@ -92,6 +92,28 @@ def test_several_gunicorn_options_get_a_line_each(tmp_path):
         f"{GUNICORN_ABSENT['--threads']}"]
 
 
+@pytest.mark.parametrize("line, reason", [
+    ('accesslog = "-"', "greenserve spells it 'access-log'"),
+    ("preload_app = true", "greenserve spells it 'preload'"),
+    ("worker_connections = 100", "greenserve spells it 'max-connections'"),
+    ('access_logfile = "-"', "greenserve spells it 'access-log'"),
+    ('worker_class = "gevent"', GUNICORN_ABSENT["--worker-class"]),
+    ("threads = 4", GUNICORN_ABSENT["--threads"]),
+    ('pre_exec = "hooks:pre_exec"', "greenserve has no pre_exec hook: greenserve never "
+                                    "re-executes itself (no SIGUSR2 binary upgrade)"),
+    ('worker_int = "hooks:worker_int"', "greenserve has no worker_int hook: workers ignore "
+                                        "SIGINT (the master decides); use worker-exit"),
+])
+def test_gunicorn_config_file_names_get_a_hint(tmp_path, line, reason):
+    # A TOML file written from a gunicorn.conf.py keeps gunicorn's names; a did-you-mean
+    # would point some of them at the wrong setting (worker_class -> workers, pre_exec ->
+    # pre-request).
+    (tmp_path / "gs.toml").write_text(line + "\n")
+    key = line.partition(" ")[0]
+    assert_one_line_error(run(["webapp:app", "-c", "gs.toml"], tmp_path),
+                          f"config file gs.toml: unknown option '{key}' (gunicorn's): {reason}")
+
+
 def test_other_unknown_options_get_one_line_with_a_suggestion(tmp_path):
     result = run(["webapp:app", "--workers-connections", "3"], tmp_path)
     assert_one_line_error(result, "unrecognized option --workers-connections (did you mean "
