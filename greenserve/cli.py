@@ -537,6 +537,7 @@ def _serve(app, spec, config, sockets, hooks, server_view, tls_context=None,
            admin_socket=None):
     """Run the one process (no master) until SIGTERM/SIGINT; stop gracefully; the exit code."""
     from . import listeners
+    from .collector import freeze_startup_objects
     from .hooks import HookFailed
     from .server import Server, run_until_signalled
 
@@ -555,6 +556,7 @@ def _serve(app, spec, config, sockets, hooks, server_view, tls_context=None,
         except HookFailed as exc:
             server.stop(timeout=0)
             return _fail(exc)
+        freeze_startup_objects()
         return run_until_signalled(server, f"greenserve {version()} ({speedups.describe()}) "
                                            f"serving {spec}",
                                    admin_socket)

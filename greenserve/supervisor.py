@@ -25,6 +25,7 @@ instead of queueing them for nobody and resetting them when the last process exi
 """
 
 import errno
+import gc
 import os
 import select
 import signal
@@ -414,7 +415,15 @@ class Supervisor:
         load_index = self.loads.reserve() if self.loads is not None else None
         for stream in (sys.stdout, sys.stderr):
             stream.flush()  # or the child would write the buffered text a second time
-        pid = os.fork()
+        # The worker inherits the master's objects frozen: its collections never write to
+        # them, so the pages it shares with the master (a --preload app, above all) stay
+        # shared. The master unfreezes its own at once and collects as before.
+        gc.freeze()
+        try:
+            pid = os.fork()
+        except BaseException:
+            gc.unfreeze()
+            raise
         if pid == 0:  # the child: never returns into the master's loop
             status = 1
             try:
@@ -432,6 +441,7 @@ class Supervisor:
             finally:
                 _flush_logs()
                 os._exit(status if isinstance(status, int) else 1)
+        gc.unfreeze()
         os.close(write_end)
         if self.monitor is not None:
             self.monitor.spawned(pid, index, slot)

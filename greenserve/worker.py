@@ -8,7 +8,6 @@ and are ignored here. A heartbeat greenlet tells the master that the hub still r
 """
 
 import dataclasses
-import gc
 import os
 import random
 import signal
@@ -21,6 +20,7 @@ from gevent.event import Event
 
 from . import ipc
 from .appload import format_app_error, load_app
+from .collector import all_objects, freeze_startup_objects
 from .errors import AppLoadError
 from .hooks import WORKER_HOOKS, Hooks, HookFailed, WorkerView
 from .log import error_log, setup_logging
@@ -84,6 +84,7 @@ def _serve(app, config, sockets, info, channel, tls_context=None):
             watch = BlockWatch(config.block_warning / 1000,
                                on_block=info.stats.hub_blocked if info.stats else None)
             watch.start()
+        freeze_startup_objects()
         channel.send(ipc.BOOTED)
         limit = 0
         if config.max_requests:
@@ -155,7 +156,7 @@ def _stack_dumper(channel):
         parts = [f"worker (pid {os.getpid()}): the hub was blocked (--timeout); the stack "
                  f"of every greenlet follows",
                  f"--- {current!r} (running) ---\n" + "".join(traceback.format_stack(frame))]
-        for obj in gc.get_objects():
+        for obj in all_objects():
             if (isinstance(obj, greenlet.greenlet) and obj is not current
                     and obj.gr_frame is not None):
                 parts.append(f"--- {obj!r} ---\n" +

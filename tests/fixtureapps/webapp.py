@@ -38,6 +38,9 @@ def _app(environ, start_response):
     if path == "/patched":
         import gevent.monkey  # only here: importing the app must not import gevent
         body = str(gevent.monkey.is_module_patched("socket"))
+    elif path == "/frozen":
+        import gc
+        body = str(gc.get_freeze_count())
     elif path == "/who":
         body = f"{VERSION} {os.getpid()} {environ['wsgi.multiprocess']}"
     else:
