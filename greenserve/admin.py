@@ -185,7 +185,7 @@ class AdminThread:
         # input is discarded before the close: conn -> deadline. Within each, all get the same
         # time, so the dict's order (insertion) is also the order of their deadlines.
         pending = {}
-        self._lingering = lingering = {}
+        lingering = self._lingering
         selector = selectors.DefaultSelector()
         try:
             selector.register(self.sock, selectors.EVENT_READ)
