@@ -9,7 +9,8 @@ core 0; ``greenserve-later`` is greenserve with the app waiting through
 over its process tree), let a client process pinned to core 1 park N requests on one
 ``gevent.event.Event`` (``GET /wait``), read the RSS again -> KiB per waiting request; time a
 fresh request while the N wait; then ``POST /fire`` and time until all N clients have their
-answer. Prints a markdown table.
+answer. ``send-floor`` (not run by default) is no server at all, only the sends: the floor
+under every wake-up time on the machine at hand. Prints a markdown table.
 
 Every server is given N + HEADROOM connections (greenserve --max-connections, pywsgi's Pool,
 gunicorn --worker-connections): with exactly N, the fresh request and the fire request could
@@ -121,7 +122,7 @@ def _server_argv(name, port, capacity):
         return [py, "-m", "gunicorn", "-k", "gevent", "-w", "1",
                 "--worker-connections", str(capacity), "--graceful-timeout", "2",
                 "--log-level", "warning", "-b", f"{HOST}:{port}", f"{MODULE}:app"]
-    if name in ("gevent-pywsgi", "gevent-floor"):
+    if name in ("gevent-pywsgi", "gevent-floor", "send-floor"):
         return [py, "-m", MODULE, "serve-" + name, str(port), str(capacity)]
     raise SystemExit(f"unknown server {name!r}")
 
@@ -167,6 +168,63 @@ def _serve_floor(port, capacity):
     server = StreamServer((HOST, port), handle, spawn=Pool(capacity))
     gevent.signal_handler(signal.SIGTERM, server.stop, 2)
     server.serve_forever()
+
+
+def _serve_send_floor(port, capacity):
+    """The floor of the wake-up itself: no gevent, no HTTP parser, no WSGI. One epoll loop
+    parks each ``/wait`` connection and, on ``/fire``, writes the canned answer to every one
+    of them in a tight loop. Its "all answered" time is what the kernel's loopback sends
+    (and the client's reading of them) cost on this machine: no Python server can answer
+    faster, so compare greenserve's wake-up with it rather than with a fixed figure.
+    """
+    import selectors
+    import socket
+
+    _raise_nofile()
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
+    listener = socket.create_server((HOST, port), backlog=min(capacity, 65535))
+    listener.setblocking(False)
+    selector = selectors.EpollSelector()
+    selector.register(listener, selectors.EVENT_READ)
+    buffers, parked = {}, []
+
+    def reply(sock, body):
+        sock.sendall(answer % (len(body), body))  # blocking: a few bytes, the buffer is empty
+
+    while True:
+        for key, _ in selector.select():
+            sock = key.fileobj
+            if sock is listener:
+                try:
+                    conn, _ = listener.accept()
+                except BlockingIOError:
+                    continue
+                selector.register(conn, selectors.EVENT_READ)
+                buffers[conn] = b""
+                continue
+            data = sock.recv(4096)
+            if not data:
+                selector.unregister(sock)
+                buffers.pop(sock, None)
+                sock.close()
+                continue
+            buffers[sock] += data
+            if b"\r\n\r\n" not in buffers[sock]:
+                continue
+            path = buffers[sock].split(b" ", 2)[1]
+            buffers[sock] = b""
+            if path == b"/wait":
+                parked.append(sock)
+            elif path == b"/fire":
+                fired = answer % (5, b"fired")
+                for waiter in parked:
+                    waiter.sendall(fired)
+                parked.clear()
+                reply(sock, b"ok")
+            elif path == b"/stats":
+                reply(sock, b"%d" % len(parked))
+            else:
+                reply(sock, b"pong")
 
 
 class ServerProcess:
@@ -458,8 +516,9 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=1,
                         help="runs per server, alternating servers; the median run is shown")
     parser.add_argument("--servers", default=",".join(SERVERS),
-                        help="comma-separated: greenserve, gevent-pywsgi, gunicorn-gevent, "
-                             "gevent-floor (a bare gevent StreamServer, for comparison)")
+                        help="comma-separated: greenserve, greenserve-later, gevent-pywsgi, "
+                             "gunicorn-gevent, gevent-floor (a bare gevent StreamServer), "
+                             "send-floor (no server at all: the sends alone)")
     parser.add_argument("--profile", action="store_true",
                         help="run greenserve under tracemalloc and the bare gevent floor, and "
                              "print where the bytes of a waiting request go")
@@ -515,5 +574,7 @@ if __name__ == "__main__":
         _serve_pywsgi(int(sys.argv[2]), int(sys.argv[3]))
     elif len(sys.argv) > 1 and sys.argv[1] == "serve-gevent-floor":
         _serve_floor(int(sys.argv[2]), int(sys.argv[3]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "serve-send-floor":
+        _serve_send_floor(int(sys.argv[2]), int(sys.argv[3]))
     else:
         sys.exit(main())

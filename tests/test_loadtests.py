@@ -504,13 +504,16 @@ def test_the_idle_client_refuses_a_response_it_cannot_frame(response, error):
             idle_rss.read_response(client)
 
 
-def test_longpoll_scale_measures_both_ways_of_waiting():
+def test_longpoll_scale_measures_both_ways_of_waiting_and_the_floor():
     # 50 waiting requests per server: a smoke run of the scale benchmark, not a measurement.
     proc = procs.run([sys.executable, "-m", "loadtests.longpoll_scale", "-n", "50",
-                      "--servers", "greenserve,greenserve-later"], cwd=ROOT, timeout=180)
+                      "--servers", "greenserve,greenserve-later,send-floor"], cwd=ROOT,
+                     timeout=180)
     assert proc.returncode == 0, proc.stderr
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("| greenserve")]
-    assert [row.split("|")[1].strip() for row in rows] == ["greenserve", "greenserve-later"]
+    rows = [line for line in proc.stdout.splitlines()
+            if line.startswith(("| greenserve", "| send-floor"))]
+    assert [row.split("|")[1].strip() for row in rows] == [
+        "greenserve", "greenserve-later", "send-floor"]
     assert all(row.rstrip(" |").endswith("| 50") for row in rows), rows
 
 
