@@ -12,6 +12,10 @@ from gevent._socket3 import _closedsocket
 from gevent.socket import socket as GeventSocket
 
 
+# A ConnectionSocket's write watcher before anything needed one (None: closed and dropped).
+_UNMADE = object()
+
+
 class ConnectionSocket(GeventSocket):
     """gevent's cooperative socket for an accepted connection, made and closed with less
     Python than gevent's own: one per connection, so on a ``Connection: close`` workload
@@ -20,9 +24,14 @@ class ConnectionSocket(GeventSocket):
     It is a gevent socket in every other respect (SSL wrapping, ``makefile()``, an app
     given the socket after an upgrade). Its closing takes gevent's own path whenever a
     greenlet still waits on it or a file made from it is open.
+
+    Its write watcher is made the first time something reads ``_write_event``, which only
+    a send that finds the kernel's buffer full does (or a shutdown, a close under a waiting
+    greenlet, a TLS handshake): most connections never need one, and every parked idle
+    connection would keep it (120 bytes).
     """
 
-    __slots__ = ()
+    __slots__ = ("_lazy_write_event",)
 
     def __init__(self, family, type, proto, fileno):
         # What gevent's __init__ sets, without its checks for a socket it makes itself.
@@ -31,24 +40,35 @@ class ConnectionSocket(GeventSocket):
         sock = self._sock = self._gevent_sock_class(family, type, proto, fileno)
         sock.setblocking(False)
         hub = self.hub = get_hub()
-        io = hub.loop.io
-        self._read_event = io(fileno, 1)
-        self._write_event = io(fileno, 2)
+        self._read_event = hub.loop.io(fileno, 1)
+        self._lazy_write_event = _UNMADE
         self.timeout = _socket.getdefaulttimeout()
+
+    @property
+    def _write_event(self):
+        event = self._lazy_write_event
+        if event is _UNMADE:
+            event = self._lazy_write_event = self.hub.loop.io(self._sock.fileno(), 2)
+        return event
+
+    @_write_event.setter
+    def _write_event(self, event):
+        self._lazy_write_event = event
 
     def close(self):
         self._closed = True
         if self._io_refs > 0:
             return  # gevent's rule: a makefile() still open closes it later
-        sock, read, write = self._sock, self._read_event, self._write_event
-        if not sock or read is None or write is None or read.callback is not None \
-                or write.callback is not None:
+        sock, read, write = self._sock, self._read_event, self._lazy_write_event
+        if not sock or read is None or write is None or read.callback is not None or (
+                write is not _UNMADE and write.callback is not None):
             self._real_close()  # closed already, or a greenlet is waiting: gevent's way
             return
         # Nobody waits on its watchers: close them here instead of through the hub.
-        self._read_event = self._write_event = None
+        self._read_event = self._lazy_write_event = None
         read.close()
-        write.close()
+        if write is not _UNMADE:
+            write.close()
         self._sock = _closedsocket(sock.family, sock.type, sock.proto, sock.fileno(), "closed")
         # gevent's own last step: other watchers on the descriptor hear of the close first.
         self._drop_ref_on_close(sock)

@@ -174,3 +174,26 @@ def test_connection_socket_stays_open_while_a_file_made_from_it_is_open():
         assert reader.readline() == b"line\n"
         reader.close()
         assert server.fileno() == -1
+
+
+def test_connection_socket_makes_its_write_watcher_when_a_send_must_wait():
+    # Most connections never fill the kernel's buffer, so the write watcher is made on the
+    # first send that must wait for room; that send still completes, and the close after it
+    # closes the descriptor.
+    server, client = _accepted_pair()
+    with client:
+        payload = os.urandom(1 << 16) * 128  # 8 MiB: far more than the socket buffers hold
+        sender = gevent.spawn(server.sendall, payload)
+        received = bytearray()
+        while len(received) < len(payload):
+            data = client.recv(1 << 16)
+            assert data, "the stream ended early"
+            received += data
+        sender.join(10)
+        assert sender.successful(), sender.exception
+        assert bytes(received) == payload
+        fd = server.fileno()
+        server.close()
+        with pytest.raises(OSError):
+            os.fstat(fd)
+        assert client.recv(10) == b""
