@@ -47,7 +47,8 @@ class Disconnected:
             self._check()
         return self._event.is_set()
 
-    __bool__ = is_set
+    def __bool__(self):
+        return self.is_set()
 
     def wait(self, timeout=None):
         self._watch()

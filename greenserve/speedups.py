@@ -30,6 +30,7 @@ HOT_MODULES = (
     "greenserve.wsgi",
     "greenserve.timers",
     "greenserve.acceptor",
+    "greenserve.disconnect",
 )
 
 PURE_VARIABLE = "GREENSERVE_PURE"
