@@ -10,6 +10,7 @@ Timers are phases and deadlines fired by the server's sweeper (see ``timers.py``
 import logging
 import socket
 import struct
+from functools import partial
 from time import monotonic, perf_counter
 
 from gevent import getcurrent
@@ -486,7 +487,10 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
             if upgrade:
                 self._offer_socket(environ)
             has_body = request.chunked or request.content_length
-            environ["wsgi.input"] = InputStream(self._receive_body) if has_body else EMPTY_INPUT
+            # Bound to this request: a greenlet the app spawned may read it after the request
+            # ended, and must not take the next request's body.
+            environ["wsgi.input"] = InputStream(partial(self._receive_for, request)) \
+                if has_body else EMPTY_INPUT
             disconnected = self.disconnected = environ["greenserve.disconnected"] = \
                 Disconnected(self)
             if request.chunked and server.config.buffer_chunked_bodies and \
@@ -499,7 +503,7 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
         suspended = False
         try:
             if later is None:
-                result = server.app(environ, self._start_response)
+                result = server.app(environ, partial(self._start_response, request))
                 if result.__class__ is ResponseLater and result.environ is environ:
                     later, result = result, None
                     if upgrade:

@@ -11,6 +11,7 @@ import os
 import socket
 import struct
 import termios
+from functools import partial
 
 from gevent.socket import wait_write
 
@@ -51,7 +52,13 @@ class ResponseSending:
 
     __slots__ = ()
 
-    def _start_response(self, status, headers, exc_info=None):
+    def _start_response(self, request, status, headers, exc_info=None):
+        """PEP 3333's start_response, bound to ``request`` (a partial of it is what the app
+        gets): a greenlet the app spawned may still hold it after the request ended."""
+        if request is not self.request:
+            # PEP 3333: start_response and write() belong to the request they were given
+            # for; on a keep-alive connection the next request's response is not theirs.
+            raise AssertionError("start_response() called after its request ended")
         response = self.response
         if exc_info is not None:
             try:
@@ -69,13 +76,12 @@ class ResponseSending:
             self.handed_over = True
             self.request_deadline = 0.0  # the socket is the app's now, for as long as it likes
             self._send(format_head(status, headers, ""))
-            return self._write
+            return partial(self._write, request)
         info = check_headers(headers)
-        request = self.request
         self.response = Response(status, code, headers, info, request.method == b"HEAD",
                                  request.version, not self.must_close,
                                  self.server.server_line)
-        return self._write
+        return partial(self._write, request)
 
     def _must_say_close(self):
         """Reasons outside the response to announce ``Connection: close``: a draining
@@ -89,8 +95,10 @@ class ResponseSending:
             raise AssertionError("the app returned a body before calling start_response()")
         return response
 
-    def _write(self, data):
-        """The ``write()`` callable of PEP 3333: send at once."""
+    def _write(self, request, data):
+        """The ``write()`` callable of PEP 3333 (bound to ``request``): send at once."""
+        if request is not self.request:
+            raise AssertionError("write() called after its request ended")
         response = self.response
         if type(data) is not bytes:
             raise TypeError(f"write() takes bytes, not {type(data).__name__}")

@@ -393,6 +393,53 @@ def test_write_callable(serve):
         assert get(srv)[2] == b"one,two,three"
 
 
+def test_a_greenlet_the_app_spawned_cannot_touch_the_next_request(serve):
+    """PEP 3333: start_response, write() and wsgi.input belong to the request they were
+    given for. A greenlet the app spawned that uses them once its request has ended gets an
+    error: it must not answer (or read the body of) the next request on the connection,
+    which behind a proxy's pooled connection may be another user's."""
+    outcomes = []
+    box = {}
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/first":
+            write = start_response("200 OK", [("Content-Type", "text/plain")])
+            stream = environ["wsgi.input"]
+            box["second_running"] = gevent.event.Event()
+            box["stale_done"] = gevent.event.Event()
+
+            def stale():
+                box["second_running"].wait()
+                for name, call in (("start_response", lambda: start_response("200 OK", [])),
+                                   ("write", lambda: write(b"stale")),
+                                   ("read", lambda: stream.read(6))):
+                    try:
+                        call()
+                        outcomes.append((name, "allowed"))
+                    except (AssertionError, ValueError):
+                        outcomes.append((name, "refused"))
+                box["stale_done"].set()
+
+            gevent.spawn(stale)
+            return [b"first"]
+        box["second_running"].set()
+        box["stale_done"].wait()
+        body = environ["wsgi.input"].read(6)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"second:" + body]
+
+    with serve(app) as srv, srv.connect() as sock:
+        sock.sendall(b"POST /first HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx"
+                     b"POST /second HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nsecret")
+        reader = sock.makefile("rb")
+        first = read_response(reader)
+        second = read_response(reader)
+    assert (first[0], first[2]) == (200, b"first")
+    assert (second[0], second[2]) == (200, b"second:secret")
+    assert outcomes == [("start_response", "refused"), ("write", "refused"),
+                        ("read", "refused")]
+
+
 class TrackedBody:
     """An app iterable that records whether close() was called."""
 
