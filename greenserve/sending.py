@@ -271,11 +271,14 @@ class ResponseSending:
             # framed: what was not sent is the end of what was framed, so the body's (a few
             # bytes of chunk framing aside).
             response.body_sent = max(0, response.body_sent - unsent)
-        if response is not None and response.started and response.framing == UNTIL_CLOSE:
-            # RFC 9112 §6.3: this body ends where the connection does. A client dropped by
-            # --send-timeout may read again later: a clean close would pass the part sent
-            # for the whole (and an app that catches this error cannot undo that).
-            self._abort_on_close()
+        # The rest of the response will never be sent: close with a reset. RFC 9112 §6.3: a
+        # close-delimited body ends where the connection does, and a client dropped by
+        # --send-timeout may read again later: a clean close would pass the part sent for
+        # the whole (and an app that catches this error cannot undo that). Whatever the
+        # framing, a clean close would also leave the bytes the kernel still queues for a
+        # reader that keeps its window shut: an orphaned connection holding up to a send
+        # buffer of kernel memory for as long as that client likes.
+        self._abort_on_close()
         if isinstance(exc, ClientDisconnected):
             raise exc
         raise ClientDisconnected(f"connection lost while sending: {exc}") from None
@@ -309,7 +312,10 @@ class ResponseSending:
                 try:
                     sent = os.sendfile(sock_fd, fd, offset, min(length, 1 << 20))
                 except BlockingIOError:
-                    wait_write(sock_fd)
+                    try:
+                        wait_write(sock_fd)
+                    except OSError as exc:  # the send timer's ClientDisconnected
+                        self._lost(exc)
                     continue
                 except OSError as exc:
                     self._lost(exc)
