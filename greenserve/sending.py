@@ -110,6 +110,11 @@ class ResponseSending:
         if not data:
             return
         if response.started:
+            if response.ended:
+                # RFC 9112 §6.3: once the body has ended (its last chunk, or its length, sent)
+                # the next bytes on the connection are read as the next response: a write()
+                # from the iterable's close() must not put its bytes there.
+                raise AssertionError("write() called after the response ended")
             self._send(response.body(data))
         else:
             self._send(response.head(None, self._must_say_close()) + response.body(data))

@@ -488,6 +488,42 @@ def test_a_greenlet_the_app_spawned_cannot_touch_the_next_request(serve):
                         ("read", "refused")]
 
 
+def test_a_write_from_the_iterables_close_cannot_follow_the_ended_body(serve):
+    """RFC 9112 §6.3: once a chunked body's last chunk is sent, the next bytes on the
+    connection are the next response. A write() from the iterable's close() (the response
+    is over by then) is refused, not framed as a chunk after the end."""
+    refused = []
+
+    class Body:
+        def __init__(self, write):
+            self.write = write
+
+        def __iter__(self):
+            yield b"body"
+
+        def close(self):
+            try:
+                self.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil")
+            except AssertionError:
+                refused.append(True)
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/second":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"second"]
+        return Body(start_response("200 OK", [("Content-Type", "text/plain")]))
+
+    with serve(app, validate=False) as srv, srv.connect() as sock:
+        sock.sendall(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reader = sock.makefile("rb")
+        first = read_response(reader)
+        rest = reader.read()
+    assert (first[0], first[1]["transfer-encoding"], first[2]) == (200, "chunked", b"body")
+    assert rest.startswith(b"HTTP/1.1 200 OK\r\n") and rest.endswith(b"\r\n\r\nsecond"), rest
+    assert refused == [True]
+
+
 class TrackedBody:
     """An app iterable that records whether close() was called."""
 

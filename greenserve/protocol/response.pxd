@@ -9,7 +9,7 @@ cdef class Response:
     cdef public object status, headers, server, remaining, version
     cdef public ResponseHeaders info
     cdef public Py_ssize_t code, framing, body_sent, excess, short
-    cdef public bint head_request, keep_alive, started
+    cdef public bint head_request, keep_alive, started, ended
 
     @cython.locals(framing=Py_ssize_t, keep_alive=bint)
     cpdef head(self, content_length=*, close=*)

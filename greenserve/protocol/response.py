@@ -50,7 +50,7 @@ class Response:
 
     __slots__ = ("status", "code", "headers", "info", "head_request", "version",
                  "keep_alive", "server", "framing", "remaining", "body_sent", "excess",
-                 "short", "started")
+                 "short", "started", "ended")
 
     def __init__(self, status, code, headers, info, head_request, version, keep_alive,
                  server=SERVER_LINE):
@@ -71,6 +71,7 @@ class Response:
         self.excess = 0       # bytes the app sent beyond its Content-Length, dropped
         self.short = 0        # bytes the app promised but never sent
         self.started = False  # head() was called
+        self.ended = False    # the body is over (end(), or whole()): nothing may follow it
 
     # -- head -----------------------------------------------------------------------------
 
@@ -163,6 +164,7 @@ class Response:
 
     def end(self):
         """The body is over: the bytes that end it (the last chunk) or b""."""
+        self.ended = True
         framing = self.framing
         if framing == CHUNKED:
             return LAST_CHUNK
@@ -192,5 +194,6 @@ class Response:
         if self.framing == FIXED and len(data) == length:
             self.remaining = 0
             self.body_sent = length
+            self.ended = True
             return head, data  # the usual case, framed in place
         return head, (self.body(data) + self.end() if data else self.end())
