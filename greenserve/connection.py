@@ -25,7 +25,7 @@ from .later import ResponseLater
 from .preludes import ConnectionPreludes
 from .protocol.parser import RequestParser
 from .protocol.forwarded import FORWARDED_KEYS, apply_forwarded
-from .protocol.response import UNTIL_CLOSE
+from .protocol.response import FIXED, NO_BODY, UNTIL_CLOSE
 from .protocol.writer import error_response
 from .sending import ResponseSending, unread_bytes, unsent_bytes
 from .waiting import DEADLINE, NOT_READY, SUSPENDED, GreenletFreeWaits
@@ -396,9 +396,8 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
                 # Cut short (a graceful stop's kill, a send timeout): a close-delimited body
                 # must not end cleanly as if it were whole (RFC 9112 §6.3).
                 response = self.response
-                if response is not None and response.started \
-                        and response.framing == UNTIL_CLOSE:
-                    self._abort_on_close()
+                if response is not None and response.started:
+                    self._cut_response(response)
                 raise
             finally:
                 if self.later is None:
@@ -607,10 +606,7 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
             answer = AppFailed()
         if response is not None and response.started:
             self.must_close = True
-            if response.framing == UNTIL_CLOSE:
-                # RFC 9112 §6.3: this body ends where the connection does, so a clean close
-                # would pass the part sent for the whole. A reset says it is not.
-                self._abort_on_close()
+            self._cut_response(response)
             return
         self.response = None
         if isinstance(answer, BodyReadTimeout):
@@ -623,6 +619,21 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
         except ClientDisconnected:
             keep = False
         self.must_close = not keep
+
+    def _cut_response(self, response):
+        """The response has begun and will not be finished: make the close say so (unless
+        its body is whole after all: the app wrote all of its length, then failed)."""
+        framing = response.framing
+        if response.ended or framing == NO_BODY or (framing == FIXED and
+                                                    not response.remaining):
+            return  # a clean close loses nothing: what the kernel still queues is whole
+        if framing == UNTIL_CLOSE or unsent_bytes(self.sock):
+            # RFC 9112 §6.3: a close-delimited body ends where the connection does, so a
+            # clean close would pass the part sent for the whole. A reset says it is not.
+            # And bytes the kernel still queues (a client not reading, cut by the request
+            # deadline) would outlive a clean close in an orphaned socket, holding up to a
+            # send buffer of kernel memory for as long as that client keeps its window shut.
+            self._abort_on_close()
 
     def _abort_on_close(self):
         """Make the coming close a reset (SO_LINGER with a zero timeout), not a clean end."""

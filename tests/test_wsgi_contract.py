@@ -369,6 +369,60 @@ def test_a_body_cut_by_the_send_timeout_ends_with_a_reset_whatever_its_framing(
             pytest.fail(f"no reset within 10 s ({received} bytes read)")
 
 
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_body_the_request_deadline_cuts_while_the_client_stalls_ends_with_a_reset(
+        serve, framing):
+    """The same when --request-timeout cuts the response of a client that stopped reading
+    (before --send-timeout would): what the kernel still queues must not outlive the close."""
+    size = 65536 * 256
+    body = TrackedBody([b"y" * 65536] * 256)
+
+    def app(environ, start_response):
+        headers = [("Content-Type", "application/octet-stream")]
+        if framing == "content-length":
+            headers.append(("Content-Length", str(size)))
+        start_response("200 OK", headers)
+        return body
+
+    with serve(app, request_timeout=0.5, send_timeout=30) as srv, srv.connect() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert body.closed.wait(10)  # the deadline interrupted the stalled send
+        deadline = time.monotonic() + 10
+        sock.settimeout(10)
+        received = 0
+        with pytest.raises(ConnectionResetError):
+            while time.monotonic() < deadline:
+                data = sock.recv(65536)
+                assert data, f"a clean end after {received} bytes of a cut body"
+                received += len(data)
+            pytest.fail(f"no reset within 10 s ({received} bytes read)")
+
+
+def test_a_whole_body_the_app_wrote_before_failing_still_ends_cleanly(serve):
+    """The reset is for bodies that are cut: an app that wrote all of its Content-Length
+    and then raised has sent a whole response, which the client must get to its end even
+    while most of it still waits in the kernel for a slow reader."""
+    size = 512 * 1024
+    raised = threading.Event()
+
+    def app(environ, start_response):
+        write = start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                                          ("Content-Length", str(size))])
+        for _ in range(size // 65536):
+            write(b"w" * 65536)
+        raised.set()
+        raise RuntimeError("fails after its whole body")
+
+    with serve(app) as srv, srv.connect() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert raised.wait(10)
+        status, headers, body, _ = read_response(sock, timeout=10)
+        assert sock.recv(1) == b""  # then a clean close, not a reset
+    assert (status, len(body)) == (200, size)
+
+
 @pytest.mark.parametrize("where", ["call", "iteration", "close"])
 def test_an_app_calling_sys_exit_fails_only_its_request(serve, where):
     """sys.exit() in a view (argparse's error() calls it) is the app failing: a 500 (or a cut
