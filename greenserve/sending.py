@@ -59,6 +59,12 @@ class ResponseSending:
             # PEP 3333: start_response and write() belong to the request they were given
             # for; on a keep-alive connection the next request's response is not theirs.
             raise AssertionError("start_response() called after its request ended")
+        if self.error_status:
+            # The server has answered this request itself (the app failed, or its body
+            # broke): RFC 9112 §9.3, one response per request; a second one (from the
+            # iterable's close()) would be read as the answer to the next request.
+            raise AssertionError("start_response() called after the server answered the "
+                                 "request with an error")
         response = self.response
         if exc_info is not None:
             try:

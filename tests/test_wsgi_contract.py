@@ -578,6 +578,43 @@ def test_a_write_from_the_iterables_close_cannot_follow_the_ended_body(serve):
     assert refused == [True]
 
 
+def test_an_iterables_close_cannot_answer_after_the_servers_500(serve):
+    """RFC 9112 §9.3: one response per request. Once the app failed and the server sent its
+    500, a start_response() from the iterable's close() is refused: its answer would be
+    read as the response to the next request on the connection."""
+    refused = []
+
+    class Body:
+        def __init__(self, start_response):
+            self.start_response = start_response
+
+        def __iter__(self):
+            raise RuntimeError("the body fails")
+
+        def close(self):
+            try:
+                write = self.start_response("200 OK", [("Content-Length", "4")])
+                write(b"evil")
+            except AssertionError:
+                refused.append(True)
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/second":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"second"]
+        return Body(start_response)
+
+    with serve(app, validate=False) as srv, srv.connect() as sock:
+        sock.sendall(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reader = sock.makefile("rb")
+        first = read_response(reader)
+        second = read_response(reader)
+    assert first[0] == 500
+    assert (second[0], second[2]) == (200, b"second")
+    assert refused == [True]
+
+
 class TrackedBody:
     """An app iterable that records whether close() was called."""
 
