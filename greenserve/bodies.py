@@ -86,14 +86,6 @@ class BodyReading:
             pass
         return False
 
-    def _receive_for(self, request, max_bytes):
-        """``_receive_body`` for the wsgi.input of ``request``, which may outlive it."""
-        if request is not self.request:
-            # Read after the request ended (from a greenlet the app spawned): the parser
-            # now holds the next request's bytes, never this one's.
-            raise ValueError("read of the body of a request that has ended")
-        return self._receive_body(max_bytes)
-
     def _receive_body(self, max_bytes):
         """Next piece of the body for wsgi.input; b"" at its end."""
         parser = self.parser

@@ -10,7 +10,6 @@ Timers are phases and deadlines fired by the server's sweeper (see ``timers.py``
 import logging
 import socket
 import struct
-from functools import partial
 from time import monotonic, perf_counter
 
 from gevent import getcurrent
@@ -31,7 +30,7 @@ from .sending import ResponseSending, unread_bytes, unsent_bytes
 from .waiting import DEADLINE, NOT_READY, SUSPENDED, GreenletFreeWaits
 from .upgrades import UpgradeHandOver, pull_first
 from .timers import APP, BODY, IDLE, LINGER, READING_HEAD, SEND, IdleTimeout, phase_timeout
-from .wsgi import EMPTY_INPUT, InputStream, build_environ, is_upgrade
+from .wsgi import EMPTY_INPUT, InputStream, StartResponse, build_environ, is_upgrade
 
 error_log = logging.getLogger("greenserve.error")
 
@@ -486,10 +485,11 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
             if upgrade:
                 self._offer_socket(environ)
             has_body = request.chunked or request.content_length
-            # Bound to this request: a greenlet the app spawned may read it after the request
-            # ended, and must not take the next request's body.
-            environ["wsgi.input"] = InputStream(partial(self._receive_for, request)) \
-                if has_body else EMPTY_INPUT
+            # Bound to this request: a greenlet the app spawned may use them after the
+            # request ended, and must not answer the next request or take its body.
+            start_response = StartResponse(self, request)
+            environ["wsgi.input"] = InputStream(start_response.receive) if has_body \
+                else EMPTY_INPUT
             disconnected = self.disconnected = environ["greenserve.disconnected"] = \
                 Disconnected(self)
             if request.chunked and server.config.buffer_chunked_bodies and \
@@ -502,7 +502,7 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
         suspended = False
         try:
             if later is None:
-                result = server.app(environ, partial(self._start_response, request))
+                result = server.app(environ, start_response)
                 if result.__class__ is ResponseLater and result.environ is environ:
                     later, result = result, None
                     if upgrade:

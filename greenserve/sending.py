@@ -11,7 +11,6 @@ import os
 import socket
 import struct
 import termios
-from functools import partial
 
 from gevent.socket import wait_write
 
@@ -52,13 +51,9 @@ class ResponseSending:
 
     __slots__ = ()
 
-    def _start_response(self, request, status, headers, exc_info=None):
-        """PEP 3333's start_response, bound to ``request`` (a partial of it is what the app
-        gets): a greenlet the app spawned may still hold it after the request ended."""
-        if request is not self.request:
-            # PEP 3333: start_response and write() belong to the request they were given
-            # for; on a keep-alive connection the next request's response is not theirs.
-            raise AssertionError("start_response() called after its request ended")
+    def _start_response(self, start_response, status, headers, exc_info=None):
+        """PEP 3333's start_response, called through the app's ``wsgi.StartResponse``
+        (which checks that its request is still the one served); returns its ``write``."""
         if self.error_status:
             # The server has answered this request itself (the app failed, or its body
             # broke): RFC 9112 §9.3, one response per request; a second one (from the
@@ -82,12 +77,13 @@ class ResponseSending:
             self.handed_over = True
             self.request_deadline = 0.0  # the socket is the app's now, for as long as it likes
             self._send(format_head(status, headers, ""))
-            return partial(self._write, request)
+            return start_response.write
         info = check_headers(headers)
+        request = self.request
         self.response = Response(status, code, headers, info, request.method == b"HEAD",
                                  request.version, not self.must_close,
                                  self.server.server_line)
-        return partial(self._write, request)
+        return start_response.write
 
     def _must_say_close(self):
         """Reasons outside the response to announce ``Connection: close``: a draining
@@ -101,10 +97,9 @@ class ResponseSending:
             raise AssertionError("the app returned a body before calling start_response()")
         return response
 
-    def _write(self, request, data):
-        """The ``write()`` callable of PEP 3333 (bound to ``request``): send at once."""
-        if request is not self.request:
-            raise AssertionError("write() called after its request ended")
+    def _write(self, data):
+        """The ``write()`` callable of PEP 3333 (through ``StartResponse.write``): send at
+        once."""
         response = self.response
         if type(data) is not bytes:
             raise TypeError(f"write() takes bytes, not {type(data).__name__}")

@@ -13,3 +13,6 @@ cdef class InputStream:
 
     @cython.locals(pos=Py_ssize_t, have=Py_ssize_t, unlimited=bint)
     cpdef read(self, size=*)
+
+cdef class StartResponse:
+    cdef object _connection, _request

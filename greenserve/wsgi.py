@@ -272,6 +272,45 @@ def _check_field(name, value):
 _SPECIAL_RESPONSE_FIELDS = HOP_BY_HOP | {"content-length", "date", "server"}
 
 
+class StartResponse:
+    """PEP 3333's ``start_response`` for one request, the ``write()`` it returns, and
+    (``receive``) the reads of the request's body behind its ``wsgi.input``.
+
+    All three belong to the request they were given for. A greenlet the app spawned may
+    still hold them after that request ended; on a keep-alive connection the next
+    request's response and body are not theirs, so they then raise. ``connection`` does
+    the work (``_start_response(self, status, headers, exc_info)``, ``_write(data)``,
+    ``_receive_body(max_bytes)``); its ``request`` attribute is the request it now serves.
+    One C object per request where compiled: three ``functools.partial`` cost three times
+    as much on every request.
+    """
+
+    __slots__ = ("_connection", "_request")
+
+    def __init__(self, connection, request):
+        self._connection = connection
+        self._request = request
+
+    def __call__(self, status, response_headers, exc_info=None):
+        connection = self._connection
+        if connection.request is not self._request:
+            raise AssertionError("start_response() called after its request ended")
+        return connection._start_response(self, status, response_headers, exc_info)
+
+    def write(self, data):
+        connection = self._connection
+        if connection.request is not self._request:
+            raise AssertionError("write() called after its request ended")
+        connection._write(data)
+
+    def receive(self, max_bytes):
+        connection = self._connection
+        if connection.request is not self._request:
+            # The parser now holds the next request's bytes, never this one's.
+            raise ValueError("read of the body of a request that has ended")
+        return connection._receive_body(max_bytes)
+
+
 class InputStream:
     """``wsgi.input``: the request body, read on demand through ``receive(max_bytes)``.
 
