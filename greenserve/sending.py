@@ -78,6 +78,12 @@ class ResponseSending:
             self.request_deadline = 0.0  # the socket is the app's now, for as long as it likes
             self._send(format_head(status, headers, ""))
             return start_response.write
+        if code >= 500 and self.body_error is not None:
+            # Reading the request body failed under the app (a chunked body over
+            # --max-body-size, broken chunk framing) and the app, as frameworks do, turned
+            # that into a server error. The fault is the client's: it gets the body's own
+            # answer (413, 400), sent once this error leaves the app.
+            raise self.body_error
         info = check_headers(headers)
         request = self.request
         self.response = Response(status, code, headers, info, request.method == b"HEAD",

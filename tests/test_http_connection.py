@@ -481,3 +481,66 @@ def test_client_closing_mid_body_does_not_hang(serve):
         # The server is still fine.
         assert status_of(exchange(srv, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close"
                                        b"\r\n\r\n")) == 200
+
+
+def read_all(stream):
+    return b"".join(iter(lambda: stream.read(8192), b""))
+
+
+def catches_everything(environ, start_response):
+    """Read the body as a framework does: any error while handling the request becomes the
+    app's own 500 (Flask, Django and Bottle all answer so)."""
+    try:
+        body = read_all(environ["wsgi.input"])
+    except Exception:
+        start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
+        return [b"the app failed"]
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body]
+
+
+def catches_with_exc_info(environ, start_response):
+    """Bottle's way: the 500 is started with exc_info."""
+    try:
+        read_all(environ["wsgi.input"])
+    except Exception:
+        import sys
+        start_response("500 Internal Server Error", [("Content-Type", "text/plain")],
+                       sys.exc_info())
+        return [b"the app failed"]
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
+@pytest.mark.parametrize("app", [catches_everything, catches_with_exc_info])
+@pytest.mark.parametrize("body, status", [
+    # Over --max-body-size: 413, as for a body whose Content-Length says so.
+    (b"8\r\n12345678\r\n8\r\n12345678\r\n0\r\n\r\n", 413),
+    # A malformed chunk size: 400.
+    (b"zz\r\n12345678\r\n0\r\n\r\n", 400),
+])
+def test_chunked_body_error_is_answered_as_such_when_the_app_turns_it_into_a_500(
+        serve, app, body, status):
+    with serve(app, max_body_size=10) as srv:
+        raw = exchange(srv, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            + body)
+    assert status_of(raw) == status, raw
+    assert b"the app failed" not in raw
+    assert b"Connection: close" in raw
+
+
+def test_chunked_body_error_leaves_an_app_s_own_4xx_alone(serve):
+    def answers_itself(environ, start_response):
+        try:
+            read_all(environ["wsgi.input"])
+        except Exception:
+            start_response("422 Unprocessable Content", [("Content-Type", "text/plain")])
+            return [b"upload refused by the app"]
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    with serve(answers_itself, max_body_size=10) as srv:
+        raw = exchange(srv, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            b"8\r\n12345678\r\n8\r\n12345678\r\n0\r\n\r\n")
+    assert status_of(raw) == 422
+    assert b"upload refused by the app" in raw
