@@ -59,7 +59,10 @@ def run(spec, config, sockets, info, notes=(), app=None, server_view=None, tls_c
     except (AppLoadError, HookFailed) as exc:
         if exc.__cause__ is not None:
             sys.stderr.write(format_app_error(exc))  # the app's own traceback
-        channel.send(ipc.ERROR, str(exc))
+        try:
+            channel.send(ipc.ERROR, str(exc))
+        except BrokenPipeError:
+            _log_master_gone(info.master_pid)
         return BOOT_ERROR
     try:
         return _serve(hooks.wrap_app(worker.app, worker), config, sockets, info, channel,
@@ -85,7 +88,13 @@ def _serve(app, config, sockets, info, channel, tls_context=None):
                                on_block=info.stats.hub_blocked if info.stats else None)
             watch.start()
         freeze_startup_objects()
-        channel.send(ipc.BOOTED)
+        try:
+            channel.send(ipc.BOOTED)
+        except BrokenPipeError:
+            # The master died while this worker loaded the app (which can take long): stop
+            # as the heartbeat would, rather than end on a traceback.
+            _log_master_gone(info.master_pid)
+            stop.set()
         limit = 0
         if config.max_requests:
             limit = config.max_requests + random.randint(0, config.max_requests_jitter)
@@ -138,10 +147,14 @@ def _heartbeat(server, channel, interval, limit, master_pid, stop):
             if channel.send(message) and message == ipc.RETIRE:
                 retiring = True
         except BrokenPipeError:
-            error_log.warning("worker (pid %d): the master (pid %d) is gone; stopping",
-                              os.getpid(), master_pid)
+            _log_master_gone(master_pid)
             stop.set()
             return
+
+
+def _log_master_gone(master_pid):
+    error_log.warning("worker (pid %d): the master (pid %d) is gone; stopping", os.getpid(),
+                      master_pid)
 
 
 def _stack_dumper(channel):

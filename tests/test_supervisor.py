@@ -186,6 +186,35 @@ def test_killed_worker_is_replaced_while_the_other_serves(processes):
     assert pids_seen(address, 2) == {survivor, replacement}
 
 
+def test_worker_that_loads_after_its_master_died_stops_with_one_line(processes, project):
+    # The master dies (SIGKILL, the OOM killer) while a worker still imports the app. Once
+    # loaded, the worker finds no master to report to: it must say so and stop, not crash.
+    release = project / "release"
+    os.mkfifo(release)
+    master = processes.greenserve("waits_at_import:app", "-b", "127.0.0.1:0", "--supervise",
+                                  env=environment(GS_TEST_RELEASE=str(release)))
+    worker = int(master.wait_for(STARTED)[1])
+    master.wait_for("IMPORTING")
+    master.signal(signal.SIGKILL)
+    assert master.exit_code() == -signal.SIGKILL
+    with open(release, "wb"):
+        pass  # the worker's import now ends
+    # The worker holds the master's stderr: the stream ends when the worker has exited.
+    output = master.output()
+    assert f"worker (pid {worker}): the master (pid {master.pid}) is gone; stopping" in output
+    assert "Traceback" not in output
+    wait_until(lambda: not running(worker), what=f"worker {worker} to exit")
+
+
+def running(pid):
+    """True while ``pid`` exists and is not a zombie (an orphan waits for init to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_unloadable_app_exits_with_one_clear_line(processes):
     master = processes.greenserve("needsdep:app", "-b", "127.0.0.1:0", "-w", "2")
     assert master.exit_code() == 2
