@@ -9,6 +9,7 @@ import hashlib
 import http.client
 import json
 import shutil
+import socket
 import tempfile
 import urllib.parse
 from pathlib import Path
@@ -211,3 +212,46 @@ def test_plain_http_redirects_to_https(stack):
         connection.close()
     assert status == 301
     assert headers["location"] == f"https://{SITE}:{stack.https_port}/x?y=1"
+
+
+# -- WebSocket ------------------------------------------------------------------------------------
+
+def test_flask_sock_websocket_through_apache():
+    import websocket  # websocket-client
+
+    folder = proxies.shared_directory()
+    (folder / "static").mkdir(mode=0o755)
+    ca = trustme.CA()
+    try:
+        with procs.Processes() as processes:
+            server = processes.greenserve("ws_apps:flask_app", "-b", "127.0.0.1:0",
+                                          "--keep-alive", "75")
+            backend = f"http://127.0.0.1:{server.address()[1]}/"
+            prefix = Path(tempfile.mkdtemp(prefix="apache-", dir=folder))
+            prefix.chmod(0o755)
+            cert = proxies.issue_certificate(ca, prefix)
+            apache, host, ports = proxies.start_apache(
+                processes, prefix,
+                lambda host, ports: proxies.apache_site(backend, folder / "static", cert, host,
+                                                        ports))
+            site = proxies.Site(apache, host, ports, server, proxies.client_context(ca))
+            tls = site.context.wrap_socket(
+                socket.create_connection(site.address, timeout=procs.WAIT),
+                server_hostname=SITE)
+            ws = websocket.create_connection(f"wss://{SITE}:{site.https_port}/echo",
+                                             socket=tls, timeout=procs.WAIT)
+            try:
+                for message in ("through apache", "é" * 5000):
+                    ws.send(message)
+                    assert ws.recv() == message
+                # The close handshake goes both ways: the app's close frame comes back.
+                ws.send_close(websocket.STATUS_NORMAL, b"done")
+                opcode, frame = ws.recv_data_frame(True)
+                assert opcode == websocket.ABNF.OPCODE_CLOSE
+            finally:
+                ws.shutdown()
+            # Ordinary requests still go through.
+            status, _, body = site.get("GET", "/")
+            assert (status, body) == (200, b"plain page")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

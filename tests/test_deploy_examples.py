@@ -48,7 +48,7 @@ def test_proxy_configs_name_a_valid_greenserve_command(name):
 def test_proxy_idle_timeouts_are_the_ones_checked_here():
     assert re.search(rf"^\s+keepalive_timeout {NGINX_UPSTREAM_IDLE}s;",
                      (DEPLOY / "nginx.conf").read_text(), re.MULTILINE)
-    assert re.search(rf"^\s+ProxyPass / \S+ ttl={APACHE_POOL_TTL}$",
+    assert re.search(rf"^\s+ProxyPass / \S+ ttl={APACHE_POOL_TTL}( \S+)*$",
                      (DEPLOY / "apache.conf").read_text(), re.MULTILINE)
 
 
