@@ -452,8 +452,20 @@ def settings_from_toml(path):
                                   f"{hint}")
             raise ConfigError(f"config file {path}: unknown option "
                               f"'{key}'{_suggest(name, _FILE_SETTINGS)}")
+        if (SETTINGS[name].metadata["parse"] in (parsers.octal_mode, parsers.optional_mode)
+                and isinstance(raw, int) and not isinstance(raw, bool) and raw >= 8):
+            # A bare TOML number is decimal: "umask = 77" would be octal 115 and leave the
+            # socket open to other users. Modes are octal, as chmod and umask write them.
+            raise ConfigError(f"config file {path}: {key} = {raw}: write a mode as a string "
+                              f"of octal digits, e.g. {key} = \"{_octal_example(name)}\" "
+                              f"(TOML reads a bare number as decimal: {raw} is octal "
+                              f"{raw:o})")
         values[name] = parse_value(name, raw, f"config file {path}")
     return values
+
+
+def _octal_example(name):
+    return "660" if name == "socket_mode" else "007"
 
 
 def load_config(cli=None, environ=None, base=None, cli_source="Server() options"):
@@ -525,6 +537,8 @@ def format_toml(config):
         key = option_name(name)
         if value is None:
             lines.append(f"# {key} is not set")
+        elif spec.metadata["parse"] in (parsers.octal_mode, parsers.optional_mode):
+            lines.append(f'{key} = "{value:03o}"')  # octal, as chmod and umask write it
         else:
             lines.append(f"{key} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"

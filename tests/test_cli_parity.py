@@ -180,6 +180,15 @@ def test_print_config_reads_back_the_same(tmp_path):
     assert again.stdout == first.stdout
 
 
+def test_print_config_writes_modes_in_octal(tmp_path):
+    first = run(["--print-config", "--umask", "022", "--socket-mode", "660"], tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert 'umask = "022"' in first.stdout.splitlines()
+    assert 'socket-mode = "660"' in first.stdout.splitlines()
+    (tmp_path / "printed.toml").write_text(first.stdout)
+    assert run(["--print-config", "-c", "printed.toml"], tmp_path).stdout == first.stdout
+
+
 def test_print_config_validates(tmp_path):
     assert_one_line_error(run(["--print-config", "-w", "0"], tmp_path),
                           "workers: '0' from the command line must be a whole number of at "

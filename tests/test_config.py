@@ -132,6 +132,26 @@ def test_bad_file_values(tmp_path):
         load_config(cli={"config": path})
 
 
+@pytest.mark.parametrize("line", ["umask = 77", "socket-mode = 660", "socket-mode = 0o660"])
+def test_a_mode_written_as_a_toml_number_is_refused(tmp_path, line):
+    # TOML reads 77 as decimal (octal 115): "umask = 77" meant to keep other users out would
+    # have let them connect. A mode is written as chmod writes it, in a string.
+    path = write_toml(tmp_path, line + "\n")
+    key = line.split()[0]
+    with pytest.raises(ConfigError, match=rf"{key} = \d+: write a mode as a string of octal "
+                                          rf"digits, e.g. {key} = \"\d+\""):
+        load_config(cli={"config": path})
+
+
+@pytest.mark.parametrize("line, name, value", [
+    ('umask = "077"', "umask", 0o77), ('socket-mode = "660"', "socket_mode", 0o660),
+    ("umask = 7", "umask", 0o7), ("umask = 0", "umask", 0),  # the same in both bases
+])
+def test_modes_in_a_config_file(tmp_path, line, name, value):
+    path = write_toml(tmp_path, line + "\n")
+    assert getattr(load_config(cli={"config": path}), name) == value
+
+
 def test_unknown_file_key_suggests_the_closest(tmp_path):
     path = write_toml(tmp_path, "max-conections = 10\n")
     with pytest.raises(ConfigError) as caught:
