@@ -279,6 +279,12 @@ def _check(spec, config, notes=()):
         listeners.resolve_identity(config.user, config.group)
         tls.server_context(config)
         _setup_import_path(config)
+        for text in config.bind:
+            # A unix socket's folder, as the start (after --chdir) would need it.
+            address = listeners.parse_bind(text)
+            if address[0] == "unix" and not os.path.isdir(
+                    os.path.dirname(os.path.abspath(address[1]))):
+                raise ConfigError(f"bind {text}: no such directory")
         check_logging(config)  # loads --log-config too
         if config.reload:
             from .reload import require_watchfiles, watched_roots

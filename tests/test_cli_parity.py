@@ -266,6 +266,7 @@ def test_check_config_fails_with_the_reason(tmp_path, args, message):
     (["--access-log", "missing/access.log"], "access-log: cannot open missing/access.log: no "
                                              "such file or directory"),
     (["--access-log", "."], "access-log: cannot open .: is a directory"),
+    (["-b", "unix:missing/app.sock"], "bind unix:missing/app.sock: no such directory"),
 ])
 def test_check_config_refuses_what_a_start_refuses(tmp_path, args, message):
     # --check-config must not say OK to settings the real start then stops on.
