@@ -309,10 +309,24 @@ class Supervisor:
         self._replace_all()
 
     def _replace_all(self):
+        for worker in list(self.workers.values()):
+            if not worker.booted and worker.stop_signal is None:
+                self._read_all(worker)  # its BOOTED may be waiting in the pipe
         if self.health is not None:
             self.health.set_unready("reloading")
-        for worker in self.workers.values():
-            worker.outdated = True
+        for worker in list(self.workers.values()):
+            if worker.stop_signal is not None:
+                continue
+            if worker.booted:
+                worker.outdated = True
+                continue
+            # Still loading the app (started by an earlier reload, or at start-up): it has
+            # served nothing, and the worker about to start for its slot supersedes it.
+            # Stopped now, or every reload in a row would add a whole set of workers
+            # loading at once (memory, CPU taken from the ones that serve).
+            error_log.info("stopping worker (pid %d): still loading the app, superseded by "
+                           "the reload", worker.pid)
+            self._stop(worker, fast=False)
         self.failures, self.spawn_after = 0, 0.0
 
     def handle_ttin(self, signum):

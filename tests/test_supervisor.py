@@ -215,6 +215,53 @@ def running(pid):
         return False
 
 
+def release_importers(fifo):
+    """Let every waits_at_import worker that has the FIFO open finish importing; False if
+    none has it open yet."""
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # ENXIO: no reader yet
+        return False
+    os.close(fd)  # the readers' read() now ends
+    return True
+
+
+def children(pid):
+    """The pids of ``pid``'s living children."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.add(int(entry))
+    return found
+
+
+def test_reloads_in_a_row_stop_the_workers_still_loading(processes, project):
+    # Each SIGHUP (or --reload save) while the previous reload's workers still load the app
+    # supersedes them: they are stopped, not left to load alongside the next set.
+    release = project / "release"
+    os.mkfifo(release)
+    master = processes.greenserve("waits_at_import:app", "-b", "127.0.0.1:0", "-w", "2",
+                                  env=environment(GS_TEST_RELEASE=str(release)))
+    master.wait_for(STARTED, count=2)
+    for reload in range(1, 4):
+        master.signal(signal.SIGHUP)
+        master.wait_for(STARTED, count=2 + 2 * reload)
+    started = [int(match[1]) for match in master.matches(STARTED)]
+    for pid in started[:-2]:
+        master.wait_for(rf"worker \(pid {pid}\) was killed by SIGKILL")
+    wait_until(lambda: release_importers(release) and False or
+               len(master.matches(BOOTED)) >= 2, what="the last two workers to boot")
+    assert {int(match[1]) for match in master.matches(BOOTED)} == set(started[-2:])
+    assert get(master.address(), "/")[:2] == (200, "loaded\n")
+    assert children(master.pid) == set(started[-2:])
+
+
 def test_unloadable_app_exits_with_one_clear_line(processes):
     master = processes.greenserve("needsdep:app", "-b", "127.0.0.1:0", "-w", "2")
     assert master.exit_code() == 2

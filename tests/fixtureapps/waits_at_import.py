@@ -1,5 +1,6 @@
 """An app module whose import waits until the test says so: it opens the FIFO named by
-GS_TEST_RELEASE (which blocks until the test opens it for writing), then reads it to the end.
+GS_TEST_RELEASE and reads it to the end, which comes when the test has opened it for
+writing and closed it again (``release_importers`` in the tests).
 
 "IMPORTING" on stderr tells the test the import has begun.
 """
