@@ -285,6 +285,13 @@ def _check(spec, config, notes=()):
             if address[0] == "unix" and not os.path.isdir(
                     os.path.dirname(os.path.abspath(address[1]))):
                 raise ConfigError(f"bind {text}: no such directory")
+        if config.pid:
+            # The --pid file's folder: the start writes the file there (not checked: whether
+            # it names a running greenserve, as it does while one serves).
+            folder = os.path.dirname(os.path.abspath(config.pid))
+            if not os.path.isdir(folder):
+                raise ConfigError(f"pid file {os.path.abspath(config.pid)}: no such file or "
+                                  f"directory")
         check_logging(config)  # loads --log-config too
         if config.reload:
             from .reload import require_watchfiles, watched_roots

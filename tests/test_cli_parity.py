@@ -267,6 +267,8 @@ def test_check_config_fails_with_the_reason(tmp_path, args, message):
                                              "such file or directory"),
     (["--access-log", "."], "access-log: cannot open .: is a directory"),
     (["-b", "unix:missing/app.sock"], "bind unix:missing/app.sock: no such directory"),
+    (["--pid", "/nonexistent-folder/gs.pid"], "pid file /nonexistent-folder/gs.pid: no such "
+                                              "file or directory"),
 ])
 def test_check_config_refuses_what_a_start_refuses(tmp_path, args, message):
     # --check-config must not say OK to settings the real start then stops on.
