@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import difflib
 import os
+import signal
 import sys
 
 from . import speedups
@@ -206,6 +207,23 @@ def _needs_master(config, given):
     return reasons
 
 
+class _StoppedWhileStarting(BaseException):
+    """SIGTERM arrived before the server's signal handlers were in place."""
+
+
+def _stop_while_starting_in(main):
+    """A SIGTERM handler that ends the start in the ``main`` greenlet, where it runs (an app
+    whose import waits runs gevent's hub meanwhile: the handler runs there, and the stop is
+    thrown into the main greenlet from it rather than raised, and printed, in the hub)."""
+    def stop(signum, frame):
+        import greenlet
+        if greenlet.getcurrent() is main or "gevent" not in sys.modules:
+            raise _StoppedWhileStarting()
+        import gevent
+        gevent.get_hub().loop.run_callback(main.throw, _StoppedWhileStarting())
+    return stop
+
+
 def _single(spec, config, notes):
     """One process, no master: patch, load the app, bind, serve."""
     patch_warnings = _monkey_patch() if config.monkey_patch else []
@@ -233,6 +251,12 @@ def _single(spec, config, notes):
         except HookFailed as exc:
             return _fail(exc)
         sockets, admin_socket = [], None
+        # Until the server's own handlers are in place (once the app has loaded), SIGTERM
+        # would kill the process outright: no log line, exit status 143, the --pid file
+        # left behind. There is nothing to drain yet: stop as from a failed start.
+        import greenlet
+        previous_term = signal.signal(signal.SIGTERM,
+                                      _stop_while_starting_in(greenlet.getcurrent()))
         try:
             identity = listeners.resolve_identity(config.user, config.group)
             # A bad certificate stops the start before a slow app loads; read while still
@@ -252,6 +276,13 @@ def _single(spec, config, notes):
             _close(sockets + ([admin_socket] if admin_socket is not None else []))
             hooks.call_logged("on_exit", server_view)
             return _fail(exc)
+        except _StoppedWhileStarting:
+            _close(sockets + ([admin_socket] if admin_socket is not None else []))
+            error_log.info("SIGTERM received while starting (loading the app); stopped")
+            hooks.call_logged("on_exit", server_view)
+            return 0
+        finally:
+            signal.signal(signal.SIGTERM, previous_term)
         worker_view = WorkerView(os.getpid(), 0, config)
         worker_view.app = app
         return _serve(hooks.wrap_app(app, worker_view), spec, config, sockets, hooks,

@@ -4,6 +4,8 @@ USR2, TTIN and TTOU are logged and ignored, USR1 reopens the log files (logrotat
 
 import signal
 
+import pytest
+
 import procs
 from procs import get
 
@@ -68,3 +70,29 @@ def test_quit_stops_at_once_and_cleans_up(tmp_path):
         assert not pid_file.exists() and not unix_path.exists()
         held.thread.join(procs.WAIT)
         assert held.done() and "response" not in held.outcome  # cut, not answered
+
+
+@pytest.mark.parametrize("patching", [[], ["--no-monkey-patch"]], ids=["patched", "unpatched"])
+def test_sigterm_while_the_app_loads_stops_cleanly(tmp_path, patching):
+    # systemd, Docker or Kubernetes may stop a server that is still importing a slow app:
+    # nothing to drain yet, but it must end as a stop does (a line, status 0, no pid file
+    # left behind), not be killed by the signal.
+    # slow_to_import sleeps: patched, in gevent's hub, where the signal handler then runs.
+    pid_file = tmp_path / "gs.pid"
+    with procs.Processes() as started:
+        server = started.greenserve("slow_to_import:app", "-b", "127.0.0.1:0", "--pid",
+                                    pid_file, *patching)
+        server.wait_for("IMPORTING")
+        # Asleep: in the import's sleep (gevent's hub, when patched), not before it.
+        procs.wait_until(lambda: process_state(server.pid) == "S", what="the import's sleep")
+        assert pid_file.exists()
+        server.signal(signal.SIGTERM)
+        assert server.exit_code() == 0
+        assert "SIGTERM received while starting (loading the app); stopped" in server.output()
+        assert "Traceback" not in server.text()
+        assert not pid_file.exists()
+
+
+def process_state(pid):
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0]
