@@ -5,6 +5,7 @@ Apache terminates TLS with a certificate from trustme and serves /static/ from d
 See tests/proxies.py for how ports and files are chosen.
 """
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -40,11 +41,20 @@ def stack():
     (folder / "static_private" / "secret.txt").write_bytes(SECRET)
     for path in folder.rglob("*.*"):
         path.chmod(0o644)
+    with apache_in_front(folder, "proxied:app", "--max-body-size", MAX_BODY) as site:
+        yield site
+
+
+@contextlib.contextmanager
+def apache_in_front(folder, app, *options):
+    """greenserve serving ``app`` behind Apache as examples/deploy/apache.conf sets it up
+    (TLS with a trustme certificate, ``folder``/static served by Apache); yields the Site,
+    and removes ``folder`` at the end."""
     ca = trustme.CA()
     try:
         with procs.Processes() as processes:
-            server = processes.greenserve("proxied:app", "-b", "127.0.0.1:0",
-                                          "--keep-alive", "75", "--max-body-size", MAX_BODY)
+            server = processes.greenserve(app, "-b", "127.0.0.1:0", "--keep-alive", "75",
+                                          *options)
             backend = f"http://127.0.0.1:{server.address()[1]}/"
             prefix = Path(tempfile.mkdtemp(prefix="apache-", dir=folder))
             prefix.chmod(0o755)
@@ -221,37 +231,23 @@ def test_flask_sock_websocket_through_apache():
 
     folder = proxies.shared_directory()
     (folder / "static").mkdir(mode=0o755)
-    ca = trustme.CA()
-    try:
-        with procs.Processes() as processes:
-            server = processes.greenserve("ws_apps:flask_app", "-b", "127.0.0.1:0",
-                                          "--keep-alive", "75")
-            backend = f"http://127.0.0.1:{server.address()[1]}/"
-            prefix = Path(tempfile.mkdtemp(prefix="apache-", dir=folder))
-            prefix.chmod(0o755)
-            cert = proxies.issue_certificate(ca, prefix)
-            apache, host, ports = proxies.start_apache(
-                processes, prefix,
-                lambda host, ports: proxies.apache_site(backend, folder / "static", cert, host,
-                                                        ports))
-            site = proxies.Site(apache, host, ports, server, proxies.client_context(ca))
-            tls = site.context.wrap_socket(
-                socket.create_connection(site.address, timeout=procs.WAIT),
-                server_hostname=SITE)
-            ws = websocket.create_connection(f"wss://{SITE}:{site.https_port}/echo",
-                                             socket=tls, timeout=procs.WAIT)
-            try:
-                for message in ("through apache", "é" * 5000):
-                    ws.send(message)
-                    assert ws.recv() == message
-                # The close handshake goes both ways: the app's close frame comes back.
-                ws.send_close(websocket.STATUS_NORMAL, b"done")
-                opcode, frame = ws.recv_data_frame(True)
-                assert opcode == websocket.ABNF.OPCODE_CLOSE
-            finally:
-                ws.shutdown()
-            # Ordinary requests still go through.
-            status, _, body = site.get("GET", "/")
-            assert (status, body) == (200, b"plain page")
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    with apache_in_front(folder, "ws_apps:flask_app") as site:
+        tls = site.context.wrap_socket(
+            socket.create_connection(site.address, timeout=procs.WAIT),
+            server_hostname=SITE)
+        ws = websocket.create_connection(f"wss://{SITE}:{site.https_port}/echo",
+                                         socket=tls, timeout=procs.WAIT)
+        try:
+            for message in ("through apache", "é" * 5000):
+                ws.send(message)
+                assert ws.recv() == message
+            # The close handshake goes both ways: the app's close frame comes back.
+            ws.send_close(websocket.STATUS_NORMAL, b"done")
+            opcode, frame = ws.recv_data_frame(True)
+            assert opcode == websocket.ABNF.OPCODE_CLOSE
+        finally:
+            ws.shutdown()
+        # Ordinary requests still go through.
+        status, _, body = site.get("GET", "/")
+        assert (status, body) == (200, b"plain page")
+
