@@ -504,6 +504,15 @@ def test_the_idle_client_refuses_a_response_it_cannot_frame(response, error):
             idle_rss.read_response(client)
 
 
+@pytest.mark.parametrize("server", ["greenserve", "floor", "floor-wait"])
+def test_server_instructions_serves_its_client_to_the_end(server):
+    # Without --callgrind it only serves: the client child reads every answer whole or
+    # exits non-zero, which fails the run.
+    proc = procs.run([sys.executable, "-m", "loadtests.server_instructions", "200",
+                      "--server", server], cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_longpoll_scale_measures_both_ways_of_waiting_and_the_floor():
     # 50 waiting requests per server: a smoke run of the scale benchmark, not a measurement.
     proc = procs.run([sys.executable, "-m", "loadtests.longpoll_scale", "-n", "50",
