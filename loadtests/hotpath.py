@@ -120,19 +120,28 @@ def serve(kind, count):
 
 def callgrind(kind, low, high):
     """Instructions per request: callgrind's total at ``high`` minus at ``low``, divided."""
+    return instructions_per_request(
+        lambda count: [sys.executable, os.path.abspath(__file__), str(count), "--kind", kind],
+        low, high, "hotpath")
+
+
+def instructions_per_request(command, low, high, prog):
+    """Run ``command(count)`` under callgrind at ``low`` and ``high`` counts; the difference
+    of the totals per count (start-up and imports cancel out). ``prog`` names the caller in
+    the error that ends the run if valgrind fails."""
     totals = []
     for count in (low, high):
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "callgrind.out")
             proc = subprocess.run(
                 ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                 sys.executable, os.path.abspath(__file__), str(count), "--kind", kind],
+                 *command(count)],
                 capture_output=True, text=True, check=False,
                 # The same string hashes every run: dict probe sequences stay the same.
                 env={**os.environ, "PYTHONHASHSEED": "0"})
             found = re.search(r"Collected : (\d+)", proc.stderr)
             if proc.returncode or not found:
-                sys.exit(f"hotpath: valgrind failed:\n{proc.stderr[-2000:]}")
+                sys.exit(f"{prog}: valgrind failed:\n{proc.stderr[-2000:]}")
             totals.append(int(found.group(1)))
     return (totals[1] - totals[0]) / (high - low)
 

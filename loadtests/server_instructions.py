@@ -18,12 +18,9 @@ figures are of the server's own work, not of waiting.
 """
 
 import argparse
-import os
-import re
 import shutil
 import subprocess
 import sys
-import tempfile
 
 ANSWER = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n"
           b"Date: Tue, 01 Dec 2026 00:00:00 GMT\r\n\r\nHello, world!")
@@ -83,21 +80,11 @@ def _floor_handler(wait_first):
 
 def callgrind(kind, low, high):
     """Instructions per request: callgrind's total at ``high`` minus at ``low``, divided."""
-    totals = []
-    for count in (low, high):
-        with tempfile.TemporaryDirectory() as tmp:
-            proc = subprocess.run(
-                ["valgrind", "--tool=callgrind",
-                 f"--callgrind-out-file={os.path.join(tmp, 'callgrind.out')}",
-                 sys.executable, "-m", "loadtests.server_instructions", str(count),
-                 "--server", kind],
-                capture_output=True, text=True, check=False,
-                env={**os.environ, "PYTHONHASHSEED": "0"})
-            found = re.search(r"Collected : (\d+)", proc.stderr)
-            if proc.returncode or not found:
-                sys.exit(f"server_instructions: valgrind failed:\n{proc.stderr[-2000:]}")
-            totals.append(int(found.group(1)))
-    return (totals[1] - totals[0]) / (high - low)
+    from loadtests.hotpath import instructions_per_request
+    return instructions_per_request(
+        lambda count: [sys.executable, "-m", "loadtests.server_instructions", str(count),
+                       "--server", kind],
+        low, high, "server_instructions")
 
 
 def main(argv=None):
