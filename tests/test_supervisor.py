@@ -255,8 +255,11 @@ def test_reloads_in_a_row_stop_the_workers_still_loading(processes, project):
     started = [int(match[1]) for match in master.matches(STARTED)]
     for pid in started[:-2]:
         master.wait_for(rf"worker \(pid {pid}\) was killed by SIGKILL")
-    wait_until(lambda: release_importers(release) and False or
-               len(master.matches(BOOTED)) >= 2, what="the last two workers to boot")
+    def released_and_booted():
+        release_importers(release)  # again each time: a worker may open the FIFO later
+        return len(master.matches(BOOTED)) >= 2
+
+    wait_until(released_and_booted, what="the last two workers to boot")
     assert {int(match[1]) for match in master.matches(BOOTED)} == set(started[-2:])
     assert get(master.address(), "/")[:2] == (200, "loaded\n")
     assert children(master.pid) == set(started[-2:])
