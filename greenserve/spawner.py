@@ -7,6 +7,7 @@ Greenlet is underneath, and the few features we use (a cap, join, kill) are kept
 """
 
 import logging
+from collections import deque
 
 from gevent import get_hub
 from gevent.event import Event
@@ -16,6 +17,9 @@ error_log = logging.getLogger("greenserve.error")
 
 # Greenlets kept for reuse once their connection ends (each holds a few KiB of stack).
 IDLE_GREENLETS = 64
+# Resumed connections one greenlet serves before the hub gets a turn (see _serve_resumed):
+# about gevent's own bound on callbacks in a row.
+RESUMED_IN_A_ROW = 50
 
 
 class Spawner:
@@ -32,6 +36,8 @@ class Spawner:
         self.held = 0  # slots of parked connections (no greenlet)
         self.resuming = 0  # of those, resumed and waiting for the hub to start them
         self._idle = []  # greenlets that finished a connection, waiting for the next
+        self._resumed = deque()  # handlers of resumed connections, in order
+        self._drain_queued = False
         self._empty = Event()
         self._empty.set()
         self._was_full = False
@@ -74,20 +80,52 @@ class Spawner:
 
     def resume(self, handler):
         """A parked connection has input: run ``handler()`` in a greenlet in its held slot
-        at the hub's next turn.
+        soon after.
 
-        The greenlet is chosen then, not now: when many resume at once (a long poll's event
-        wakes thousands), each one usually finishes before the next starts, so one idle
-        greenlet serves them in turn instead of thousands being created.
+        Resumed connections are served in a row from one greenlet (``_serve_resumed``) when
+        many resume at once, as when a long poll's event wakes thousands: one hub callback
+        and one switch for the row instead of a callback, a switch in and a switch back for
+        each. A drain callback stays queued while any wait, so a handler that blocks only
+        hands the rest of the row to another greenlet.
         """
         self.resuming += 1
         self._empty.clear()
-        self._hub.loop.run_callback(self._start_resumed, handler)
+        self._resumed.append(handler)
+        if not self._drain_queued:
+            self._drain_queued = True
+            self._hub.loop.run_callback(self._drain)
 
-    def _start_resumed(self, handler):
-        self.resuming -= 1
-        self.held -= 1
-        self._take_greenlet().switch(_call, handler, None)
+    def _drain(self):
+        """In the hub: serve the resumed connections waiting, in a greenlet of their own."""
+        self._drain_queued = False
+        if self._resumed:
+            self._take_greenlet().switch(self._serve_resumed, None, None)
+
+    def _serve_resumed(self, _sock, _address):
+        """A greenlet body: serve resumed connections in turn, at most RESUMED_IN_A_ROW
+        before the hub gets a turn (other connections' input, timers)."""
+        resumed = self._resumed
+        glet = greenlet.getcurrent()
+        for _ in range(RESUMED_IN_A_ROW):
+            if not resumed:
+                return
+            handler = resumed.popleft()
+            self.resuming -= 1
+            self.held -= 1
+            if resumed and not self._drain_queued:
+                # Should this handler block, the hub goes on with the rest in another greenlet.
+                self._drain_queued = True
+                self._hub.loop.run_callback(self._drain)
+            glet.gr_context = None  # each connection starts in an empty contextvars context
+            try:
+                handler()
+            except GreenletExit:
+                raise  # killed: Spawner._run ends this greenlet
+            except Exception:
+                error_log.exception("unexpected error in a connection greenlet")
+            # The handler's connection either parked again (hold) or closed: its slot may
+            # be free now, and the next handler takes this greenlet's.
+            self._slot_freed()
 
     def release(self):
         """A parked connection closed without resuming: its slot is free."""
@@ -153,10 +191,6 @@ class Spawner:
             # delivery: a throw into a dead greenlet would land in the hub instead.
             run_callback(_throw_if_alive, glet)
         return self.join(timeout)
-
-
-def _call(handler, _unused):
-    handler()
 
 
 def _throw_if_alive(glet):

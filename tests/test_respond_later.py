@@ -121,6 +121,87 @@ def test_waiting_responses_hold_no_greenlet_and_are_answered_when_the_event_fire
     assert room.calls == [(True, False)] * 20
 
 
+def test_woken_responses_share_a_greenlet_and_each_starts_in_a_fresh_context(serve):
+    """Responses woken at once are answered in a row by one greenlet, and still each
+    ``respond`` runs as in a greenlet of its own: an empty contextvars context, nothing of
+    the response before it."""
+    import contextvars
+
+    import greenlet
+
+    seen = contextvars.ContextVar("seen", default="fresh")
+    room = Room()
+    runs = []
+
+    def remembering(environ, start_response):
+        later = room(environ, start_response)
+        if isinstance(later, ResponseLater):
+            respond = later.respond
+
+            def respond_remembering(ready):
+                runs.append((greenlet.getcurrent(), seen.get()))
+                seen.set("used")
+                return respond(ready)
+            later.respond = respond_remembering
+        return later
+
+    with serve(remembering, validate=False, keep_alive=60) as srv:
+        socks = [srv.connect(WAIT) for _ in range(10)]
+        try:
+            for sock in socks:
+                sock.sendall(_request("/wait"))
+            _waiting(srv, room, 10)
+            assert _get(srv, "/fire")[2] == b"fired"
+            for sock in socks:
+                assert read_response(sock, WAIT)[:3:2] == (200, b"ready=True")
+        finally:
+            for sock in socks:
+                sock.close()
+    assert [context for _, context in runs] == ["fresh"] * 10
+    assert len({id(glet) for glet, _ in runs}) == 1
+
+
+def test_a_respond_that_blocks_does_not_hold_up_the_others_woken_with_it(serve):
+    """Woken responses answered in a row: the first ``respond`` blocks (on I/O, a lock, an
+    event), and the others are answered meanwhile, not after it."""
+    from gevent.event import Event
+
+    fire, gate = Event(), Event()
+    calls = []
+
+    def app(environ, start_response):
+        path = environ["PATH_INFO"]
+        if path in ("/fire", "/open"):
+            (fire if path == "/fire" else gate).set()
+            return Room._say(environ, start_response, path)
+        name = environ["QUERY_STRING"]
+
+        def respond(ready):
+            calls.append(name)
+            if len(calls) == 1:
+                gate.wait()  # blocks this greenlet until the test opens the gate
+            return Room._say(environ, start_response, name)
+        return respond_later(environ, fire, respond)
+
+    with serve(app, validate=False, keep_alive=60) as srv:
+        socks = {name: srv.connect(WAIT) for name in ("a", "b", "c")}
+        try:
+            for name, sock in socks.items():
+                sock.sendall(_request("/wait?" + name))
+            wait_until(lambda: sum(c.later is not None for c in list(srv.server.connections))
+                       == 3, WAIT, "three waiting responses")
+            assert _get(srv, "/fire")[2] == b"/fire"
+            wait_until(lambda: len(calls) == 3, WAIT, "every respond called")
+            blocked = calls[0]
+            for name in calls[1:]:
+                assert read_response(socks[name], WAIT)[2] == name.encode()
+            assert _get(srv, "/open")[2] == b"/open"
+            assert read_response(socks[blocked], WAIT)[2] == blocked.encode()
+        finally:
+            for sock in socks.values():
+                sock.close()
+
+
 def test_a_timeout_answers_not_ready_and_the_connection_stays_usable(serve):
     room = Room()
     with serve(room, validate=False) as srv, srv.connect(WAIT) as sock:
