@@ -187,6 +187,11 @@ class Config:
     send_timeout: float = setting(
         30.0, "--send-timeout", parse=parsers.seconds, metavar="SECONDS",
         help="Drop a client that accepts no response bytes for this long.")
+    send_min_rate: int = setting(
+        500, "--send-min-rate", parse=parsers.non_negative_int, metavar="BYTES",
+        help="Slowest reader allowed while a response waits to be sent, in bytes per second "
+             "averaged over each --send-timeout (dropped otherwise; 0 = no rate limit, only "
+             "the stall limit).")
     request_timeout: float = setting(
         0.0, "--request-timeout", parse=parsers.seconds, metavar="SECONDS",
         help="Interrupt an app still running this long after its request arrived: 503 if "

@@ -195,9 +195,11 @@ class Connection(ConnectionPreludes, BodyReading, ResponseSending, GreenletFreeW
             glet.throw(RequestDeadlineExceeded(
                 f"request still running after {config.request_timeout} s"))
             return
-        if self.phase == SEND and self.send_progressed():
-            self.deadline = monotonic() + config.send_timeout  # slow, not stalled
-            return
+        if self.phase == SEND:
+            now = monotonic()
+            if self.send_progressed(now):
+                self.deadline = now + config.send_timeout  # slow, not stalled
+                return
         exc = phase_timeout(self.phase, config)
         if exc is not None:
             if stats is not None:

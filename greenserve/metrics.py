@@ -343,7 +343,7 @@ def request_families(totals, census=True):
     refused = Family("greenserve_requests_refused", "counter",
                      "Requests refused or cut short, by cause: head_timeout (request head "
                      "too slow), body_timeout (body too slow), send_timeout (client not "
-                     "reading), deadline (--request-timeout), evicted (closed at "
+                     "reading, or too slowly), deadline (--request-timeout), evicted (closed at "
                      "--max-connections for a newcomer), invalid (malformed or too large).")
     for i, cause in enumerate(REFUSAL_CAUSES):
         refused.add(ints[_REFUSED + i], (("cause", cause),))

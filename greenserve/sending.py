@@ -258,18 +258,26 @@ class ResponseSending:
         finally:
             self._enter(APP, 0)
 
-    def send_progressed(self):
-        """Did the client read anything since the send timer was last armed?
+    def send_progressed(self, now):
+        """Did the client take enough of the response since the send timer was armed?
 
         A sender waits for the kernel to signal room, which Linux does only once about a
         third of the socket's buffer is free: a client reading slowly but steadily can take
-        longer than --send-timeout to free that much. The kernel's unsent queue shrinking
-        is the progress that counts; its new level is remembered for the next check.
+        longer than --send-timeout to free that much. The kernel's queue shrinking is the
+        progress that counts, by at least --send-min-rate bytes a second: a client that
+        keeps its window all but shut and takes a byte now and then would otherwise hold
+        its slot, and a send buffer of kernel memory, for as long as it likes (a "slow
+        read" attack). Its new level and the time start the next check's window.
         """
         queued = unsent_bytes(self.sock)
-        if queued is None or self.send_queued is None or queued >= self.send_queued:
+        armed_with = self.send_queued
+        if queued is None or armed_with is None or queued >= armed_with:
+            return False
+        rate = self.server.config.send_min_rate
+        if rate and queued and armed_with - queued < rate * (now - self.phase_started):
             return False
         self.send_queued = queued
+        self.phase_started = now
         return True
 
     def _lost(self, exc, unsent=0):

@@ -47,7 +47,8 @@ def phase_timeout(phase, config):
         rate = f" or slower than {config.body_min_rate} bytes/s" if config.body_min_rate else ""
         return BodyReadTimeout(f"request body stalled for {config.body_timeout} s{rate}")
     if phase == SEND:
-        return ClientDisconnected(f"client read nothing for {config.send_timeout} s")
+        rate = f" or slower than {config.send_min_rate} bytes/s" if config.send_min_rate else ""
+        return ClientDisconnected(f"client read nothing for {config.send_timeout} s{rate}")
     if phase == LINGER:
         return LingerDone()
     return None

@@ -10,6 +10,7 @@ import time
 
 import pytest
 from conftest import read_head, read_response, recv_until_closed
+from procs import wait_until
 
 
 def hello(environ, start_response):
@@ -204,6 +205,85 @@ def test_a_slow_steady_reader_is_not_cut_off(serve):
             time.sleep(0.03)  # ~2 MB/s at most
         elapsed = time.monotonic() - started
     assert received > size and elapsed > 0.5
+
+
+class SlowReader:
+    """A client with a small receive window that asks for ``size`` bytes and then takes
+    ``step`` bytes every ``interval`` seconds (in a thread), so the server's send waits on
+    it."""
+
+    def __init__(self, srv, size, step, interval):
+        # The server's send buffer, inherited from its listener, kept small: on loopback
+        # the kernel would otherwise grow it to megabytes and take the whole body at once.
+        srv.server._listeners[0].setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+        self.sock = srv.connect(timeout=30)
+        # Before the handshake, so the window it advertises stays small.
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.sendall(b"GET /%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % size)
+        self.step, self.interval = step, interval
+        self.received = 0
+        self.ended = threading.Event()  # the server closed or reset the connection
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        try:
+            # The client's own pace: a pause between reads, not a wait for the server.
+            while not self.stop.wait(self.interval):
+                data = self.sock.recv(self.step)
+                if not data:
+                    break
+                self.received += len(data)
+        except OSError:
+            pass
+        self.ended.set()
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(30)
+        self.sock.close()
+
+
+def sized(environ, start_response):
+    size = int(environ["PATH_INFO"][1:])
+    start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                              ("Content-Length", str(size))])
+    return [b"z" * size]
+
+
+def test_a_reader_slower_than_the_minimum_send_rate_is_dropped(serve):
+    # The "slow read" attack: a window kept almost shut, opened a little now and then. That
+    # is progress, so --send-timeout alone would never end it. Here about 20 KB/s, in steps
+    # small enough to ack something in every 2 s window, against a minimum of 100 KB/s:
+    # dropped at the first check, long before it has the 1 MiB it asked for (most of a
+    # minute at its pace). The client still reads what its own buffer holds before it
+    # sees the reset.
+    size = 1 << 20
+    with serve(sized, send_timeout=2, send_min_rate=100_000) as srv:
+        reader = SlowReader(srv, size, step=2048, interval=0.1)
+        try:
+            wait_until(lambda: not srv.server.connections, 30, "the slow reader dropped")
+        finally:
+            reader.close()
+    assert reader.received < size
+
+
+def test_a_reader_above_the_minimum_send_rate_gets_the_whole_body(serve):
+    # The same small windows, read a bit faster, at the default minimum (500 bytes/s): the
+    # send waits on this reader for seconds, across --send-timeout windows, and is never
+    # cut. (The kernel opens so small a window in fits and starts: about 4 KB/s get through.)
+    size = 56 << 10
+    with serve(sized, send_timeout=2) as srv:
+        started = time.monotonic()
+        reader = SlowReader(srv, size, step=2048, interval=0.1)
+        try:
+            assert reader.ended.wait(60)
+        finally:
+            reader.close()
+        elapsed = time.monotonic() - started
+    assert reader.received > size  # the head and the whole body
+    assert elapsed > 2
 
 
 # -- request deadline inside close() -----------------------------------------------------------
