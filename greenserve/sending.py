@@ -17,7 +17,7 @@ from gevent.socket import wait_write
 from .errors import ClientDisconnected
 from .protocol.response import (CHUNKED, FIXED, NO_BODY, UNTIL_CLOSE, Response,
                                  unread_body_forces_close)
-from .protocol.writer import format_head
+from .protocol.writer import CONTINUE_RESPONSE, format_head
 from .timers import APP, SEND
 from .wsgi import FileWrapper, check_headers, check_status
 
@@ -76,7 +76,13 @@ class ResponseSending:
             check_headers(headers, upgrade=True)
             self.handed_over = True
             self.request_deadline = 0.0  # the socket is the app's now, for as long as it likes
-            self._send(format_head(status, headers, ""))
+            head = format_head(status, headers, "")
+            if self.continue_pending:
+                # RFC 9110 §7.8: a server that receives both Upgrade and "Expect:
+                # 100-continue" MUST send a 100 (Continue) response before the 101.
+                self.continue_pending = False
+                head = CONTINUE_RESPONSE + head
+            self._send(head)
             return start_response.write
         if code >= 500 and self.body_error is not None:
             # Reading the request body failed under the app (a chunked body over

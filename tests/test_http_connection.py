@@ -296,6 +296,23 @@ def test_100_continue_is_not_sent_when_the_app_answers_without_reading(serve):
     assert b"Connection: close" in raw
 
 
+def test_100_continue_precedes_a_101_switching_protocols(serve):
+    # RFC 9110 §7.8: a server that receives both Upgrade and "Expect: 100-continue" MUST send
+    # a 100 (Continue) response before sending a 101 (Switching Protocols) response.
+    def switches(environ, start_response):
+        start_response("101 Switching Protocols", [("Upgrade", "echo"),
+                                                   ("Connection", "Upgrade")])
+        environ["greenserve.socket"].sendall(b"switched")
+        return []
+
+    with serve(switches, validate=False) as srv:
+        raw = exchange(srv, b"POST / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                            b"Upgrade: echo\r\nExpect: 100-continue\r\n"
+                            b"Content-Length: 5\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 "), raw
+    assert raw.endswith(b"\r\n\r\nswitched")
+
+
 # -- response framing -----------------------------------------------------------------------
 
 def framing_app(environ, start_response):
