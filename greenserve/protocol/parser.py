@@ -396,9 +396,17 @@ class RequestParser:
             # RFC 9110 §10.1.1: 100-continue is the only expectation defined; others get 417,
             # and an HTTP/1.0 request's expectation MUST be ignored.
             if version:
-                if expect.strip(b" \t").lower() != b"100-continue":
-                    raise ExpectationFailed(f"unsupported expectation {quote(expect)}")
-                request.expect_continue = True
+                if expect.strip(b" \t").lower() == b"100-continue":  # the usual single value
+                    request.expect_continue = True
+                else:
+                    # RFC 9110 §10.1.1: Expect = #expectation, a list, which may be split over
+                    # lines (§5.3) and whose empty elements a recipient MUST ignore (§5.6.1.2):
+                    # "100-continue, 100-continue" expects 100-continue, an empty value nothing.
+                    members = {member.strip(b" \t").lower() for member in expect.split(b",")}
+                    members.discard(b"")
+                    if members - {b"100-continue"}:
+                        raise ExpectationFailed(f"unsupported expectation {quote(expect)}")
+                    request.expect_continue = bool(members)
         return request
 
     def _parse_content_length(self, raw):
