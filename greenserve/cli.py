@@ -163,7 +163,7 @@ def _main(argv):
     except ConfigError as exc:
         return _fail(exc)
     if config.print_config:
-        sys.stdout.write(format_toml(config))
+        sys.stdout.write(format_toml(config, given))
         return 0
     if spec is None:
         parser.fail([f"no application given: {PROG} MODULE:APP [options] (see {PROG} --help)"])

@@ -532,8 +532,14 @@ def unknown_env_warnings(environ):
     return lines
 
 
-def format_toml(config):
-    """The settings of ``config`` as a TOML config file that ``-c`` reads back the same."""
+def format_toml(config, given=()):
+    """The settings of ``config`` as a TOML config file that ``-c`` reads back the same.
+
+    Only the settings in ``given`` (set by some source, see given_settings) are written as
+    settings; the others are written commented out, with the default in effect: written
+    out, a default would count as given when read back (an explicit --timeout starts a
+    master; an explicit workers = 1 would hide WEB_CONCURRENCY).
+    """
     lines = []
     for name, spec in SETTINGS.items():
         if spec.metadata["cli_only"]:
@@ -542,10 +548,12 @@ def format_toml(config):
         key = option_name(name)
         if value is None:
             lines.append(f"# {key} is not set")
-        elif spec.metadata["parse"] in (parsers.octal_mode, parsers.optional_mode):
-            lines.append(f'{key} = "{value:03o}"')  # octal, as chmod and umask write it
+            continue
+        if spec.metadata["parse"] in (parsers.octal_mode, parsers.optional_mode):
+            line = f'{key} = "{value:03o}"'  # octal, as chmod and umask write it
         else:
-            lines.append(f"{key} = {_toml_value(value)}")
+            line = f"{key} = {_toml_value(value)}"
+        lines.append(line if name in given else f"# {line}  (default)")
     return "\n".join(lines) + "\n"
 
 

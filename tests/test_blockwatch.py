@@ -161,7 +161,9 @@ def test_a_call_holding_the_interpreter_lock_is_reported(program):
     assert program.get("/spin?seconds=0.6") == (200, b"ok")
     [(pid, where, seconds)] = program.wait_for(WARNING)
     assert where == "GET /spin?seconds=0.6 blocked the hub"
-    assert float(seconds) >= 0.3
+    # At least the threshold (0.1 s). Not the 0.6 s asked for: the spin is sized by timing
+    # a shorter one, which on a loaded machine runs slower than the spin itself later does.
+    assert float(seconds) >= 0.1
     # Seen while it runs (a ping was pending), the stack is the call's; seen only after
     # (this thread could not run either), the warning says so and the stack is later.
     text = program.text

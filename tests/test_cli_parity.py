@@ -180,6 +180,23 @@ def test_print_config_reads_back_the_same(tmp_path):
     assert again.stdout == first.stdout
 
 
+def test_print_config_writes_defaults_commented_out(tmp_path):
+    # Written out, a default would count as given when read back: timeout = 30.0 would
+    # start a master (an explicit --timeout needs one), workers = 1 would hide
+    # WEB_CONCURRENCY.
+    first = run(["--print-config", "--timeout", "20"], tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert tomllib.loads(first.stdout) == {"timeout": 20.0}
+    lines = first.stdout.splitlines()
+    assert "# workers = 1  (default)" in lines and "# keep-alive = 5.0  (default)" in lines
+    (tmp_path / "printed.toml").write_text(run(["--print-config"], tmp_path).stdout)
+    again = run(["--print-config", "-c", "printed.toml"], tmp_path,
+                environment(WEB_CONCURRENCY="2"))
+    assert again.returncode == 0, again.stderr
+    assert "# workers = 2  (default)" in again.stdout.splitlines()
+    assert tomllib.loads(again.stdout) == {}
+
+
 def test_print_config_writes_modes_in_octal(tmp_path):
     first = run(["--print-config", "--umask", "022", "--socket-mode", "660"], tmp_path)
     assert first.returncode == 0, first.stderr
