@@ -263,7 +263,7 @@ class Config:
              "directory and --pythonpath (or --reload-dir), or a --reload-extra-file, "
              "changes. A changed file with a syntax error is reported and the workers keep "
              "the old code until it is fixed. Needs the watchfiles package (pip install "
-             "'greenserve[reload]'); starts a master process.")
+             "watchfiles, or the 'reload' extra); starts a master process.")
     reload_dirs: tuple = setting(
         (), "--reload-dir", "--reload-dirs", multiple=True, metavar="DIR",
         help="With --reload, watch this directory instead of the working directory and "

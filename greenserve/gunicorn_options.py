@@ -57,7 +57,7 @@ GUNICORN_ABSENT = {
     "--spew": "greenserve does not trace every line; use a debugger or sys.settrace in the app",
     "--paste": _PASTE,
     "--paste-global": _PASTE, "--paster": _PASTE,
-    "--reload-engine": "--reload always uses watchfiles (pip install 'greenserve[reload]')",
+    "--reload-engine": "--reload always uses watchfiles (pip install watchfiles)",
     "--no-sendfile": "greenserve sends wsgi.file_wrapper files with sendfile when it can and "
                      "reads them otherwise; there is nothing to turn off",
     "-R": "workers keep the master's stdout and stderr already; --capture-output sends them "

@@ -26,8 +26,8 @@ def require_watchfiles():
     try:
         import watchfiles
     except ImportError:
-        raise ConfigError("--reload needs the watchfiles package: pip install "
-                          "'greenserve[reload]'") from None
+        raise ConfigError("--reload needs the watchfiles package: pip install watchfiles "
+                          "(the 'reload' extra)") from None
     return watchfiles
 
 

@@ -137,8 +137,8 @@ def test_reload_without_watchfiles_says_how_to_install_it(project, tmp_path_fact
                        cwd=project, env=environment(pythonpath=[shadow]))
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        "greenserve: error: --reload needs the watchfiles package: pip install "
-        "'greenserve[reload]'"]
+        "greenserve: error: --reload needs the watchfiles package: pip install watchfiles "
+        "(the 'reload' extra)"]
 
 
 def test_reload_and_preload_exclude_each_other(project):
