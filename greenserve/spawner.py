@@ -112,6 +112,11 @@ class Spawner:
             handler = resumed.popleft()
             self.resuming -= 1
             self.held -= 1
+            # Only now is the slot of the connection this greenlet served before free in
+            # the count (the greenlet was counted for it until it took this one): say so
+            # now, not after this handler, which may block for long while an acceptor
+            # waits paused at the cap (the sweep does not restart it).
+            self._slot_freed()
             if resumed and not self._drain_queued:
                 # Should this handler block, the hub goes on with the rest in another greenlet.
                 self._drain_queued = True
@@ -123,9 +128,8 @@ class Spawner:
                 raise  # killed: Spawner._run ends this greenlet
             except Exception:
                 error_log.exception("unexpected error in a connection greenlet")
-            # The handler's connection either parked again (hold) or closed: its slot may
-            # be free now, and the next handler takes this greenlet's.
-            self._slot_freed()
+            # The handler's connection either parked again (hold) or closed: the next
+            # handler takes this greenlet's count, or Spawner._finished frees it.
 
     def release(self):
         """A parked connection closed without resuming: its slot is free."""

@@ -365,3 +365,54 @@ def test_an_upgrade_request_to_a_generator_app_gets_its_answer(serve):
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n" + H2C + b"\r\n")
         code, _, body, _ = read_response(sock, WAIT)
         assert (code, body) == (200, b"lazy answer")
+
+
+def test_a_slot_freed_early_in_a_row_lets_a_waiting_newcomer_in_while_a_later_one_blocks(serve):
+    """At the connection cap, with a newcomer waiting: of the responses woken together, the
+    first closes its connection and the next one's ``respond`` blocks. The slot the first
+    gave back must let the newcomer in now, not once the blocked one is done."""
+    from gevent.event import Event
+
+    fire, gate = Event(), Event()
+    hubs, calls = [], []
+
+    def app(environ, start_response):
+        import gevent
+
+        if environ["PATH_INFO"] != "/wait":
+            return Room._say(environ, start_response, environ["PATH_INFO"])
+        hubs.append(gevent.get_hub())
+        name = environ["QUERY_STRING"]
+
+        def respond(ready):
+            calls.append(name)
+            if name == "blocks":
+                gate.wait()
+            return Room._say(environ, start_response, name)
+        return respond_later(environ, fire, respond)
+
+    with serve(app, validate=False, keep_alive=60, max_connections=2) as srv:
+        closes, blocks = srv.connect(WAIT), srv.connect(WAIT)
+        newcomer = None
+        try:
+            # Answered in the order they began waiting: the one that closes first.
+            closes.sendall(b"GET /wait?closes HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            wait_until(lambda: any(c.later is not None for c in list(srv.server.connections)),
+                       WAIT, "the first waiting response")
+            blocks.sendall(_request("/wait?blocks"))
+            wait_until(lambda: sum(c.later is not None for c in list(srv.server.connections))
+                       == 2, WAIT, "two waiting responses")
+            newcomer = srv.connect(WAIT)
+            newcomer.sendall(_request("/new"))
+            acceptor = srv.server._acceptors[0]
+            wait_until(lambda: acceptor.paused, WAIT, "the acceptor paused at the cap")
+            hub = hubs[0]
+            hub.loop.run_callback_threadsafe(fire.set)
+            assert read_response(closes, WAIT)[2] == b"closes"
+            wait_until(lambda: calls == ["closes", "blocks"], WAIT, "both responds called")
+            assert read_response(newcomer, 5)[2] == b"/new"
+        finally:
+            hubs[0].loop.run_callback_threadsafe(gate.set)
+            for sock in (closes, blocks, newcomer):
+                if sock is not None:
+                    sock.close()
