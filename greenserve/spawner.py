@@ -38,6 +38,9 @@ class Spawner:
         self._idle = []  # greenlets that finished a connection, waiting for the next
         self._resumed = deque()  # handlers of resumed connections, in order
         self._drain_queued = False
+        # After a full row, the next starts from this timer, once the hub has polled.
+        self._pause = None
+        self._paused = False
         self._empty = Event()
         self._empty.set()
         self._was_full = False
@@ -98,6 +101,12 @@ class Spawner:
     def _drain(self):
         """In the hub: serve the resumed connections waiting, in a greenlet of their own."""
         self._drain_queued = False
+        if self._resumed and not self._paused:
+            self._take_greenlet().switch(self._serve_resumed, None, None)
+
+    def _end_pause(self):
+        """In the hub, from the pause timer: the hub has polled; serve the next row."""
+        self._paused = False
         if self._resumed:
             self._take_greenlet().switch(self._serve_resumed, None, None)
 
@@ -130,6 +139,17 @@ class Spawner:
                 error_log.exception("unexpected error in a connection greenlet")
             # The handler's connection either parked again (hold) or closed: the next
             # handler takes this greenlet's count, or Spawner._finished frees it.
+        else:
+            if resumed and not self._paused:
+                # A full row, and more wait. gevent's hub polls for I/O and runs timers only
+                # once it leaves its callbacks, and checks the clock only every 50 of them: a
+                # row is one callback, so rows chained as callbacks (the drain queued above)
+                # would hold the hub up to 50 rows long, not 50 handlers. The next row starts
+                # from a zero timer instead, after the poll; the queued drain waits for it.
+                self._paused = True
+                if self._pause is None:
+                    self._pause = self._hub.loop.timer(0)
+                self._pause.start(self._end_pause)
 
     def release(self):
         """A parked connection closed without resuming: its slot is free."""

@@ -416,3 +416,60 @@ def test_a_slot_freed_early_in_a_row_lets_a_waiting_newcomer_in_while_a_later_on
             for sock in (closes, blocks, newcomer):
                 if sock is not None:
                     sock.close()
+
+
+def test_a_long_row_of_woken_responses_gives_the_hub_its_turns(serve):
+    """Woken at once, many responses are answered in rows of Spawner.RESUMED_IN_A_ROW, and
+    the hub gets its turn between rows (I/O, timers), as it did between callbacks: gevent
+    polls only between its callbacks, looking at the clock every 50 of them, so rows queued
+    as callbacks back to back would hold it 50 times longer. A timer started by the first
+    ``respond`` must fire before the last one runs."""
+    import sys
+
+    from gevent.event import Event
+
+    from greenserve.spawner import RESUMED_IN_A_ROW
+
+    count = 3 * RESUMED_IN_A_ROW
+    fire = Event()
+    calls, fired_after, hubs, timers = [], [], [], []
+
+    def app(environ, start_response):
+        import gevent
+
+        if environ["PATH_INFO"] != "/wait":
+            return Room._say(environ, start_response, "pong")
+        hubs.append(gevent.get_hub())
+        name = environ["QUERY_STRING"]
+
+        def respond(ready):
+            if not calls:
+                timer = gevent.get_hub().loop.timer(0)
+                timer.start(lambda: fired_after.append(len(calls)))
+                timers.append(timer)
+            calls.append(name)
+            return Room._say(environ, start_response, name)
+        return respond_later(environ, fire, respond)
+
+    interval = sys.getswitchinterval()
+    # The hub's clock check after every 50 callbacks then always finds its time up.
+    sys.setswitchinterval(1e-4)
+    try:
+        with serve(app, validate=False, keep_alive=60) as srv:
+            socks = [srv.connect(WAIT) for _ in range(count)]
+            try:
+                for i, sock in enumerate(socks):
+                    sock.sendall(_request(f"/wait?{i}"))
+                wait_until(lambda: sum(c.later is not None
+                                       for c in list(srv.server.connections)) == count,
+                           WAIT, f"{count} waiting responses")
+                hubs[0].loop.run_callback_threadsafe(fire.set)
+                for i, sock in enumerate(socks):
+                    assert read_response(sock, WAIT)[2] == str(i).encode()
+            finally:
+                for sock in socks:
+                    sock.close()
+    finally:
+        sys.setswitchinterval(interval)
+    assert len(calls) == count
+    assert fired_after and fired_after[0] < count, fired_after
