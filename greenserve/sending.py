@@ -26,6 +26,8 @@ error_log = logging.getLogger("greenserve.error")
 # A body at least this large leaves with its head in one sendmsg() from where it lies; a
 # smaller one is joined to the head first (joining costs less than sendmsg's extra work).
 SEND_IN_PLACE = 16384
+# TLS's largest record: what _send_slowly hands the SSL object at a time.
+TLS_RECORD = 16384
 _END = object()  # what next() returns once the app's iterable is exhausted
 
 
@@ -254,11 +256,17 @@ class ResponseSending:
         sock = self.sock
         send = sock.send
         send_timeout = self.server.config.send_timeout
+        # TLS: the SSL object's write returns only once all it was given is written,
+        # however many waits that takes, and meanwhile fills the kernel's queue again as
+        # the client drains it: measured against the level at the write's start, a client
+        # reading steadily seemed stalled, and was cut at --send-timeout (send_progressed).
+        # One TLS record at a time re-arms the timer as the plain socket's partial sends do.
+        piece = TLS_RECORD if self.raw_sock is None else len(view)
         try:
             while view:
                 self._enter(SEND, send_timeout)
                 self.send_queued = unsent_bytes(sock)
-                view = view[send(view):]
+                view = view[send(view[:piece]):]
         except OSError as exc:
             self._lost(exc, len(view))
         finally:

@@ -204,3 +204,40 @@ def test_the_server_ends_tls_with_close_notify(serve, certs):
             assert received.startswith(b"HTTP/1.1 "), received
             if body is not None:
                 assert received.endswith(b"\r\n\r\n" + body)
+
+
+def test_a_steady_reader_of_a_large_body_is_not_cut_off_over_tls(serve, certs):
+    # The body in one piece: the SSL object's write of it returns only when all is written,
+    # refilling the kernel's queue as the client drains it. The send timer must still see
+    # the client's progress: this one reads steadily (tens of KB/s), far above
+    # --send-min-rate, yet took longer than --send-timeout, and was cut at it.
+    size = 256 << 10
+
+    def big(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                                  ("Content-Length", str(size))])
+        return [b"z" * size]
+
+    with serve(big, certfile=certs["certfile"], keyfile=certs["keyfile"],
+               send_timeout=1) as srv:
+        # Small buffers both ways, so the send waits on the client (see test_hardening).
+        srv.server._listeners[0].setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+        raw = socket.create_connection((srv.host, srv.port), timeout=WAIT)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        pause = threading.Event()
+        with client_context(certs).wrap_socket(raw, server_hostname="localhost") as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            received = b""
+            started = time.monotonic()
+            while True:
+                pause.wait(0.01)  # the client's own pace, not a wait for the server
+                try:
+                    data = sock.recv(8192)
+                except ConnectionResetError:
+                    break
+                if not data:
+                    break
+                received += data
+            elapsed = time.monotonic() - started
+    assert received.endswith(b"z" * size), len(received)
+    assert elapsed > 1  # the send outlived --send-timeout
