@@ -181,7 +181,11 @@ class Spawner:
             idle.append(glet)
             try:
                 handler, sock, address = hub.switch()  # until spawn() hands it a connection
-            except GreenletExit:  # the spawner is gone and this greenlet collected
+            except GreenletExit:
+                # Collected, ended by shrink_idle(), or by a kill() that listed it while it
+                # still served a connection: it must not stay among the idle greenlets.
+                if glet in idle:
+                    idle.remove(glet)
                 return
 
     def _finished(self, glet):

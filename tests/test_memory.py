@@ -76,3 +76,23 @@ def test_shrinking_the_idle_greenlets_ends_the_oldest_and_keeps_the_rest_usable(
     spawner.spawn(lambda sock, address: served.append(sock), "again", None)
     gevent.sleep(0.01)
     assert served[-1] == "again" and len(spawner._idle) == 3
+
+
+def test_a_greenlet_that_finishes_while_being_killed_leaves_the_idle_greenlets():
+    # kill() lists the running greenlets and throws into them at the hub's next turn; one
+    # that ends its connection in between has gone back to the idle greenlets, and dies
+    # there. Reused, it would run nothing: the next connection would hold a slot for ever.
+    import gevent
+    from gevent.event import Event
+
+    from greenserve.spawner import Spawner
+
+    spawner = Spawner(limit=100)
+    go, served = Event(), Event()
+    spawner.spawn(lambda sock, address: go.wait(), None, None)
+    gevent.sleep(0.01)  # it runs, and waits for go
+    go.set()  # its wake-up is queued first: it ends its connection, then the throw comes
+    assert spawner.kill(timeout=5)
+    assert not any(glet.dead for glet in spawner._idle)
+    spawner.spawn(lambda sock, address: served.set(), None, None)
+    assert served.wait(5)
