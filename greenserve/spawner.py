@@ -17,8 +17,8 @@ error_log = logging.getLogger("greenserve.error")
 
 # Greenlets kept for reuse once their connection ends (each holds a few KiB of stack).
 IDLE_GREENLETS = 64
-# Resumed connections one greenlet serves before the hub gets a turn (see _serve_resumed):
-# about gevent's own bound on callbacks in a row.
+# Resumed connections one greenlet serves in a row before the hub polls for I/O and runs
+# its timers (see _serve_resumed): about 2 ms of long-poll answers.
 RESUMED_IN_A_ROW = 50
 
 
