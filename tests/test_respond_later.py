@@ -6,6 +6,7 @@ into the blocking fallback, tested on its own below); the answer each ``respond`
 made by a validated WSGI app instead.
 """
 
+import contextlib
 import socket
 import threading
 from wsgiref.validate import validator
@@ -96,28 +97,35 @@ def _waiting(srv, room, count):
     wait_until(settled, WAIT, f"{count} waiting response(s)")
 
 
+@contextlib.contextmanager
+def waiting_clients(srv, room, count):
+    """``count`` clients whose ``GET /wait`` waits (as _waiting checks); closed at the end."""
+    socks = [srv.connect(WAIT) for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.sendall(_request("/wait"))
+        _waiting(srv, room, count)
+        yield socks
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def test_waiting_responses_hold_no_greenlet_and_are_answered_when_the_event_fires(serve):
     room = Room()
-    with serve(room, validate=False, keep_alive=60) as srv:
-        socks = [srv.connect(WAIT) for _ in range(20)]
-        try:
-            for sock in socks:
-                sock.sendall(_request("/wait"))
-            _waiting(srv, room, 20)
-            spawner = srv.server.spawner
-            assert spawner.held == 20 and len(srv.server.connections) == 20
-            assert _get(srv, "/fire")[2] == b"fired"
-            for sock in socks:
-                code, headers, body, _ = read_response(sock, WAIT)
-                assert (code, body) == (200, b"ready=True")
-                assert headers.get("connection") != "close"
-            # Each connection stays open and serves its next request.
-            for sock in socks:
-                sock.sendall(_request("/ping"))
-                assert read_response(sock, WAIT)[2] == b"pong"
-        finally:
-            for sock in socks:
-                sock.close()
+    with serve(room, validate=False, keep_alive=60) as srv, \
+            waiting_clients(srv, room, 20) as socks:
+        spawner = srv.server.spawner
+        assert spawner.held == 20 and len(srv.server.connections) == 20
+        assert _get(srv, "/fire")[2] == b"fired"
+        for sock in socks:
+            code, headers, body, _ = read_response(sock, WAIT)
+            assert (code, body) == (200, b"ready=True")
+            assert headers.get("connection") != "close"
+        # Each connection stays open and serves its next request.
+        for sock in socks:
+            sock.sendall(_request("/ping"))
+            assert read_response(sock, WAIT)[2] == b"pong"
     assert room.calls == [(True, False)] * 20
 
 
@@ -145,18 +153,11 @@ def test_woken_responses_share_a_greenlet_and_each_starts_in_a_fresh_context(ser
             later.respond = respond_remembering
         return later
 
-    with serve(remembering, validate=False, keep_alive=60) as srv:
-        socks = [srv.connect(WAIT) for _ in range(10)]
-        try:
-            for sock in socks:
-                sock.sendall(_request("/wait"))
-            _waiting(srv, room, 10)
-            assert _get(srv, "/fire")[2] == b"fired"
-            for sock in socks:
-                assert read_response(sock, WAIT)[:3:2] == (200, b"ready=True")
-        finally:
-            for sock in socks:
-                sock.close()
+    with serve(remembering, validate=False, keep_alive=60) as srv, \
+            waiting_clients(srv, room, 10) as socks:
+        assert _get(srv, "/fire")[2] == b"fired"
+        for sock in socks:
+            assert read_response(sock, WAIT)[:3:2] == (200, b"ready=True")
     assert [context for _, context in runs] == ["fresh"] * 10
     assert len({id(glet) for glet, _ in runs}) == 1
 
@@ -271,17 +272,13 @@ def test_a_failing_respond_gets_a_500(serve):
 
 def test_a_stopping_server_answers_waiting_responses_at_once(serve):
     room = Room()
-    with serve(room, validate=False, graceful_timeout=30, stop_timeout=30) as srv:
-        socks = [srv.connect(WAIT) for _ in range(3)]
-        for sock in socks:
-            sock.sendall(_request("/wait"))
-        _waiting(srv, room, 3)
+    with serve(room, validate=False, graceful_timeout=30, stop_timeout=30) as srv, \
+            waiting_clients(srv, room, 3) as socks:
         stopper = threading.Thread(target=srv.stop, args=(30,))
         stopper.start()
         for sock in socks:
             code, headers, body, _ = read_response(sock, WAIT)
             assert (code, body, headers["connection"]) == (200, b"ready=False", "close")
-            sock.close()
         stopper.join(WAIT)
         assert not stopper.is_alive()
     assert room.calls == [(False, False)] * 3
