@@ -88,9 +88,14 @@ def test_a_greenlet_that_finishes_while_being_killed_leaves_the_idle_greenlets()
     from greenserve.spawner import Spawner
 
     spawner = Spawner(limit=100)
-    go, served = Event(), Event()
-    spawner.spawn(lambda sock, address: go.wait(), None, None)
-    gevent.sleep(0.01)  # it runs, and waits for go
+    started, go, served = Event(), Event(), Event()
+
+    def connection(sock, address):
+        started.set()
+        go.wait()
+
+    spawner.spawn(connection, None, None)
+    assert started.wait(5)
     go.set()  # its wake-up is queued first: it ends its connection, then the throw comes
     assert spawner.kill(timeout=5)
     assert not any(glet.dead for glet in spawner._idle)
