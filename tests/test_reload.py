@@ -126,7 +126,7 @@ def test_reload_is_off_by_default(processes):
     assert server.listening()["pid"] == str(server.pid)  # one process, no master
     assert not server.matches("--reload")
     config = procs.run(procs.greenserve_command("--print-config"))
-    assert "\nreload = false\n" in config.stdout
+    assert "\n# reload = false  (default)\n" in config.stdout
 
 
 def test_reload_without_watchfiles_says_how_to_install_it(project, tmp_path_factory):
