@@ -152,9 +152,11 @@ def handshake_refusal(environ, allowed_origins=None):
             "websocket" not in _tokens(environ.get("HTTP_UPGRADE", "")) or \
             "upgrade" not in _tokens(environ.get("HTTP_CONNECTION", "")):
         return "400 Bad Request", [], "this is a WebSocket endpoint: connect with a WebSocket"
-    # RFC 6455 §4.2.2 and §4.4: only version 13 is spoken, and the refusal says so.
+    # RFC 6455 §4.2.2 and §4.4: only version 13 is spoken, and the refusal says so; RFC 9110
+    # §15.5.22: a 426 names the protocol in Upgrade, with the "upgrade" connection option.
     if environ.get("HTTP_SEC_WEBSOCKET_VERSION", "").strip() != "13":
-        return ("426 Upgrade Required", [("Sec-WebSocket-Version", "13")],
+        return ("426 Upgrade Required", [("Sec-WebSocket-Version", "13"),
+                                         ("Upgrade", "websocket"), ("Connection", "Upgrade")],
                 "only WebSocket version 13 is supported")
     if not _valid_key(environ.get("HTTP_SEC_WEBSOCKET_KEY", "")):
         return "400 Bad Request", [], "Sec-WebSocket-Key must be 16 bytes in base64"

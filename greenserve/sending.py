@@ -92,7 +92,9 @@ class ResponseSending:
             # that into a server error. The fault is the client's: it gets the body's own
             # answer (413, 400), sent once this error leaves the app.
             raise self.body_error
-        info = check_headers(headers)
+        # RFC 9110 §15.5.22: a 426 MUST name the protocol to switch to in Upgrade, sent with
+        # the "upgrade" connection option (§7.8): the one answer besides a 101 with them.
+        info = check_headers(headers, code == 426)
         request = self.request
         self.response = Response(status, code, headers, info, request.method == b"HEAD",
                                  request.version, not self.must_close,

@@ -204,7 +204,8 @@ def check_headers(headers, upgrade=False):
     Raises TypeError/ValueError on a bad type, a non-token name, CR/LF or other controls in
     a value (response splitting), non-latin-1 text, or a hop-by-hop field. A
     ``Connection: close`` from the app is honoured instead of refused; ``upgrade`` allows
-    the Connection and Upgrade fields of a 101 Switching Protocols.
+    the Connection and Upgrade fields of a 101 Switching Protocols or a 426 Upgrade
+    Required.
     """
     if type(headers) is not list:
         raise TypeError(f"headers must be a list, not {type(headers).__name__}")
@@ -246,7 +247,7 @@ def check_headers(headers, upgrade=False):
             elif lname == "connection" and value.strip().lower() == "close":
                 info.close = True
             elif upgrade and lname in ("connection", "upgrade"):
-                pass  # RFC 9110 §7.8: a 101 names the protocol switched to
+                pass  # RFC 9110 §7.8, §15.5.22: a 101 or 426 names the protocol
             else:
                 raise ValueError(f"hop-by-hop header {name!r} is not allowed from an app "
                                  f"(PEP 3333); the server frames the connection")

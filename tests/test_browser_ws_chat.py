@@ -388,6 +388,9 @@ def test_a_bad_handshake_is_refused(lenient_chat, method, changes, status):
     assert got == status, body
     if status == 426:
         assert response_headers["Sec-WebSocket-Version"] == "13"
+        # RFC 9110 §15.5.22, §7.8: the protocol to switch to, as a connection option too.
+        assert response_headers["Upgrade"] == "websocket"
+        assert "upgrade" in response_headers["Connection"].lower()
 
 
 def test_an_http_1_0_request_is_not_an_upgrade(lenient_chat):

@@ -217,6 +217,26 @@ def test_invalid_status_or_headers_give_500(serve, status, headers):
         assert read_response(reader)[0] == 500
 
 
+def test_a_426_carries_the_apps_upgrade_field_and_the_connection_stays_usable(serve):
+    # RFC 9110 §15.5.22: a server that sends 426 MUST send an Upgrade field naming the
+    # protocol(s) required, and §7.8: a sender of Upgrade also sends the "upgrade" connection
+    # option. The one answer besides a 101 where an app may send these hop-by-hop fields.
+    def app(environ, start_response):
+        start_response("426 Upgrade Required", [
+            ("Content-Type", "text/plain"), ("Upgrade", "example/2"), ("Connection", "Upgrade"),
+            ("Content-Length", "8")])
+        return [b"upgrade!"]
+
+    with serve(app) as srv, srv.connect() as sock:
+        reader = sock.makefile("rb")
+        for _ in range(2):
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            code, headers, body, raw = read_response(reader)
+            assert (code, body) == (426, b"upgrade!")
+            assert headers["upgrade"] == "example/2" and headers["connection"] == "Upgrade"
+            assert raw.count(b"Upgrade: example/2\r\n") == 1
+
+
 def test_app_connection_close_header_is_honoured(serve):
     def app(environ, start_response):
         start_response("200 OK", [("Content-Type", "text/plain"), ("Connection", "close")])
