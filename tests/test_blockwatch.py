@@ -53,12 +53,16 @@ def blocking_call(seconds):
 
 
 def hold_the_lock(seconds):
-    # sum() over a range runs in C without releasing the interpreter lock.
-    n = 10 ** 6
-    started = time.perf_counter()
-    sum(range(n))
-    per_item = (time.perf_counter() - started) / n
-    sum(range(int(seconds / per_item)))
+    # sum() over a range runs in C without releasing the interpreter lock. Sized by the
+    # fastest of a few short timings: one slowed by a loaded machine would make the spin
+    # too short to be seen at all.
+    n = 10 ** 5
+    fastest = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        sum(range(n))
+        fastest = min(fastest, time.perf_counter() - started)
+    sum(range(int(seconds / fastest * n)))
 
 
 def _app(environ, start_response):
@@ -161,8 +165,8 @@ def test_a_call_holding_the_interpreter_lock_is_reported(program):
     assert program.get("/spin?seconds=0.6") == (200, b"ok")
     [(pid, where, seconds)] = program.wait_for(WARNING)
     assert where == "GET /spin?seconds=0.6 blocked the hub"
-    # At least the threshold (0.1 s). Not the 0.6 s asked for: the spin is sized by timing
-    # a shorter one, which on a loaded machine runs slower than the spin itself later does.
+    # At least the threshold (0.1 s), and in practice about the 0.6 s asked for; not
+    # asserted closer, as a loaded machine stretches and squeezes timings both ways.
     assert float(seconds) >= 0.1
     # Seen while it runs (a ping was pending), the stack is the call's; seen only after
     # (this thread could not run either), the warning says so and the stack is later.
