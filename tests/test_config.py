@@ -239,6 +239,8 @@ def test_empty_bind_is_refused():
     ({"server_header": "edge\r\nX-Injected: 1"}, "server-header: "),
     ({"server_header": " padded"}, "server-header: "),
     ({"body_min_rate": "-1"}, "body-min-rate: "),
+    ({"send_min_rate": "-1"}, "send-min-rate: "),
+    ({"send_min_rate": "fast"}, "send-min-rate: "),
     ({"buffer_chunked_bodies": "lots"}, "buffer-chunked-bodies: "),
     ({"forwarded_allow_ips": "127.0.0.1,10.0.0.300/8"}, "forwarded-allow-ips: "),
     ({"proxy_allow_ips": "localhost"}, "proxy-allow-ips: "),
@@ -256,8 +258,8 @@ def test_url_scheme_is_http_or_https():
 
 
 def test_proxy_and_hardening_settings_accept_good_values():
-    config = load_config(cli={"server_header": "", "body_min_rate": "0",
+    config = load_config(cli={"server_header": "", "body_min_rate": "0", "send_min_rate": "0",
                               "forwarded_allow_ips": " 10.0.0.0/8 , unix ",
                               "proxy_allow_ips": "*"})
-    assert config.server_header == "" and config.body_min_rate == 0
+    assert config.server_header == "" and config.body_min_rate == config.send_min_rate == 0
     assert config.forwarded_allow_ips == "10.0.0.0/8,unix"
