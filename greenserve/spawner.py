@@ -99,14 +99,19 @@ class Spawner:
             self._hub.loop.run_callback(self._drain)
 
     def _drain(self):
-        """In the hub: serve the resumed connections waiting, in a greenlet of their own."""
+        """In the hub: serve the resumed connections waiting, unless a row paused (then
+        _end_pause serves them)."""
         self._drain_queued = False
-        if self._resumed and not self._paused:
-            self._take_greenlet().switch(self._serve_resumed, None, None)
+        if not self._paused:
+            self._start_row()
 
     def _end_pause(self):
         """In the hub, from the pause timer: the hub has polled; serve the next row."""
         self._paused = False
+        self._start_row()
+
+    def _start_row(self):
+        """In the hub: serve the resumed connections waiting, in a greenlet of their own."""
         if self._resumed:
             self._take_greenlet().switch(self._serve_resumed, None, None)
 
